@@ -1,0 +1,125 @@
+"""`loralint check`: the rules' tree-sitter oracles run as a linter over a project.
+
+Also the engine under every other stage that needs oracle findings (dataset building, evaluation).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from .findings import Finding, sort_findings
+from .languages import parse
+from .rules import Rule, all_rules, get_rule
+from .sources import DEFAULT_MAX_BYTES, Skipped, SourceFile, discover, load
+from .suppress import parse_suppressions
+
+
+@dataclass
+class FileResult:
+    path: str
+    findings: list[Finding] = field(default_factory=list)
+    skipped: str | None = None  # reason, when the file was not read
+    error: str | None = None  # a failure while checking it (the run goes on)
+    parse_errors: bool = False  # tree-sitter recovered from syntax errors
+    suppressed: int = 0
+    lines: int = 0
+
+
+@dataclass
+class RunResult:
+    """What a `check` or `scan` run produced: findings in source order plus what was skipped and why."""
+
+    files: list[FileResult]
+    skipped_dirs: list[Skipped] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return sort_findings([f for r in self.files for f in r.findings])
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        return self.skipped_dirs + [Skipped(r.path, r.skipped) for r in self.files if r.skipped]
+
+    @property
+    def errors(self) -> list[FileResult]:
+        return [r for r in self.files if r.error]
+
+    def stats(self) -> dict:
+        read = [r for r in self.files if not r.skipped]
+        return {
+            "files_checked": len(read),
+            "files_skipped": len(self.skipped),
+            "files_with_errors": len(self.errors),
+            "files_with_parse_errors": sum(r.parse_errors for r in read),
+            "findings": sum(len(r.findings) for r in read),
+            "suppressed": sum(r.suppressed for r in read),
+            "lines": sum(r.lines for r in read),
+        }
+
+
+def resolve_rules(ids: Iterable[str] | None) -> list[Rule]:
+    return [get_rule(i) for i in ids] if ids else list(all_rules().values())
+
+
+def oracle_findings(src: SourceFile, rules: list[Rule]) -> tuple[list[Finding], bool]:
+    """Every rule's findings for one file (not suppressed), and whether the parse had errors."""
+    tree = parse(src.data, src.grammar)
+    found: list[Finding] = []
+    for rule in rules:
+        found.extend(rule.check_tree(tree, src.data, src.path, src.grammar))
+    return sort_findings(found), tree.root_node.has_error
+
+
+def check_source(src: SourceFile, rules: list[Rule]) -> FileResult:
+    res = FileResult(path=src.path, lines=src.data.count(b"\n") + 1)
+    try:
+        found, res.parse_errors = oracle_findings(src, rules)
+        res.findings, res.suppressed = parse_suppressions(src.text).filter(found)
+    except Exception as e:  # a bug on one file must not end the run
+        res.error = f"{type(e).__name__}: {e}"
+    return res
+
+
+def _check_path(args: tuple[str, tuple[str, ...], int]) -> FileResult:
+    path, rule_ids, max_bytes = args
+    src = load(path, max_bytes)
+    if isinstance(src, Skipped):
+        return FileResult(path=src.path, skipped=src.reason)
+    return check_source(src, resolve_rules(rule_ids))
+
+
+def default_jobs() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def map_files(fn: Callable, items: list, jobs: int, progress: Callable[[int], None] | None = None,
+              chunksize: int = 16) -> list:
+    """``fn`` over ``items`` in order, on ``jobs`` processes (in this process when jobs is 1)."""
+    out = []
+    if jobs <= 1 or len(items) < 2 * chunksize:
+        for it in items:
+            out.append(fn(it))
+            if progress:
+                progress(1)
+        return out
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for r in pool.map(fn, items, chunksize=chunksize):
+            out.append(r)
+            if progress:
+                progress(1)
+    return out
+
+
+def check(paths: Iterable[str], rules: Iterable[str] | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
+          jobs: int | None = None, progress: Callable[[int], None] | None = None,
+          on_total: Callable[[int], None] | None = None) -> RunResult:
+    """Run the oracles of ``rules`` (all by default) over files and folders; never raises for a bad file."""
+    files, skipped = discover(paths)
+    if on_total:
+        on_total(len(files))
+    rule_ids = tuple(r.id for r in resolve_rules(rules))
+    results = map_files(_check_path, [(f, rule_ids, max_bytes) for f in files], jobs or default_jobs(), progress)
+    return RunResult(files=results, skipped_dirs=skipped)

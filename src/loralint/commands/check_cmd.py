@@ -1,0 +1,35 @@
+"""`loralint check`: the rules' tree-sitter oracles as a linter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..cli import app
+from . import FormatOpt, QuietOpt, VerboseOpt, emit_report, progress_bar
+
+
+@app.command("check")
+def check_command(
+    paths: List[Path] = typer.Argument(..., help="Files and folders to check."),
+    fmt: str = FormatOpt,
+    rule: Optional[List[str]] = typer.Option(None, "--rule", "-r", help="Rule ids to run (default: all)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file."),
+    stats: Optional[Path] = typer.Option(None, "--stats", help="Write run statistics (skips, errors) as JSON."),
+    max_bytes: int = typer.Option(4 * 1024 * 1024, help="Skip files larger than this."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Worker processes (0: all cores)."),
+    verbose: bool = VerboseOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Find rule violations with the syntax-tree oracle (no model): exit 0 clean, 1 findings, 2 error."""
+    from ..check import check
+
+    missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
+    if missing:
+        raise typer.BadParameter(f"no such file or directory: {', '.join(missing)}", param_hint="PATHS")
+    with progress_bar("checking", not quiet) as (total, advance):
+        result = check([str(p) for p in paths], rule, max_bytes=max_bytes, jobs=jobs or None,
+                       progress=advance, on_total=total)
+    raise typer.Exit(emit_report(result, fmt, verbose, quiet, output, stats))

@@ -1,0 +1,138 @@
+"""Reports: text, JSON, SARIF 2.1.0 and GitHub workflow commands. Reports only read findings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import __version__
+from .findings import default_message
+from .rules import all_rules
+
+if TYPE_CHECKING:
+    from .check import RunResult
+
+FORMATS = ("text", "json", "sarif", "github")
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+
+
+def render(result: "RunResult", fmt: str, verbose: bool = False, extra_stats: dict | None = None) -> str:
+    if fmt == "text":
+        return text(result, verbose)
+    if fmt == "json":
+        return as_json(result, extra_stats)
+    if fmt == "sarif":
+        return json.dumps(sarif(result), indent=2)
+    if fmt == "github":
+        return github(result)
+    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def text(result: "RunResult", verbose: bool = False) -> str:
+    out: list[str] = []
+    for f in result.findings:
+        flag = " [recovered from a syntax error]" if f.recovered else ""
+        out.append(f"{f.path}:{f.line}:{f.column}: {f.rule}: {f.message or default_message(f)}{flag}")
+    for r in result.errors:
+        out.append(f"{r.path}: error: {r.error}")
+    if verbose:
+        for s in result.skipped:
+            out.append(f"{s.path}: skipped: {s.reason}")
+    st = result.stats()
+    summary = (f"{st['findings']} finding{'s' * (st['findings'] != 1)} in {st['files_checked']} files"
+               f" ({st['files_skipped']} skipped")
+    if st["files_with_errors"]:
+        summary += f", {st['files_with_errors']} with errors"
+    if st.get("suppressed"):
+        summary += f", {st['suppressed']} suppressed"
+    if st["files_skipped"] and not verbose:
+        summary += "; --verbose lists them"
+    out.append(summary + ")")
+    return "\n".join(out)
+
+
+def as_json(result: "RunResult", extra_stats: dict | None = None) -> str:
+    """A list of finding objects (ESLint-like); stats and skips go to ``--stats`` (see :func:`json_stats`)."""
+    return json.dumps([f.to_dict() for f in result.findings], indent=2)
+
+
+def json_stats(result: "RunResult", extra_stats: dict | None = None) -> dict:
+    st = result.stats() | (extra_stats or {})
+    st["skipped"] = [s.to_dict() for s in result.skipped]
+    st["errors"] = [{"path": r.path, "error": r.error} for r in result.errors]
+    return st
+
+
+def _rule_descriptor(rule) -> dict:
+    return {
+        "id": rule.id,
+        "name": rule.name,
+        "shortDescription": {"text": rule.summary},
+        "fullDescription": {"text": rule.summary},
+        "help": {"text": rule.doc.strip(), "markdown": rule.doc.strip()},
+        "defaultConfiguration": {"level": "warning"},
+        "properties": {"tags": ["maintainability", "readability"], "kinds": list(rule.kinds)},
+    }
+
+
+def _uri(path: str) -> str:
+    p = Path(path)
+    return p.as_posix() if not p.is_absolute() else p.as_uri()
+
+
+def sarif(result: "RunResult", tool_name: str = "loralint") -> dict:
+    rules = list(all_rules().values())
+    index = {r.id: i for i, r in enumerate(rules)}
+    results = []
+    for f in result.findings:
+        results.append({
+            "ruleId": f.rule,
+            "ruleIndex": index.get(f.rule, 0),
+            "level": "warning",
+            "message": {"text": f.message or default_message(f)},
+            "locations": [{
+                "physicalLocation": {
+                    "artifactLocation": {"uri": _uri(f.path), "uriBaseId": "%SRCROOT%"},
+                    "region": {"startLine": f.line, "startColumn": f.column,
+                               "endLine": f.end_line, "endColumn": f.end_column},
+                }
+            }],
+            "partialFingerprints": {"primaryLocationLineHash": f"{f.rule}:{f.kind}:{f.text}"},
+            "properties": {"kind": f.kind, "source": f.source, "recovered": f.recovered},
+        })
+    notifications = [{"level": "note", "message": {"text": f"skipped: {s.reason}"},
+                      "locations": [{"physicalLocation": {"artifactLocation": {"uri": _uri(s.path.rstrip('/'))}}}]}
+                     for s in result.skipped]
+    notifications += [{"level": "error", "message": {"text": r.error or "error"},
+                       "locations": [{"physicalLocation": {"artifactLocation": {"uri": _uri(r.path)}}}]}
+                      for r in result.errors]
+    return {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": tool_name, "version": __version__,
+                                "informationUri": "https://pypi.org/project/loralint/",
+                                "rules": [_rule_descriptor(r) for r in rules]}},
+            "invocations": [{"executionSuccessful": not result.errors,
+                             "toolExecutionNotifications": notifications}],
+            "results": results,
+        }],
+    }
+
+
+def _gh_escape(s: str, prop: bool = False) -> str:
+    s = s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return s.replace(":", "%3A").replace(",", "%2C") if prop else s
+
+
+def github(result: "RunResult") -> str:
+    """GitHub Actions workflow commands: annotations on the pull request's diff."""
+    out = []
+    for f in result.findings:
+        props = (f"file={_gh_escape(f.path, True)},line={f.line},col={f.column},endLine={f.end_line},"
+                 f"endColumn={f.end_column},title={_gh_escape('loralint ' + f.rule, True)}")
+        out.append(f"::warning {props}::{_gh_escape(f.message or default_message(f))}")
+    for r in result.errors:
+        out.append(f"::error file={_gh_escape(r.path, True)}::{_gh_escape(r.error or 'error')}")
+    return "\n".join(out)

@@ -1,0 +1,220 @@
+"""predicate: multi-predicate conditionals that should be extracted into predicate functions.
+
+## What it does
+Flags every `if`, `else if`, `while`, `do...while` and `for` condition, and every ternary condition, that
+holds at least one `&&` or `||` anywhere below it (inside calls and arrow functions too).
+
+## Why is this bad?
+A compound condition such as `a > 5 && b < 10 && c !== null` says *how* something is decided, not *what*
+is decided. Copied through a codebase it drifts out of sync; named, it is tested and changed in one place.
+
+## Example
+```js
+if (user && user.active && !user.banned) {
+  grant(user);
+}
+```
+
+## Use instead
+```js
+const canBeGranted = (user) => Boolean(user && user.active && !user.banned);
+if (canBeGranted(user)) {
+  grant(user);
+}
+```
+
+This module owns the rule's oracle (a tree-sitter query), its prompt and its answer format: dataset
+building renders answers with :meth:`PredicateRule.render_answer` and the scanner parses model output with
+:meth:`PredicateRule.parse_answer`.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left
+from functools import lru_cache
+
+from tree_sitter import Node, Query, QueryCursor, Tree
+
+from ..findings import Finding, fold
+from ..languages import language
+from . import Claim, ParsedAnswer, Rule, register, strip_think
+
+KINDS = ("if", "else if", "while", "do...while", "for", "ternary")
+
+_CONDITIONS = """[
+  (if_statement condition: (_) @if)
+  (while_statement condition: (_) @while)
+  (do_statement condition: (_) @do)
+  (for_statement condition: (_) @for)
+  (ternary_expression condition: (_) @ternary)
+]"""
+_LOGICAL = '(binary_expression operator: ["&&" "||"] @op)'
+_CAPTURE_KIND = {"if": "if", "while": "while", "do": "do...while", "for": "for", "ternary": "ternary"}
+_UNWRAP = {"if", "else if", "while", "do...while"}  # the statement's own parentheses are not part of the condition
+
+_ANSWER_LINE = re.compile(
+    r"^\s*(?:[-*]\s*)?L?(\d+)\s*[:|]\s*(" + "|".join(re.escape(k) for k in KINDS) + r")\s*:\s*(.+?)\s*$"
+)
+
+
+@lru_cache(maxsize=None)
+def _queries(grammar: str) -> tuple[Query, Query]:
+    lang = language(grammar)
+    return Query(lang, _CONDITIONS), Query(lang, _LOGICAL)
+
+
+def _char_col(source: bytes, byte: int, row_start: int) -> int:
+    return len(source[row_start:byte].decode("utf-8", "replace")) + 1
+
+
+def _inner(node: Node) -> Node:
+    if node.type == "parenthesized_expression":
+        named = [c for c in node.named_children if c.type != "comment"]
+        if len(named) == 1:
+            return named[0]
+    return node
+
+
+def _text_without_comments(node: Node, source: bytes) -> str:
+    raw = source[node.start_byte : node.end_byte]
+    if b"//" in raw or b"/*" in raw:
+        cuts: list[tuple[int, int]] = []
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if n.type in ("comment", "html_comment"):
+                cuts.append((n.start_byte, n.end_byte))
+            else:
+                stack.extend(n.children)
+        if cuts:
+            parts, pos = [], node.start_byte
+            for a, b in sorted(cuts):
+                parts.append(source[pos:a])
+                pos = b
+            parts.append(source[pos : node.end_byte])
+            raw = b" ".join(parts)
+    return fold(raw.decode("utf-8", "replace"))
+
+
+class PredicateRule(Rule):
+    id = "predicate"
+    name = "multi-predicate-conditional"
+    summary = "Conditions joined by && or || should be extracted into a named predicate function."
+    doc = __doc__ or ""
+    kinds = KINDS
+
+    # ------------------------------------------------------------------ oracle
+    def _conditions(self, tree: Tree, grammar: str) -> list[tuple[str, Node]]:
+        conds, _ = _queries(grammar)
+        out = []
+        for cap, nodes in QueryCursor(conds).captures(tree.root_node).items():
+            for n in nodes:
+                if n.type == "empty_statement":  # for (;;)
+                    continue
+                kind = _CAPTURE_KIND[cap]
+                if kind == "if":
+                    parent = n.parent
+                    if parent is not None and parent.parent is not None and parent.parent.type == "else_clause":
+                        kind = "else if"
+                out.append((kind, n))
+        out.sort(key=lambda kn: (kn[1].start_byte, -kn[1].end_byte))
+        return out
+
+    def _ops(self, tree: Tree, grammar: str) -> list[int]:
+        _, logical = _queries(grammar)
+        return sorted(n.start_byte for n in QueryCursor(logical).captures(tree.root_node).get("op", []))
+
+    @staticmethod
+    def _op_count(ops: list[int], node: Node) -> int:
+        return bisect_left(ops, node.end_byte) - bisect_left(ops, node.start_byte)
+
+    def check_tree(self, tree: Tree, source: bytes, path: str, grammar: str = "javascript") -> list[Finding]:
+        ops = self._ops(tree, grammar)
+        if not ops:
+            return []
+        recovered = tree.root_node.has_error
+        findings = []
+        for kind, node in self._conditions(tree, grammar):
+            if not self._op_count(ops, node):
+                continue
+            cond = _inner(node) if kind in _UNWRAP else node
+            (sr, sc), (er, ec) = cond.start_point, cond.end_point
+            findings.append(
+                Finding(
+                    path=path,
+                    line=sr + 1,
+                    column=_char_col(source, cond.start_byte, cond.start_byte - sc),
+                    end_line=er + 1,
+                    end_column=_char_col(source, cond.end_byte, cond.end_byte - ec),
+                    rule=self.id,
+                    kind=kind,
+                    text=_text_without_comments(cond, source),
+                    recovered=recovered,
+                )
+            )
+        return findings
+
+    def clean_sites(self, tree: Tree, source: bytes, grammar: str = "javascript") -> list[tuple[int, int]]:
+        ops = self._ops(tree, grammar)
+        sites = []
+        for _kind, node in self._conditions(tree, grammar):
+            if self._op_count(ops, node) == 0:
+                stmt = node.parent
+                sites.append((stmt.start_point[0], stmt.end_point[0]) if stmt else (node.start_point[0],) * 2)
+        return sites
+
+    def protected_spans(self, tree: Tree, grammar: str = "javascript") -> list[tuple[int, int]]:
+        spans = []
+        for kind, node in self._conditions(tree, grammar):
+            start, end = node.start_point[0], node.end_point[0]
+            if kind == "for" and node.parent is not None:
+                body = node.parent.child_by_field_name("body")
+                start = node.parent.start_point[0]
+                end = body.start_point[0] if body is not None else node.parent.end_point[0]
+            if end > start:
+                spans.append((start, end))
+        return spans
+
+    # ---------------------------------------------------------- prompt / answer
+    def user_prompt(self, numbered_code: str, fence: str) -> str:
+        return (
+            "Review this code for all predicate function violations: every if, else if, while, "
+            "do...while, for or ternary condition that contains && or ||. "
+            "Answer one violation per line as `LINE: KIND: CONDITION`, or `No violations found.`\n"
+            f"```{fence}\n{numbered_code}\n```"
+        )
+
+    def render_answer(self, findings: list[Finding]) -> str:
+        if not findings:
+            return self.no_findings_answer
+        return "\n".join(f"{f.line}: {f.kind}: {f.text}" for f in findings)
+
+    def parse_answer(self, text: str) -> ParsedAnswer:
+        body = strip_think(text).strip()
+        claims: list[Claim] = []
+        malformed: list[str] = []
+        seen: set[tuple[int, str, str]] = set()
+        dups = 0
+        clean = False
+        for raw in body.splitlines():
+            line = raw.strip().strip("`")
+            if not line:
+                continue
+            if line.rstrip(".").lower() == self.no_findings_answer.rstrip(".").lower():
+                clean = True
+                continue
+            m = _ANSWER_LINE.match(line)
+            if not m:
+                malformed.append(raw)
+                continue
+            key = (int(m.group(1)), m.group(2), m.group(3))
+            if key in seen:
+                dups += 1
+                continue
+            seen.add(key)
+            claims.append(Claim(*key))
+        return ParsedAnswer(claims=claims, malformed=malformed, clean=clean and not claims, duplicates=dups)
+
+
+RULE = register(PredicateRule())
