@@ -97,3 +97,31 @@ def plan(lines: list[str], spans: list[tuple[int, int]], target: int = 30, max_l
         out.append(Window(start, best))
         start = best
     return out
+
+
+#: the scanner's window size (lines); the dataset's `window` examples use the same
+DEFAULT_TARGET = 30
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines as the model and the reports number them (1-based = index + 1); CR LF and CR count as one."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def file_windows(data: bytes, grammar: str, target: int = DEFAULT_TARGET, max_lines: int | None = None,
+                 max_chars: int = 6000, tree: Tree | None = None) -> tuple[list[str], list[Window]]:
+    """A file's lines and the windows the model reviews them in (dataset and scanner both call this)."""
+    from .languages import parse
+
+    lines = split_lines(data.decode("utf-8", "replace"))
+    if lines and lines[-1] == "" and len(lines) > 1:
+        lines.pop()  # the newline that ends the last line opens no new line
+    tree = tree or parse(data, grammar)
+    return lines, plan(lines, protected_spans(tree, grammar), target, max_lines, max_chars)
+
+
+def window_messages(rule, lines: list[str], window: Window, fence: str, answer: str | None = None) -> list[dict]:
+    """The chat messages for one window: the rule's prompt over the window's lines, numbered as in the file."""
+    from .rules import number_lines
+
+    return rule.messages(number_lines(lines[window.start:window.end], window.start + 1), fence, answer)
