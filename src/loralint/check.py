@@ -49,9 +49,11 @@ class RunResult:
 
     def stats(self) -> dict:
         read = [r for r in self.files if not r.skipped]
+        skipped = self.skipped
         return {
             "files_checked": len(read),
-            "files_skipped": len(self.skipped),
+            "files_skipped": sum(not s.is_dir for s in skipped),
+            "folders_skipped": sum(s.is_dir for s in skipped),
             "files_with_errors": len(self.errors),
             "files_with_parse_errors": sum(r.parse_errors for r in read),
             "findings": sum(len(r.findings) for r in read),
@@ -64,20 +66,32 @@ def resolve_rules(ids: Iterable[str] | None) -> list[Rule]:
     return [get_rule(i) for i in ids] if ids else list(all_rules().values())
 
 
-def oracle_findings(src: SourceFile, rules: list[Rule]) -> tuple[list[Finding], bool]:
-    """Every rule's findings for one file (not suppressed), and whether the parse had errors."""
-    tree = parse(src.data, src.grammar)
+def _tree_findings(tree, src: SourceFile, rules: list[Rule]) -> list[Finding]:
     found: list[Finding] = []
     for rule in rules:
         found.extend(rule.check_tree(tree, src.data, src.path, src.grammar))
-    return sort_findings(found), tree.root_node.has_error
+    return sort_findings(found)
+
+
+def oracle_findings(src: SourceFile, rules: list[Rule]) -> tuple[list[Finding], bool]:
+    """Every rule's findings for one file (not suppressed), and whether the parse had errors."""
+    tree = parse(src.data, src.grammar)
+    return _tree_findings(tree, src, rules), tree.root_node.has_error
+
+
+def count_lines(data: bytes) -> int:
+    """Lines as an editor numbers them: a final line break does not open another line."""
+    return data.count(b"\n") + (not data.endswith(b"\n")) if data else 0
 
 
 def check_source(src: SourceFile, rules: list[Rule]) -> FileResult:
-    res = FileResult(path=src.path, lines=src.data.count(b"\n") + 1)
+    """One file's findings after its suppression comments; an exception is recorded, not raised."""
+    res = FileResult(path=src.path, lines=count_lines(src.data))
     try:
-        found, res.parse_errors = oracle_findings(src, rules)
-        res.findings, res.suppressed = parse_suppressions(src.text).filter(found)
+        tree = parse(src.data, src.grammar)
+        res.parse_errors = tree.root_node.has_error
+        found = _tree_findings(tree, src, rules)
+        res.findings, res.suppressed = parse_suppressions(src.data, tree).filter(found)
     except Exception as e:  # a bug on one file must not end the run
         res.error = f"{type(e).__name__}: {e}"
     return res

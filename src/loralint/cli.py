@@ -70,8 +70,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if state["debug"] or "--debug" in (argv or sys.argv):
             raise
-        msg = str(e) if isinstance(e, (UserError, FileNotFoundError, KeyError, ValueError)) else f"{type(e).__name__}: {e}"
-        typer.echo(f"loralint: error: {msg.strip(chr(39))} (run with --debug for the traceback)", err=True)
+        if isinstance(e, KeyError) and e.args:
+            msg = str(e.args[0])  # str(KeyError) quotes its message
+        elif isinstance(e, (UserError, FileNotFoundError, ValueError)):
+            msg = str(e)
+        else:
+            msg = f"{type(e).__name__}: {e}"
+        typer.echo(f"loralint: error: {msg} (run with --debug for the traceback)", err=True)
         return 2
 
 

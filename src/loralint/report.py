@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from . import __version__
 from .findings import default_message
@@ -40,8 +43,8 @@ def text(result: "RunResult", verbose: bool = False) -> str:
         for s in result.skipped:
             out.append(f"{s.path}: skipped: {s.reason}")
     st = result.stats()
-    summary = (f"{st['findings']} finding{'s' * (st['findings'] != 1)} in {st['files_checked']} files"
-               f" ({st['files_skipped']} skipped")
+    summary = (f"{st['findings']} finding{'s' * (st['findings'] != 1)} in {st['files_checked']} "
+               f"file{'s' * (st['files_checked'] != 1)} ({st['files_skipped']} skipped")
     if st["files_with_errors"]:
         summary += f", {st['files_with_errors']} with errors"
     if st.get("suppressed"):
@@ -64,28 +67,60 @@ def json_stats(result: "RunResult", extra_stats: dict | None = None) -> dict:
     return st
 
 
+def _doc_section(doc: str, title: str) -> str:
+    """One ``## title`` section of a rule's documentation, or ''."""
+    head = f"## {title}\n"
+    if head not in doc:
+        return ""
+    return doc.split(head, 1)[1].split("\n## ", 1)[0].strip()
+
+
 def _rule_descriptor(rule) -> dict:
+    doc = rule.doc.strip()
     return {
         "id": rule.id,
         "name": rule.name,
         "shortDescription": {"text": rule.summary},
-        "fullDescription": {"text": rule.summary},
-        "help": {"text": rule.doc.strip(), "markdown": rule.doc.strip()},
+        "fullDescription": {"text": " ".join(_doc_section(doc, "What it does").split()) or rule.summary},
+        "help": {"text": doc, "markdown": doc},
         "defaultConfiguration": {"level": "warning"},
-        "properties": {"tags": ["maintainability", "readability"], "kinds": list(rule.kinds)},
+        "properties": {"tags": ["maintainability", "readability"], "kinds": list(rule.kinds),
+                       "problem.severity": "warning"},
     }
 
 
 def _uri(path: str) -> str:
+    """A relative path as a relative URI reference (percent-encoded), an absolute one as a file: URI."""
     p = Path(path)
-    return p.as_posix() if not p.is_absolute() else p.as_uri()
+    return p.as_uri() if p.is_absolute() else quote(p.as_posix(), safe="/")
+
+
+def _artifact(path: str) -> dict:
+    uri = _uri(path)
+    return {"uri": uri} if uri.startswith("file:") else {"uri": uri, "uriBaseId": "%SRCROOT%"}
+
+
+def _fingerprints(findings) -> list[str]:
+    """Stable across runs and unrelated edits: rule, kind and condition text, plus which occurrence of that
+    same condition in its file it is (GitHub's own line hashes count occurrences the same way)."""
+    seen: Counter = Counter()
+    out = []
+    for f in findings:
+        h = hashlib.sha256(f"{f.rule}\0{f.kind}\0{f.text}".encode()).hexdigest()[:32]
+        seen[(f.path, h)] += 1
+        out.append(f"{h}:{seen[(f.path, h)]}")
+    return out
 
 
 def sarif(result: "RunResult", tool_name: str = "loralint") -> dict:
+    """A SARIF 2.1.0 log as GitHub code scanning reads it: rules with descriptions and help, a stable
+    ``ruleId``, full regions (1-based, end column exclusive, columns in code points) and
+    ``partialFingerprints``; skipped files and errors are tool execution notifications."""
     rules = list(all_rules().values())
     index = {r.id: i for i, r in enumerate(rules)}
+    findings = result.findings
     results = []
-    for f in result.findings:
+    for f, fp in zip(findings, _fingerprints(findings)):
         results.append({
             "ruleId": f.rule,
             "ruleIndex": index.get(f.rule, 0),
@@ -93,29 +128,31 @@ def sarif(result: "RunResult", tool_name: str = "loralint") -> dict:
             "message": {"text": f.message or default_message(f)},
             "locations": [{
                 "physicalLocation": {
-                    "artifactLocation": {"uri": _uri(f.path), "uriBaseId": "%SRCROOT%"},
+                    "artifactLocation": _artifact(f.path),
                     "region": {"startLine": f.line, "startColumn": f.column,
                                "endLine": f.end_line, "endColumn": f.end_column},
                 }
             }],
-            "partialFingerprints": {"primaryLocationLineHash": f"{f.rule}:{f.kind}:{f.text}"},
+            # GitHub's upload action adds its own primaryLocationLineHash next to this one
+            "partialFingerprints": {"loralintCondition/v1": fp},
             "properties": {"kind": f.kind, "source": f.source, "recovered": f.recovered},
         })
     notifications = [{"level": "note", "message": {"text": f"skipped: {s.reason}"},
-                      "locations": [{"physicalLocation": {"artifactLocation": {"uri": _uri(s.path.rstrip('/'))}}}]}
+                      "locations": [{"physicalLocation": {"artifactLocation": _artifact(s.path.rstrip("/") or "/")}}]}
                      for s in result.skipped]
     notifications += [{"level": "error", "message": {"text": r.error or "error"},
-                       "locations": [{"physicalLocation": {"artifactLocation": {"uri": _uri(r.path)}}}]}
+                       "locations": [{"physicalLocation": {"artifactLocation": _artifact(r.path)}}]}
                       for r in result.errors]
     return {
         "$schema": SARIF_SCHEMA,
         "version": "2.1.0",
         "runs": [{
-            "tool": {"driver": {"name": tool_name, "version": __version__,
+            "tool": {"driver": {"name": tool_name, "version": __version__, "semanticVersion": __version__,
                                 "informationUri": "https://pypi.org/project/loralint/",
                                 "rules": [_rule_descriptor(r) for r in rules]}},
             "invocations": [{"executionSuccessful": not result.errors,
                              "toolExecutionNotifications": notifications}],
+            "columnKind": "unicodeCodePoints",
             "results": results,
         }],
     }

@@ -1,14 +1,17 @@
 """Walking a project: which files are read, which are skipped and why.
 
-Directories named ``node_modules`` and hidden ones are not entered; files with an extension no grammar
-reads are ignored silently. Every other file that is not read is reported as a :class:`Skipped` with a
-reason: unreadable, binary, not UTF-8, too large, minified, a broken link, a link loop or a link leading
-out of the tree. Nothing here raises for a bad file.
+Folders named ``node_modules`` and hidden ones are not entered, and links are not followed; files with
+an extension no grammar reads are ignored silently. Every other file or folder that is not read is
+reported as a :class:`Skipped` with a reason: a dependency or hidden folder, a hidden file, unreadable,
+not a regular file, binary, not UTF-8, too large, minified, a broken link, a link loop, a link leading out
+of the tree or one to a file or folder of the tree (read at its own path). Nothing here raises for a bad file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -24,8 +27,12 @@ SKIP_DIRS = {"node_modules"}
 
 @dataclass(frozen=True)
 class Skipped:
-    path: str
+    path: str  # a folder's ends with "/"
     reason: str
+
+    @property
+    def is_dir(self) -> bool:
+        return self.path.endswith("/")
 
     def to_dict(self) -> dict:
         return {"path": self.path, "reason": self.reason}
@@ -58,7 +65,9 @@ def discover(paths: Iterable[str | os.PathLike]) -> tuple[list[str], list[Skippe
     """Files to read under ``paths`` (sorted, each once) and the files and folders skipped, with reasons.
 
     A path given explicitly is read whatever its name (hidden, inside node_modules) if a grammar
-    reads its extension."""
+    reads its extension. Inside a folder, links are not followed: a link to something in the tree
+    names a file or folder that is read at its own path, and one that leads out of the tree, nowhere
+    or round in a loop is reported as skipped."""
     files: list[str] = []
     skipped: list[Skipped] = []
     seen: set[str] = set()
@@ -84,46 +93,48 @@ def discover(paths: Iterable[str | os.PathLike]) -> tuple[list[str], list[Skippe
             skipped.append(Skipped(_display(p), _link_problem(p) or "not a regular file or directory"))
             continue
         root = os.path.realpath(p)
-        visited = {root}
-        for dirpath, dirnames, filenames in os.walk(p, followlinks=True, onerror=lambda e: skipped.append(
-                Skipped(_display(Path(e.filename or "?")), f"unreadable directory: {e.strerror}"))):
+
+        def unreadable(e: OSError) -> None:
+            skipped.append(Skipped(_display(Path(e.filename or "?")) + "/", f"unreadable folder: {e.strerror}"))
+
+        for dirpath, dirnames, filenames in os.walk(p, onerror=unreadable):
             keep = []
             for d in sorted(dirnames):
                 full = Path(dirpath, d)
+                shown = _display(full) + "/"
                 if d in SKIP_DIRS:
-                    skipped.append(Skipped(_display(full) + "/", "dependency folder (node_modules)"))
-                    continue
-                if d.startswith("."):
-                    continue  # hidden folders (.git, .cache ...) are not part of the project's code
-                if os.path.islink(full):
-                    real = os.path.realpath(full)
-                    if not os.path.exists(full):
-                        skipped.append(Skipped(_display(full) + "/", _link_problem(full) or "broken link"))
-                        continue
-                    if real in visited or _inside(os.path.realpath(dirpath), real):  # points at an ancestor
-                        skipped.append(Skipped(_display(full) + "/", "symbolic link loop"))
-                        continue
-                    if not _inside(real, root):
-                        skipped.append(Skipped(_display(full) + "/", f"link leads out of the tree ({real})"))
-                        continue
-                    visited.add(real)
-                keep.append(d)
+                    skipped.append(Skipped(shown, "dependency folder (node_modules)"))
+                elif d.startswith("."):
+                    skipped.append(Skipped(shown, "hidden folder"))
+                elif os.path.islink(full):
+                    skipped.append(Skipped(shown, _link_reason(full, dirpath, root)))
+                else:
+                    keep.append(d)
             dirnames[:] = keep
             for f in sorted(filenames):
-                if f.startswith(".") or grammar_for(f) is None:
+                if grammar_for(f) is None:
                     continue
                 full = Path(dirpath, f)
-                if os.path.islink(full):
-                    problem = _link_problem(full)
-                    if problem:
-                        skipped.append(Skipped(_display(full), problem))
-                        continue
-                    real = os.path.realpath(full)
-                    if not _inside(real, root):
-                        skipped.append(Skipped(_display(full), f"link leads out of the tree ({real})"))
-                        continue
-                add(full)
+                if f.startswith("."):
+                    skipped.append(Skipped(_display(full), "hidden file"))
+                elif os.path.islink(full):
+                    skipped.append(Skipped(_display(full), _link_reason(full, dirpath, root)))
+                else:
+                    add(full)
     return files, skipped
+
+
+def _link_reason(link: Path, dirpath: str, root: str) -> str:
+    """Why a link met while walking the tree ``root`` is not followed."""
+    problem = _link_problem(link)
+    if problem:
+        return problem
+    real = os.path.realpath(link)
+    if _inside(os.path.realpath(dirpath), real):
+        return "symbolic link loop (it points to a folder that holds it)"
+    if not _inside(real, root):
+        return f"link leads out of the tree ({real})"
+    return f"link inside the tree to {_display(Path(real))} (not followed: it is read at its own path)"
 
 
 def _link_problem(p: Path) -> str | None:
@@ -134,20 +145,21 @@ def _link_problem(p: Path) -> str | None:
     except RuntimeError:
         return "symbolic link loop"
     except OSError as e:
-        if e.errno == 40:  # ELOOP
+        if e.errno == errno.ELOOP:
             return "symbolic link loop"
-        return "broken link"
+        return f"broken link (to {os.readlink(p)})"
     return None
 
 
 def minified_reason(data: bytes, name: str) -> str | None:
-    lower = name.lower()
-    if lower.endswith(MINIFIED_NAMES):
+    """Why a file looks minified (by its name, or a very long line among its first 20), or None."""
+    if name.lower().endswith(MINIFIED_NAMES):
         return "minified (file name)"
-    head = data[:200_000].split(b"\n", 20)[:20]
-    for i, line in enumerate(head, 1):
-        if len(line) > MINIFIED_LINE and (i < len(head) or len(data) > MINIFIED_LINE):
-            return f"minified (line {i} has {len(line):,} characters)"
+    for i, line in enumerate(data[:200_000].split(b"\n", 20)[:20], 1):
+        if len(line) > MINIFIED_LINE:
+            chars = len(line.decode("utf-8", "replace"))
+            if chars > MINIFIED_LINE:
+                return f"minified (line {i} has {chars:,} characters)"
     return None
 
 
@@ -159,13 +171,17 @@ def load(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> SourceFile | Skipped:
     if grammar is None:
         return Skipped(shown, f"unsupported file type {p.suffix or '(none)'}")
     try:
-        size = os.stat(p).st_size
-        if size > max_bytes:
-            return Skipped(shown, f"too large ({size:,} bytes > {max_bytes:,}; raise --max-bytes to read it)")
+        st = os.stat(p)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever
+            return Skipped(shown, "not a regular file")
+        if st.st_size > max_bytes:
+            return Skipped(shown, f"too large ({st.st_size:,} bytes > {max_bytes:,}; raise --max-bytes to read it)")
         with open(p, "rb") as fh:
             data = fh.read(max_bytes + 1)
     except OSError as e:
         return Skipped(shown, f"unreadable: {e.strerror or e}")
+    if len(data) > max_bytes:  # grew since stat
+        return Skipped(shown, f"too large (> {max_bytes:,} bytes; raise --max-bytes to read it)")
     if b"\0" in data[:8192]:
         return Skipped(shown, "binary file")
     if data.startswith(b"\xef\xbb\xbf"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,28 +24,31 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar or summary
 
 @contextmanager
 def progress_bar(label: str, enabled: bool = True) -> Iterator[tuple]:
-    """A rich progress bar on stderr (stdout stays machine-readable); yields (set_total, advance)."""
-    if not enabled or not stderr.is_terminal and not _force_progress():
+    """A rich progress bar on stderr (stdout stays machine-readable); yields (set_total, advance).
+
+    Shown when stderr is a terminal; ``LORALINT_PROGRESS=1`` shows it anyway (a CI log), ``=0`` never."""
+    forced = os.environ.get("LORALINT_PROGRESS", "")
+    if not enabled or forced == "0" or (forced != "1" and not stderr.is_terminal):
         yield (lambda n: None, lambda k=1: None)
         return
+    console = stderr if stderr.is_terminal else Console(stderr=True, force_terminal=True)
     cols = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TimeRemainingColumn())
-    with Progress(*cols, console=stderr, transient=True) as prog:
+    with Progress(*cols, console=console, transient=True) as prog:
         task = prog.add_task(label, total=None)
         yield (lambda n: prog.update(task, total=n), lambda k=1: prog.advance(task, k))
 
 
-def _force_progress() -> bool:
-    import os
-
-    return os.environ.get("LORALINT_PROGRESS") == "1"
+def check_format(fmt: str) -> None:
+    """A usage error (exit code 2) for an unknown ``--format``, before any work is done."""
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", param_hint="--format")
 
 
 def emit_report(result, fmt: str, verbose: bool, quiet: bool, output: Path | None = None,
                 stats_path: Path | None = None, extra_stats: dict | None = None) -> int:
     """Print a run's report and return the exit code: 1 if there are findings, else 0."""
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", param_hint="--format")
+    check_format(fmt)
     body = render(result, fmt, verbose=verbose)
     if output:
         output.write_text(body + "\n")
@@ -58,7 +62,8 @@ def emit_report(result, fmt: str, verbose: bool, quiet: bool, output: Path | Non
             stderr.print_json(json.dumps(stats))
         else:
             s = result.stats()
-            stderr.print(f"{s['findings']} findings in {s['files_checked']} files, {s['files_skipped']} skipped"
+            stderr.print(f"{s['findings']} finding{'s' * (s['findings'] != 1)} in {s['files_checked']} "
+                         f"file{'s' * (s['files_checked'] != 1)}, {s['files_skipped']} skipped"
                          + (f", {s['files_with_errors']} errors" if s["files_with_errors"] else ""),
                          highlight=False)
     return 1 if result.findings else 0

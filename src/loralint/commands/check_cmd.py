@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..cli import app
-from . import FormatOpt, QuietOpt, VerboseOpt, emit_report, progress_bar
+from . import FormatOpt, QuietOpt, VerboseOpt, check_format, emit_report, progress_bar
 
 
 @app.command("check")
@@ -23,13 +23,18 @@ def check_command(
     verbose: bool = VerboseOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Find rule violations with the syntax-tree oracle (no model): exit 0 clean, 1 findings, 2 error."""
+    """Find rule violations with the syntax-tree oracle (no model): exit 0 clean, 1 findings, 2 error.
+
+    Skipped files and folders (binary, not UTF-8, minified, links...) are listed with --verbose and in
+    --stats; a file that fails to check is reported and the run goes on (exit code 2)."""
     from ..check import check
 
+    check_format(fmt)
     missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
     if missing:
         raise typer.BadParameter(f"no such file or directory: {', '.join(missing)}", param_hint="PATHS")
     with progress_bar("checking", not quiet) as (total, advance):
         result = check([str(p) for p in paths], rule, max_bytes=max_bytes, jobs=jobs or None,
                        progress=advance, on_total=total)
-    raise typer.Exit(emit_report(result, fmt, verbose, quiet, output, stats))
+    rc = emit_report(result, fmt, verbose, quiet, output, stats)
+    raise typer.Exit(2 if result.errors else rc)  # a file that failed to check is an internal error

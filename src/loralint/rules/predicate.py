@@ -88,13 +88,25 @@ def _text_without_comments(node: Node, source: bytes) -> str:
             else:
                 stack.extend(n.children)
         if cuts:
-            parts, pos = [], node.start_byte
+            # a comment and the blanks around it become one space, or nothing next to a bracket:
+            # `a /* x */ && b` -> `a && b`, `f(/* x */ a)` -> `f(a)`
+            out, pos = b"", node.start_byte
             for a, b in sorted(cuts):
-                parts.append(source[pos:a])
+                out = _join(out, source[pos:a])
                 pos = b
-            parts.append(source[pos : node.end_byte])
-            raw = b" ".join(parts)
+            raw = _join(out, source[pos : node.end_byte])
     return fold(raw.decode("utf-8", "replace"))
+
+
+def _join(left: bytes, right: bytes) -> bytes:
+    """``left`` + ``right`` where a comment was cut out between them."""
+    if not left:
+        return right.lstrip(b" \t")
+    left, right = left.rstrip(b" \t"), right.lstrip(b" \t")
+    if not left or not right or left[-1:] in (b"\n", b"\r", b"(", b"[", b"{") \
+            or right[:1] in (b"\n", b"\r", b")", b"]", b"}", b",", b";"):
+        return left + right
+    return left + b" " + right
 
 
 class PredicateRule(Rule):
@@ -105,7 +117,15 @@ class PredicateRule(Rule):
     kinds = KINDS
 
     # ------------------------------------------------------------------ oracle
+    #: the last tree's conditions and operators, so that check_tree, clean_sites and protected_spans on the
+    #: same tree query it once (dataset building calls all three)
+    _memo_conditions: tuple = (None, None, None)
+    _memo_ops: tuple = (None, None, None)
+
     def _conditions(self, tree: Tree, grammar: str) -> list[tuple[str, Node]]:
+        memo = self._memo_conditions
+        if memo[0] is tree and memo[1] == grammar:
+            return memo[2]
         conds, _ = _queries(grammar)
         out = []
         for cap, nodes in QueryCursor(conds).captures(tree.root_node).items():
@@ -119,11 +139,17 @@ class PredicateRule(Rule):
                         kind = "else if"
                 out.append((kind, n))
         out.sort(key=lambda kn: (kn[1].start_byte, -kn[1].end_byte))
+        self._memo_conditions = (tree, grammar, out)
         return out
 
     def _ops(self, tree: Tree, grammar: str) -> list[int]:
+        memo = self._memo_ops
+        if memo[0] is tree and memo[1] == grammar:
+            return memo[2]
         _, logical = _queries(grammar)
-        return sorted(n.start_byte for n in QueryCursor(logical).captures(tree.root_node).get("op", []))
+        ops = sorted(n.start_byte for n in QueryCursor(logical).captures(tree.root_node).get("op", []))
+        self._memo_ops = (tree, grammar, ops)
+        return ops
 
     @staticmethod
     def _op_count(ops: list[int], node: Node) -> int:
