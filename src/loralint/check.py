@@ -6,7 +6,6 @@ Also the engine under every other stage that needs oracle findings (dataset buil
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -119,6 +118,8 @@ def map_files(fn: Callable, items: list, jobs: int, progress: Callable[[int], No
             if progress:
                 progress(1)
         return out
+    from concurrent.futures import ProcessPoolExecutor
+
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         for r in pool.map(fn, items, chunksize=chunksize):
             out.append(r)

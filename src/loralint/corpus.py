@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -65,6 +64,8 @@ def _npm_pack(pkg: Package, tmp: str) -> tuple[bytes, str | None]:
 
 
 def _registry_get(pkg: Package) -> tuple[bytes, str | None]:
+    import urllib.request  # only when fetching (it takes a while to import)
+
     with urllib.request.urlopen(f"{REGISTRY}/{pkg.name.replace('/', '%2F')}/{pkg.version}", timeout=60) as r:
         meta = json.load(r)
     dist = meta["dist"]

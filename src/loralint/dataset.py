@@ -40,6 +40,7 @@ import functools
 import gc
 import hashlib
 import json
+import marshal
 import multiprocessing
 import os
 import random
@@ -48,7 +49,8 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Mapping
-from itertools import accumulate, compress, count
+from itertools import accumulate, compress, count, repeat
+from operator import is_
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -57,7 +59,7 @@ from typing import Callable, Iterable, Sequence
 from . import __version__, sources, windows
 from .corpus import read_list
 from .findings import Finding, sort_findings
-from .languages import EXTENSIONS, fence_for, parse
+from .languages import EXTENSIONS, fence_for, grammar_for, parse
 from .rules import Rule, get_rule
 
 KINDS = ("window", "file", "snippet", "clean")
@@ -347,6 +349,7 @@ class TokenCounter:
 
     #: the pre-token counts learned by earlier builds (regex mode), kept next to the kit
     CACHE = "pretokens.json"
+    CACHE_FAST = "pretokens.marshal"
 
     def __init__(self, kit: TokenKit):
         self.kit = kit
@@ -354,16 +357,48 @@ class TokenCounter:
         self._tk = None
         self._hf = None
         self._bpe: dict[str, int] = {}
+        #: regex mode: ASCII line -> tokens of ``0| line\n`` in numbered code (see :meth:`sums`)
+        self._line_tokens: dict[str, int] = {}
+        #: regex mode: tokens of the line numbers 0, 1, 2 ... less those of 0
+        self._deltas: list[int] = []
         self.learned: dict[str, int] = {}  # counted since the last take_learned()
         self._tail: dict[tuple[str, str], int] = {}
         self._head: dict[str, int] = {}
         self._special = (re.compile("|".join(re.escape(t) for t in sorted(kit.added, key=len, reverse=True)))
                          if kit.added else None)
         if self.mode == "regex":
-            try:
-                self._bpe = json.loads((kit.dir / self.CACHE).read_text())
-            except (OSError, ValueError):
-                pass
+            self._bpe = self._read_cache()
+
+    def _read_cache(self) -> dict[str, int]:
+        """The saved pre-token counts: from their marshal copy (several times faster to read) when it is not
+        older than the JSON file, else from the JSON file (and the copy is made)."""
+        path, fast = self.kit.dir / self.CACHE, self.kit.dir / self.CACHE_FAST
+        try:
+            when = path.stat().st_mtime_ns
+        except OSError:
+            return {}
+        try:
+            if fast.stat().st_mtime_ns >= when:
+                got = marshal.loads(fast.read_bytes())
+                if isinstance(got, dict):
+                    return got
+        except (OSError, ValueError, EOFError, TypeError):
+            pass
+        try:
+            got = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        self._write(fast, marshal.dumps(got))
+        return got
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
     @property
     def tk(self):
@@ -388,13 +423,9 @@ class TokenCounter:
         """Keep the pre-token counts for the next build (written only when this one learned new ones)."""
         if self.mode != "regex" or not self.learned or len(self._bpe) > limit:
             return
-        path = self.kit.dir / self.CACHE
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self._bpe, ensure_ascii=False, separators=(",", ":")))
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
+        self._write(self.kit.dir / self.CACHE,
+                    json.dumps(self._bpe, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+        self._write(self.kit.dir / self.CACHE_FAST, marshal.dumps(self._bpe))
         self.learned = {}
 
     # -- exact counts of plain text
@@ -446,46 +477,73 @@ class TokenCounter:
         """Prefix sums of :meth:`rows`: ``S[b] - S[a]`` is the tokens of rows ``[a, b)``."""
         if self.mode != "regex":
             return self.prefix(self.rows(lines))
+        # In the numbered code ``1| a\n2| b\n...`` every line number follows a line break, so in the GPT-2 split
+        # it is a pre-token of its own and the line break before it is one too: a numbered line's tokens are its
+        # number's plus those of ``| line\n``, whatever the lines around it. Each line is counted once (as
+        # ``0| line\n``: the cache) and each number once (less the 0's: the deltas).
+        cache = self._line_tokens
+        rows = list(map(cache.get, lines))
+        if None in rows:
+            self._learn_lines(dict.fromkeys(compress(lines, map(is_, rows, repeat(None)))))
+            rows = list(map(cache.get, lines))
+            if None in rows:  # lines the ASCII pattern cannot split: counted exactly, with their number
+                for i, r in enumerate(rows):
+                    if r is None:
+                        rows[i] = self._text(f"{i + 1}| {lines[i]}\n0") - 1 - self._delta(i + 1)
+        n = len(lines)
+        deltas = self._deltas
+        if len(deltas) <= n:
+            self._delta(n)
+        return list(accumulate(map(int.__add__, rows, deltas[1:n + 1]), initial=0))
+
+    def _delta(self, i: int) -> int:
+        """Tokens of the line number ``i`` (a pre-token of its own) less those of 0."""
+        deltas = self._deltas
+        if len(deltas) <= i:
+            more = [str(k) for k in range(len(deltas), max(i + 1, 2 * len(deltas), 1024))]
+            if len(self._bpe) > 4_000_000:  # a bound on the cache of a long-lived worker
+                self._bpe.clear()
+            self._fill(more + ["0"])
+            zero = self._bpe["0"]
+            deltas.extend(self._bpe[k] - zero for k in more)
+        return deltas[i]
+
+    def _learn_lines(self, new: dict[str, None]) -> None:
+        """Count the lines ``new`` (not in the cache yet) that are ASCII without special tokens, into the cache."""
+        cache = self._line_tokens
+        if len(cache) > 2_000_000:  # a bound on the cache of a long-lived worker
+            cache.clear()
+        text = "\n".join(new)
         special = self._special.search if self._special is not None else None
-        odd = [] if all(map(str.isascii, lines)) and (special is None or not any(map(special, lines))) \
-            else [i for i, line in enumerate(lines) if not line.isascii() or (special is not None and special(line))]
-        if not odd:
-            S = self._ascii_sums(lines)
-            if S is not None:
-                return S
-        plain = list(lines)  # lines the ASCII pattern cannot split: blanked here, counted exactly below
-        for i in odd:
-            plain[i] = ""
-        S = self._ascii_sums(plain)
-        rows = [b - a for a, b in zip(S, S[1:])] if S is not None else [
-            self._text(f"{i}| {line}\n0") - 1 for i, line in enumerate(plain, 1)]
-        for i in odd:
-            rows[i] = self._text(f"{i + 1}| {lines[i]}\n0") - 1
-        return self.prefix(rows)
-
-    def fixed(self, fence: str) -> int:
-        """Tokens of an example with no code and no findings: the template's and the prompt's share."""
-        if self.mode in ("regex", "segments"):
-            return self.count((), (0,), 0, 0, "", fence)
-        return 256
-
-    def _ascii_sums(self, lines: Sequence[str]) -> list[int] | None:
-        """Prefix sums for ASCII lines without special tokens: the numbered code is split into pre-tokens in
-        one pass; every line ends with the pre-token ``\\n`` (the next line's number starts a new one)."""
-        from .rules import number_lines
-
+        if not text.isascii() or (special is not None and special(text)):
+            new = [line for line in new if line.isascii() and (special is None or not special(line))]
+            if not new:
+                return
+            text = "\n".join(new)
+        else:
+            new = list(new)
         if len(self._bpe) > 4_000_000:  # a bound on the cache of a long-lived worker
             self._bpe.clear()
-        words = _GPT2_ASCII.findall(number_lines(list(lines), 1) + "\n0")
+        # all numbered 0 in one text, split in one pass: each line's tokens end with its pre-token ``\n``
+        words = _GPT2_ASCII.findall("0| " + text.replace("\n", "\n0| ") + "\n0")
         get = self._bpe.__getitem__
         try:
             acc = list(accumulate(map(get, words)))
         except KeyError:
             self._fill(set(words).difference(self._bpe))
             acc = list(accumulate(map(get, words)))
-        S = [0]
-        S.extend(map(acc.__getitem__, compress(count(), map("\n".__eq__, words))))
-        return S if len(S) == len(lines) + 1 else None
+        ends = list(map(acc.__getitem__, compress(count(), map("\n".__eq__, words))))
+        if len(ends) == len(new):
+            cache.update(zip(new, map(int.__sub__, ends, [0] + ends)))
+        else:  # never for ASCII lines; counted one by one all the same
+            for line in new:
+                cache[line] = self._text(f"0| {line}\n0") - 1
+
+    def fixed(self, fence: str) -> int:
+        """Tokens of an example with no code and no findings: the template's and the prompt's share."""
+        if self.mode in ("regex", "segments"):
+            return self.count((), (0,), 0, 0, "", fence)
+        return 256
 
     @staticmethod
     def prefix(rows: Sequence[int]) -> list[int]:
@@ -572,6 +630,44 @@ def _init_worker(kit_dir: str, options: Options) -> None:
                   counter=TokenCounter(TokenKit.read(Path(kit_dir))))
 
 
+_CODE_SEP = "\ue000"  # a private-use character: joins a file's lines to JSON-escape them in one call
+
+
+@functools.lru_cache(maxsize=None)
+def _row_pieces(rule: Rule, fence: str) -> tuple[str, str, str] | None:
+    """A JSON line's text before the code, between the code and the answer, and after the answer up to the meta
+    object: ``json.dumps({"messages": rule.messages(code, fence, answer), "meta": ...})`` cut at the code and
+    the answer (None when the rule's prompt does not hold them once each, as they are)."""
+    text = json.dumps({"messages": rule.messages(_CODE, fence, _ANSWER)}, ensure_ascii=False)
+    if text.count(_CODE) != 1 or text.count(_ANSWER) != 1 or not text.endswith("]}"):
+        return None
+    pre, rest = text.split(_CODE)
+    if _ANSWER not in rest:
+        return None
+    mid, post = rest.split(_ANSWER)
+    return pre, mid, post[:-1] + ', "meta": '
+
+
+_JSON_LINE_BREAK = "\\n"
+_encode_str = json.encoder.encode_basestring  # what json.dumps(..., ensure_ascii=False) writes for a str
+
+
+def _json_str(text: str) -> str:
+    """``text`` JSON-escaped, without its quotes."""
+    return _encode_str(text)[1:-1]
+
+
+def _json_numbered(lines: list[str]) -> list[str]:
+    """The file's lines numbered as in a prompt (``N| line``), JSON-escaped (escaping works character by
+    character, so the escaped lines joined by an escaped line break are the escaped joined lines)."""
+    text = _CODE_SEP.join(lines)
+    if text.count(_CODE_SEP) == len(lines) - 1:
+        escaped = _json_str(text).split(_CODE_SEP)
+    else:  # the separator is in the file
+        escaped = list(map(_json_str, lines))
+    return [f"{i}| {line}" for i, line in enumerate(escaped, 1)]
+
+
 def _digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
@@ -593,11 +689,16 @@ def _file_examples_inner(task: _Task) -> _FileOut:
     rule: Rule = _STATE["rule"]
     counter: TokenCounter = _STATE["counter"]
     out = _FileOut(task.index)
-    src = sources.load(task.path, opts.max_bytes)
-    if isinstance(src, sources.Skipped):
-        out.skipped = src.reason
+    name = os.path.basename(task.path)
+    grammar = grammar_for(name)
+    if grammar is None:  # not found by sources.discover
+        src = sources.load(task.path, opts.max_bytes)
+        out.skipped = src.reason if isinstance(src, sources.Skipped) else "unsupported file type"
         return out
-    data, grammar = src.data, src.grammar
+    data = sources.read(task.path, opts.max_bytes, name)
+    if isinstance(data, str):
+        out.skipped = data
+        return out
     if not data.strip():
         out.skipped = "empty"
         return out
@@ -609,7 +710,8 @@ def _file_examples_inner(task: _Task) -> _FileOut:
         out.skipped = SYNTAX_ERRORS
         return out
     findings: list[Finding] = sort_findings(rule.check_tree(tree, data, task.rel, grammar))
-    lines, wins = windows.file_windows(data, grammar, target=opts.window_lines, tree=tree)
+    spans = rule.window_spans(tree, grammar)
+    lines, wins = windows.file_windows(data, grammar, target=opts.window_lines, spans=spans)
     n = len(lines)
     out.lines, out.findings = n, len(findings)
     fence = fence_for(task.path)
@@ -657,29 +759,44 @@ def _file_examples_inner(task: _Task) -> _FileOut:
             out.counts[f"too_long:{kind}"] += 1
             return
         emitted.add((a, b))
-        msgs = messages(a, b, answer)
-        meta = {"rule": rule.id, "split": task.split, "package": task.package, "path": task.rel,
-                "first_line": a + 1, "last_line": b, "kind": kind, "part": part, "n_findings": len(got),
-                "n_tokens": ntok}
-        line = json.dumps({"messages": msgs, "meta": meta}, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        line = row(a, b, answer, kind, part, len(got), ntok).encode("utf-8", "surrogatepass")
         if opts.dedup == "prompt":
-            key = _digest(msgs[0]["content"])
+            key = _digest(windows.window_messages(rule, lines, windows.Window(a, b), fence, answer)[0]["content"])
         elif opts.dedup == "code":  # the same code whatever its line numbers
             key = _digest(fence + "\n" + "\n".join(lines[a:b]))
         else:
             key = b""
         out.examples.append((kind, len(got), tuple(f.kind for f in got), ntok, key, line))
 
-    # each example's prompt is rule.messages() over its lines as windows.window_messages() numbers them; the
-    # numbered lines are made once per file (checked against window_messages on the file's first example)
-    numbered = [f"{i}| {line}" for i, line in enumerate(lines, 1)]
+    # Each example is a JSON line {"messages": windows.window_messages(...), "meta": {...}}. It is put together
+    # from parts made once: the rule's prompt and answer around the code (JSON-escaped, per fence), the file's
+    # numbered lines (JSON-escaped once per file) and the file's meta fields; checked against json.dumps on the
+    # file's first example (the file falls back to json.dumps when they differ).
+    pieces = _row_pieces(rule, fence)
+    numbered: list[str] = _json_numbered(lines) if pieces else []
+    meta_head = json.dumps({"rule": rule.id, "split": task.split, "package": task.package, "path": task.rel},
+                           ensure_ascii=False)[:-1] + ', "first_line": '
     checked: list[bool] = []
 
-    def messages(a: int, b: int, answer: str) -> list[dict]:
-        fast = rule.messages("\n".join(numbered[a:b]), fence, answer)
-        if not checked:
-            checked.append(fast == windows.window_messages(rule, lines, windows.Window(a, b), fence, answer))
-        return fast if checked[0] else windows.window_messages(rule, lines, windows.Window(a, b), fence, answer)
+    def slow_row(a: int, b: int, answer: str, kind: str, part: str, n_found: int, ntok: int) -> str:
+        meta = {"rule": rule.id, "split": task.split, "package": task.package, "path": task.rel,
+                "first_line": a + 1, "last_line": b, "kind": kind, "part": part, "n_findings": n_found,
+                "n_tokens": ntok}
+        msgs = windows.window_messages(rule, lines, windows.Window(a, b), fence, answer)
+        return json.dumps({"messages": msgs, "meta": meta}, ensure_ascii=False)
+
+    def row(a: int, b: int, answer: str, kind: str, part: str, n_found: int, ntok: int) -> str:
+        if pieces and (not checked or checked[0]):
+            pre, mid, post = pieces
+            fast = (f'{pre}{_JSON_LINE_BREAK.join(numbered[a:b])}{mid}{_json_str(answer)}{post}{meta_head}{a + 1}, '
+                    f'"last_line": {b}, "kind": "{kind}", "part": "{part}", "n_findings": {n_found}, '
+                    f'"n_tokens": {ntok}}}}}')
+            if checked:
+                return fast
+            checked.append(fast == slow_row(a, b, answer, kind, part, n_found, ntok))
+            if checked[0]:
+                return fast
+        return slow_row(a, b, answer, kind, part, n_found, ntok)
 
     kinds = opts.kinds
     if "window" in kinds:
@@ -693,7 +810,7 @@ def _file_examples_inner(task: _Task) -> _FileOut:
         if measured[2] <= cutoff:
             emit("file", 0, n, measured=measured)
         else:
-            chunks = _chunks(0, n, lines, tree, grammar, fence, S, counter, cutoff, widen, measure, out)
+            chunks = _chunks(0, n, lines, tree, grammar, fence, S, counter, cutoff, widen, measure, out, spans)
             out.counts["chunked_files"] += 1
             for i, (a, b) in enumerate(chunks, 1):
                 emit("file", a, b, part=f"{i}/{len(chunks)}")
@@ -787,6 +904,8 @@ def _run(tasks: list[_Task], kit: TokenKit, options: Options, jobs: int,
         counter.save()
         return results  # type: ignore[return-value]
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "fork" and counter.mode != "template":
+        counter.tk  # loaded once here for every worker (non-ASCII lines are counted with it)
     ctx = multiprocessing.get_context(method)
     chunk = max(1, min(16, len(tasks) // (jobs * 16)))
     with ctx.Pool(jobs, initializer=_init_worker, initargs=(str(kit.dir), options)) as pool:

@@ -170,30 +170,39 @@ def load(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> SourceFile | Skipped:
     grammar = grammar_for(p.name)
     if grammar is None:
         return Skipped(shown, f"unsupported file type {p.suffix or '(none)'}")
+    got = read(path, max_bytes, p.name)
+    if isinstance(got, str):
+        return Skipped(shown, got)
+    return SourceFile(path=shown, abspath=str(p.resolve()), grammar=grammar, data=got)
+
+
+def read(path: str, max_bytes: int = DEFAULT_MAX_BYTES, name: str | None = None) -> bytes | str:
+    """The bytes of a file a grammar reads (UTF-8, without a byte-order mark), or the reason it is skipped
+    (what :func:`load` does, without the paths it reports)."""
     try:
-        st = os.stat(p)
+        st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever
-            return Skipped(shown, "not a regular file")
+            return "not a regular file"
         if st.st_size > max_bytes:
-            return Skipped(shown, f"too large ({st.st_size:,} bytes > {max_bytes:,}; raise --max-bytes to read it)")
-        with open(p, "rb") as fh:
+            return f"too large ({st.st_size:,} bytes > {max_bytes:,}; raise --max-bytes to read it)"
+        with open(path, "rb") as fh:
             data = fh.read(max_bytes + 1)
     except OSError as e:
-        return Skipped(shown, f"unreadable: {e.strerror or e}")
+        return f"unreadable: {e.strerror or e}"
     if len(data) > max_bytes:  # grew since stat
-        return Skipped(shown, f"too large (> {max_bytes:,} bytes; raise --max-bytes to read it)")
+        return f"too large (> {max_bytes:,} bytes; raise --max-bytes to read it)"
     if b"\0" in data[:8192]:
-        return Skipped(shown, "binary file")
+        return "binary file"
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
-        return Skipped(shown, f"not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})")
-    reason = minified_reason(data, p.name)
+        return f"not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})"
+    reason = minified_reason(data, os.path.basename(path) if name is None else name)
     if reason:
-        return Skipped(shown, reason)
-    return SourceFile(path=shown, abspath=str(p.resolve()), grammar=grammar, data=data)
+        return reason
+    return data
 
 
 def iter_sources(paths: Iterable[str], max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[SourceFile | Skipped]:

@@ -9,10 +9,13 @@ Dataset building and scanning cut with the same function, so the model is traine
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import accumulate
+from typing import Iterable
 
-from tree_sitter import Query, QueryCursor, Tree
+from tree_sitter import Node, Query, QueryCursor, Tree
 
 from .languages import language
 
@@ -44,15 +47,25 @@ class Window:
 
 def protected_spans(tree: Tree, grammar: str) -> list[tuple[int, int]]:
     """0-based inclusive row spans (multi-line only) that no window boundary may cut."""
+    caps = QueryCursor(_query(grammar)).captures(tree.root_node)
+    return spans_from_captures(caps.get("c", ()), caps.get("for", ()))
+
+
+def spans_from_captures(nodes: Iterable[Node], fors: Iterable[Node]) -> list[tuple[int, int]]:
+    """Protected spans from the nodes :data:`_PROTECT` captures: ``nodes`` (``@c``: conditions, switch values,
+    ternaries, binary expressions, template strings) and ``fors`` (``@for``: a ``for`` statement's head, from
+    its first row to its body's). Their order, and duplicates, do not matter to :func:`forbidden_cuts`."""
     spans = []
-    for _, caps in QueryCursor(_query(grammar)).matches(tree.root_node):
-        if "for" in caps:
-            s, e = caps["for"][0].start_point[0], caps["body"][0].start_point[0]
-        else:
-            node = caps["c"][0]
-            s, e = node.start_point[0], node.end_point[0]
+    for node in nodes:
+        s, e = node.start_point[0], node.end_point[0]
         if e > s:
             spans.append((s, e))
+    for node in fors:
+        body = node.child_by_field_name("body")
+        if body is not None:
+            s, e = node.start_point[0], body.start_point[0]
+            if e > s:
+                spans.append((s, e))
     return spans
 
 
@@ -74,24 +87,28 @@ def plan(lines: list[str], spans: list[tuple[int, int]], target: int = 30, max_l
         return [Window(0, 0)]
     max_lines = max_lines or 2 * target
     bad = forbidden_cuts(n, spans, max_lines)
-    indent = [len(s) - len(s.lstrip()) if s.strip() else 10_000 for s in lines]
-    sizes = [len(s) + 1 for s in lines]
+    # cum[k]: characters of rows [0, k), a line break after each; a window takes rows while they fit in
+    # ``max_chars`` (its first row always), at most ``max_lines``
+    cum = list(accumulate(map((1).__add__, map(len, lines)), initial=0))
     out: list[Window] = []
     start = 0
     while start < n:
-        chars, stop = 0, start
-        while stop < n and stop - start < max_lines and (chars + sizes[stop] <= max_chars or stop == start):
-            chars += sizes[stop]
-            stop += 1
+        last = min(n, start + max_lines)
+        fit = bisect_right(cum, cum[start] + max_chars, start, last + 1) - 1  # rows [start, fit) fit
+        stop = min(last, max(fit, start + 1))
         if stop >= n and stop - start <= max_lines:
             out.append(Window(start, n))
             break
         lo = start + max(1, min(target, stop - start) // 2)
         hi = min(stop, start + target) if stop - start > target else stop
-        best = None
+        best, best_indent = None, 0
         for k in range(hi, lo - 1, -1):  # prefer the least indented allowed cut, then the latest
-            if not bad[k] and (best is None or indent[k] < indent[best]):
-                best = k
+            if not bad[k]:
+                line = lines[k]
+                rest = line.lstrip()
+                indent = len(line) - len(rest) if rest else 10_000
+                if best is None or indent < best_indent:
+                    best, best_indent = k, indent
         if best is None:  # no allowed cut near the target: look further, up to the hard limits
             best = next((k for k in range(hi + 1, stop + 1) if not bad[k]), stop)
         out.append(Window(start, best))
@@ -109,15 +126,24 @@ def split_lines(text: str) -> list[str]:
 
 
 def file_windows(data: bytes, grammar: str, target: int = DEFAULT_TARGET, max_lines: int | None = None,
-                 max_chars: int = 6000, tree: Tree | None = None) -> tuple[list[str], list[Window]]:
-    """A file's lines and the windows the model reviews them in (dataset and scanner both call this)."""
-    from .languages import parse
+                 max_chars: int = 6000, tree: Tree | None = None,
+                 spans: list[tuple[int, int]] | None = None) -> tuple[list[str], list[Window]]:
+    """A file's lines and the windows the model reviews them in (dataset and scanner both call this).
+    ``spans``: the tree's :func:`protected_spans`, when the caller has them already."""
+    lines = file_lines(data)
+    if spans is None:
+        from .languages import parse
 
+        spans = protected_spans(tree or parse(data, grammar), grammar)
+    return lines, plan(lines, spans, target, max_lines, max_chars)
+
+
+def file_lines(data: bytes) -> list[str]:
+    """A file's lines as :func:`file_windows` numbers them."""
     lines = split_lines(data.decode("utf-8", "replace"))
     if lines and lines[-1] == "" and len(lines) > 1:
         lines.pop()  # the newline that ends the last line opens no new line
-    tree = tree or parse(data, grammar)
-    return lines, plan(lines, protected_spans(tree, grammar), target, max_lines, max_chars)
+    return lines
 
 
 def window_messages(rule, lines: list[str], window: Window, fence: str, answer: str | None = None) -> list[dict]:

@@ -55,6 +55,13 @@ class Rule:
         """0-based row spans a window boundary must not cut (a condition split in two cannot be labelled)."""
         return []
 
+    def window_spans(self, tree: Tree, grammar: str) -> list[tuple[int, int]]:
+        """:func:`loralint.windows.protected_spans` of the tree (a rule whose oracle queries the tree anyway
+        may answer from the same pass)."""
+        from ..windows import protected_spans
+
+        return protected_spans(tree, grammar)
+
     # --- prompt and answer format (shared by dataset building and answer parsing) ---
     def user_prompt(self, numbered_code: str, fence: str) -> str:
         raise NotImplementedError

@@ -38,6 +38,7 @@ from tree_sitter import Node, Query, QueryCursor, Tree
 
 from ..findings import Finding, fold
 from ..languages import language
+from ..windows import spans_from_captures
 from . import Claim, ParsedAnswer, Rule, register, strip_think
 
 KINDS = ("if", "else if", "while", "do...while", "for", "ternary")
@@ -50,6 +51,15 @@ _CONDITIONS = """[
   (ternary_expression condition: (_) @ternary)
 ]"""
 _LOGICAL = '(binary_expression operator: ["&&" "||"] @op)'
+#: what :func:`loralint.windows.protected_spans` captures besides the if/while/do conditions above: the oracle and
+#: the windows' spans come from one pass over the tree (dataset building needs both)
+_WINDOW_SPANS = """[
+  (switch_statement value: (_) @w.c)
+  (for_statement body: (_)) @w.for
+  (ternary_expression) @w.c
+  (binary_expression) @w.c
+  (template_string) @w.c
+]"""
 _CAPTURE_KIND = {"if": "if", "while": "while", "do": "do...while", "for": "for", "ternary": "ternary"}
 _UNWRAP = {"if", "else if", "while", "do...while"}  # the statement's own parentheses are not part of the condition
 
@@ -59,9 +69,8 @@ _ANSWER_LINE = re.compile(
 
 
 @lru_cache(maxsize=None)
-def _queries(grammar: str) -> tuple[Query, Query]:
-    lang = language(grammar)
-    return Query(lang, _CONDITIONS), Query(lang, _LOGICAL)
+def _query(grammar: str) -> Query:
+    return Query(language(grammar), "\n".join((_CONDITIONS, _LOGICAL, _WINDOW_SPANS)))
 
 
 def _char_col(source: bytes, byte: int, row_start: int) -> int:
@@ -117,19 +126,27 @@ class PredicateRule(Rule):
     kinds = KINDS
 
     # ------------------------------------------------------------------ oracle
-    #: the last tree's conditions and operators, so that check_tree, clean_sites and protected_spans on the
-    #: same tree query it once (dataset building calls all three)
-    _memo_conditions: tuple = (None, None, None)
-    _memo_ops: tuple = (None, None, None)
+    #: the last tree's captures and what was made of them, so that check_tree, clean_sites, protected_spans
+    #: and window_spans on the same tree query it once (dataset building calls them all)
+    _memo: tuple = (None, None, None)
 
-    def _conditions(self, tree: Tree, grammar: str) -> list[tuple[str, Node]]:
-        memo = self._memo_conditions
+    def _facts(self, tree: Tree, grammar: str) -> dict:
+        memo = self._memo
         if memo[0] is tree and memo[1] == grammar:
             return memo[2]
-        conds, _ = _queries(grammar)
+        facts = {"caps": QueryCursor(_query(grammar)).captures(tree.root_node)}
+        self._memo = (tree, grammar, facts)
+        return facts
+
+    def _conditions(self, tree: Tree, grammar: str) -> list[tuple[str, Node]]:
+        facts = self._facts(tree, grammar)
+        out = facts.get("conditions")
+        if out is not None:
+            return out
+        caps = facts["caps"]
         out = []
-        for cap, nodes in QueryCursor(conds).captures(tree.root_node).items():
-            for n in nodes:
+        for cap in _CAPTURE_KIND:
+            for n in caps.get(cap, ()):
                 if n.type == "empty_statement":  # for (;;)
                     continue
                 kind = _CAPTURE_KIND[cap]
@@ -139,17 +156,25 @@ class PredicateRule(Rule):
                         kind = "else if"
                 out.append((kind, n))
         out.sort(key=lambda kn: (kn[1].start_byte, -kn[1].end_byte))
-        self._memo_conditions = (tree, grammar, out)
+        facts["conditions"] = out
         return out
 
     def _ops(self, tree: Tree, grammar: str) -> list[int]:
-        memo = self._memo_ops
-        if memo[0] is tree and memo[1] == grammar:
-            return memo[2]
-        _, logical = _queries(grammar)
-        ops = sorted(n.start_byte for n in QueryCursor(logical).captures(tree.root_node).get("op", []))
-        self._memo_ops = (tree, grammar, ops)
+        facts = self._facts(tree, grammar)
+        ops = facts.get("ops")
+        if ops is None:
+            ops = facts["ops"] = sorted(n.start_byte for n in facts["caps"].get("op", ()))
         return ops
+
+    def window_spans(self, tree: Tree, grammar: str = "javascript") -> list[tuple[int, int]]:
+        """:func:`loralint.windows.protected_spans` of the tree, from the oracle's own pass over it."""
+        facts = self._facts(tree, grammar)
+        spans = facts.get("window_spans")
+        if spans is None:
+            caps = facts["caps"]
+            nodes = [n for cap in ("if", "while", "do", "w.c") for n in caps.get(cap, ())]
+            spans = facts["window_spans"] = spans_from_captures(nodes, caps.get("w.for", ()))
+        return spans
 
     @staticmethod
     def _op_count(ops: list[int], node: Node) -> int:
@@ -231,7 +256,9 @@ class PredicateRule(Rule):
                 clean = True
                 continue
             m = _ANSWER_LINE.match(line)
-            if not m:
+            if not m or ("&&" not in m.group(3) and "||" not in m.group(3)):
+                # the answer format names conditions that hold && or ||: a line quoting anything else
+                # does not follow it (checked on the model's own text; the file is not consulted)
                 malformed.append(raw)
                 continue
             key = (int(m.group(1)), m.group(2), m.group(3))
