@@ -1,0 +1,432 @@
+"""How fast `loralint scan` reviews code: in process, and through an OpenAI-compatible server with the
+concurrent client against a sequential one (the seed's scan.sh: one request at a time).
+
+    python benchmarks/scan_speed.py                          # CPU, the shipped adapter, a few held-out files
+    python benchmarks/scan_speed.py --forced --answer-tokens 128      # decode-heavy answers (seed-like)
+    python benchmarks/scan_speed.py --device cuda --files 2651 --forced --random-weights \
+        --base .carry/scan/smollm2 --corpus .carry/scan/corpus --packages lodash moment eslint   # a GPU box
+
+What answers: the adapter (``--adapter``, by default the shipped one) on its base. With ``--forced`` (or
+when no adapter is shipped) the base model (``--base``, SmolLM2-135M by default) computes every step for
+real but its output is forced, token by token, to the oracle's answer for the window: the work per window
+(prefill, one decode step per answer token, stop at the end of turn) is a perfect model's, and the
+findings come out right, so the whole path (parsing, verification, reports) is timed too.
+``--random-weights`` builds the base from its config alone (same compute, nothing to carry: for a GPU
+machine without the checkpoint).
+
+The server rows: a small loopback OpenAI-compatible server (stdlib HTTP) over the same in-process engine
+that batches dynamically: requests arriving within ``--wait-ms`` of each other (and all those that queue
+up while a batch runs) are answered by one batched ``generate``; the sequential client keeps one request
+in flight, the concurrent one ``--concurrency``. With ``llama_cpp`` importable, a real llama.cpp server
+(``loralint serve`` on the embedded GGUF base, bare base answers) gets the same two clients, and
+``--llamacpp-gguf FILE`` adds llama-cpp-python in process.
+
+Prints a table and writes benchmarks/results/scan_speed_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see loralint.commands.scan_cmd.cpu_threads_yield
+
+from loralint import models  # noqa: E402
+from loralint.backends import BackendError, resolve_adapter  # noqa: E402
+from loralint.backends.transformers import TransformersBackend  # noqa: E402
+from loralint.scan import scan  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------- the forced answers
+def oracle_answer(messages: list[dict]) -> str:
+    """The oracle's answer for a window prompt (its lines are numbered ``N| code``)."""
+    from loralint.check import oracle_findings
+    from loralint.rules import get_rule
+    from loralint.sources import SourceFile
+
+    body = messages[-1]["content"]
+    code = body.split("```", 1)[1].split("\n", 1)[1].rsplit("\n```", 1)[0]
+    rows = [r.split("|", 1) for r in code.split("\n")]
+    first = int(rows[0][0])
+    text = "\n" * (first - 1) + "\n".join(r[1][1:] if len(r) > 1 else "" for r in rows)
+    rule = get_rule("predicate")
+    found, _ = oracle_findings(SourceFile("w.js", "w.js", "javascript", text.encode()), [rule])
+    return rule.render_answer(found)
+
+
+class ForcedAnswers(TransformersBackend):
+    """The real model's compute with a perfect model's output: each step's token is forced to the oracle's."""
+
+    #: pad every answer with blank lines to this many tokens (the seed's min_tokens-style long answers)
+    answer_tokens = 0
+
+    #: window prompt -> oracle answer token ids, filled by :meth:`prepare` before the clock starts
+    answers: dict[str, list[int]] = {}
+
+    def prepare(self, paths: list[str], window_lines: int = 30) -> None:
+        """The oracle's answers for every window of ``paths``, so timing leaves them out."""
+        from loralint.languages import fence_for, grammar_for
+        from loralint.rules import get_rule
+        from loralint.windows import file_windows, window_messages
+
+        rule = get_rule("predicate")
+        prompts = []
+        for p in paths:
+            lines, wins = file_windows(Path(p).read_bytes(), grammar_for(p), target=window_lines)
+            prompts += [window_messages(rule, lines, w, fence_for(p)) for w in wins]
+        answers = [oracle_answer(m) for m in prompts]
+        ids = self.tok(answers, add_special_tokens=False)["input_ids"] if answers else []
+        self.answers = {m[-1]["content"]: i for m, i in zip(prompts, ids)}
+
+    def generate(self, prompts, max_new_tokens, progress=None):
+        eos = self.eos_ids[0]
+        nl = self.tok("\n", add_special_tokens=False)["input_ids"]
+        self._targets = []
+        for m in prompts:
+            ids = self.answers.get(m[-1]["content"])
+            ids = list(ids) if ids is not None else self.tok(oracle_answer(m), add_special_tokens=False)["input_ids"]
+            while len(ids) < self.answer_tokens:
+                ids += nl
+            self._targets.append(ids + [eos])
+        if self.answer_tokens:
+            caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+            max_new_tokens = [max(c, len(t)) for c, t in zip(caps, self._targets)]
+        return super().generate(prompts, max_new_tokens, progress)
+
+    def steer(self, logits, rows, step):
+        import torch
+
+        eos = self.eos_ids[0]
+        want = torch.tensor([t[step] if step < len(t) else eos for t in (self._targets[i] for i in rows)],
+                            device=logits.device)
+        forced = torch.full_like(logits, float("-inf"))
+        return forced.scatter_(1, want[:, None], 0.0)
+
+
+def random_weight_model(base: str, device: str, dtype):
+    """The base's architecture with random weights (same compute; nothing to download or carry)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(models.model_dir(base))
+    for k in ("quantization_config",):
+        if hasattr(cfg, k):
+            delattr(cfg, k)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(device)
+
+
+# ---------------------------------------------------------------------- a dynamically batching server
+class BatchingServer:
+    """OpenAI-compatible ``/v1/chat/completions`` on loopback over one in-process backend.
+
+    Requests wait in a queue; a single worker takes the first, waits ``wait_ms`` for more (and takes every
+    request that queued meanwhile, up to ``max_batch``), and answers them with one batched ``generate``."""
+
+    def __init__(self, backend, max_batch: int = 64, wait_ms: float = 5.0, model: str = "loralint"):
+        self.backend, self.max_batch, self.wait = backend, max_batch, wait_ms / 1000
+        self.model = model
+        self.q: queue.Queue = queue.Queue()
+        self.batches: list[int] = []
+        self.httpd: ThreadingHTTPServer | None = None
+        self._stop = threading.Event()
+
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self.q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            batch = [first]
+            deadline = time.perf_counter() + self.wait
+            while len(batch) < self.max_batch:
+                left = deadline - time.perf_counter()
+                try:
+                    batch.append(self.q.get(timeout=max(0.0, left)) if left > 0 else self.q.get_nowait())
+                except queue.Empty:
+                    break
+            self.batches.append(len(batch))
+            try:
+                outs = self.backend.generate([b["messages"] for b in batch], [b["max_tokens"] for b in batch])
+            except Exception as e:  # noqa: BLE001
+                outs = [BackendError(str(e))] * len(batch)
+            for b, o in zip(batch, outs):
+                b["out"] = o
+                b["done"].set()
+
+    def __enter__(self) -> str:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _send(self, status: int, obj: dict) -> None:
+                raw = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):
+                self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                item = {"messages": body["messages"], "max_tokens": int(body.get("max_tokens") or 256),
+                        "done": threading.Event()}
+                server.q.put(item)
+                item["done"].wait()
+                out = item["out"]
+                if isinstance(out, BackendError):
+                    self._send(500, {"error": {"message": out.message}})
+                    return
+                self._send(200, {"object": "chat.completion", "model": server.model, "choices": [{
+                    "index": 0, "message": {"role": "assistant", "content": out.text},
+                    "finish_reason": "length" if out.truncated else "stop"}],
+                    "usage": {"completion_tokens": out.tokens}})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self._worker, daemon=True).start()
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self.httpd:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+
+def llamacpp_server_rows(paths: list[str], concurrency: int, threads: int | None) -> tuple[list[dict], dict]:
+    """A real llama.cpp server (``loralint serve``: llama-cpp-python, the embedded GGUF base, model "base"),
+    sequential against concurrent client. Its answers are the bare base model's (nothing is forced), so every
+    window decodes to its token limit; the server runs one request at a time."""
+    import llama_cpp  # noqa: F401  (ImportError: no row)
+
+    from loralint import serve
+
+    engine = serve.Engine(models.embedded_gguf(), n_ctx=4096, n_threads=threads)
+    srv = serve.make_server(engine, "127.0.0.1", 0)
+    serve.serve_in_thread(srv)
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        seq = measure("llama.cpp server (loralint serve, base GGUF), sequential", paths, api=url, model="base",
+                      concurrency=1, timeout=3600)
+        conc = measure(f"llama.cpp server (loralint serve, base GGUF), {concurrency} in flight", paths, api=url,
+                       model="base", concurrency=concurrency, timeout=3600)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    return [seq, conc], {"ratio_concurrent_vs_sequential": round(seq["seconds"] / conc["seconds"], 2),
+                         "note": "one request at a time (one llama_cpp.Llama); bare base answers, not forced"}
+
+
+# ------------------------------------------------------------------------------------------------ files
+def corpus_files(corpus: Path, packages: list[str] | None, limit: int) -> list[str]:
+    """The first ``limit`` readable files of the held-out packages (fetched into ``corpus`` if needed)."""
+    from loralint import corpus as corpus_mod
+    from loralint.sources import SourceFile, discover, load
+
+    eval_list = ROOT / "src" / "loralint" / "data" / "corpus" / "eval.txt"
+    pkgs = corpus_mod.read_list(eval_list)
+    folders = [corpus / p.folder for p in pkgs if not packages or p.spec in packages or p.name in packages]
+    if packages:  # any unpacked package of the corpus folder may be named (speed does not need held-out code)
+        folders += [d for d in sorted(corpus.iterdir()) if d.is_dir() and d not in folders
+                    and (d.name in packages or d.name.rsplit("@", 1)[0] in packages)]
+    if not all(d.is_dir() for d in folders):
+        corpus_mod.fetch(eval_list, corpus)
+    out: list[str] = []
+    for d in folders:
+        files, _ = discover([str(d)])
+        for f in files:
+            if isinstance(load(f), SourceFile):
+                out.append(f)
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def measure(label: str, paths: list[str], **kw) -> dict:
+    t = time.perf_counter()
+    res = scan(paths, cache=False, **kw)
+    wall = time.perf_counter() - t
+    st = res.stats()
+    gen = res.generated_tokens
+    return {"label": label, "files": st["files_checked"], "windows": st["windows"], "seconds": round(wall, 2),
+            "files_per_min": round(60 * st["files_checked"] / wall, 1),
+            "windows_per_min": round(60 * st["windows"] / wall, 1),
+            "generated_tokens": gen, "tokens_per_s": round(gen / wall, 1) if gen else None,
+            "findings": st["findings"], "unverified": st["unverified"], "errors": st["files_with_errors"],
+            "_keys": sorted((f.path, f.line, f.kind, f.column, f.end_line, f.end_column) for f in res.findings)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--adapter", help="A trained adapter folder (default: the shipped one; without one, --forced).")
+    ap.add_argument("--forced", action="store_true",
+                    help="The base model's compute with every answer forced to the oracle's (no adapter needed).")
+    ap.add_argument("--base", default=models.EMBEDDED)
+    ap.add_argument("--random-weights", action="store_true", help="The base's architecture, random weights.")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--engine", default="batched", choices=("batched", "generate", "continuous"))
+    ap.add_argument("--files", type=int, default=None, help="Files for the in-process run (CPU 8, GPU 2000).")
+    ap.add_argument("--server-files", type=int, default=None, help="Files for the server runs (CPU 6, GPU 400).")
+    ap.add_argument("--packages", nargs="*", help="Held-out packages to take files from (default: all, in order).")
+    ap.add_argument("--corpus", default=str(ROOT / ".cache" / "corpus"))
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--wait-ms", type=float, default=10.0)
+    ap.add_argument("--batch-tokens", type=int, default=None)
+    ap.add_argument("--max-batch", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
+    ap.add_argument("--skip-server", action="store_true")
+    ap.add_argument("--skip-inproc", action="store_true")
+    ap.add_argument("--llamacpp-gguf", help="Also time llama-cpp-python in process on this GGUF.")
+    ap.add_argument("--skip-llamacpp-server", action="store_true",
+                    help="No llama.cpp server rows (they run when llama_cpp is importable).")
+    ap.add_argument("--llamacpp-files", type=int, default=2, help="Files for the llama.cpp server rows.")
+    ap.add_argument("--no-force", action="store_true",
+                    help="Random weights, nothing forced: every window decodes to its token limit (engine comparison).")
+    ap.add_argument("--answer-tokens", type=int, default=0,
+                    help="Pad forced answers with blank lines to N tokens (decode-heavy, like the seed's min_tokens).")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = a.device or models.default_device()
+    gpu = device.startswith("cuda")
+    n_files = a.files or (2000 if gpu else 8)
+    n_server = a.server_files or (400 if gpu else 6)
+    paths = corpus_files(Path(a.corpus), a.packages, max(n_files, n_server))
+    dtype = models.default_dtype(device)
+
+    from loralint.backends import shipped_adapter_dir
+
+    if not a.adapter and not a.forced and not a.no_force and (shipped_adapter_dir() / "loralint.json").exists():
+        a.adapter = str(shipped_adapter_dir())
+    t0 = time.perf_counter()
+    if a.adapter:
+        engine = TransformersBackend(resolve_adapter(a.adapter), base=None if a.base == models.EMBEDDED else a.base,
+                                     device=device, engine=a.engine, batch_tokens=a.batch_tokens,
+                                     max_batch=a.max_batch)
+        what = f"adapter {a.adapter}"
+    elif a.no_force:
+        engine = TransformersBackend(None, base=a.base, device=device, engine=a.engine, batch_tokens=a.batch_tokens,
+                                     max_batch=a.max_batch, model=random_weight_model(a.base, device, dtype))
+        what = f"{Path(a.base).name} (random weights), every answer to its token limit"
+    else:
+        model = random_weight_model(a.base, device, dtype) if a.random_weights else None
+        engine = ForcedAnswers(None, base=a.base, device=device, engine=a.engine if a.engine != "continuous" else None,
+                               batch_tokens=a.batch_tokens,
+                               max_batch=a.max_batch, model=model)
+        engine.answer_tokens = a.answer_tokens
+        what = (f"{Path(a.base).name}{' (random weights)' if a.random_weights else ''}, answers forced to the "
+                f"oracle's" + (f", padded to {a.answer_tokens} tokens" if a.answer_tokens else ""))
+    load_s = time.perf_counter() - t0
+    print(f"model: {what} on {device} ({dtype}), loaded in {load_s:.1f}s; batch budget {engine.batch_tokens} "
+          f"tokens, at most {engine.max_batch} prompts", file=sys.stderr)
+
+    if isinstance(engine, ForcedAnswers):
+        t1 = time.perf_counter()
+        engine.prepare(paths[:max(n_files, n_server)])
+        print(f"oracle answers for {len(engine.answers)} windows in {time.perf_counter() - t1:.1f}s (not timed)",
+              file=sys.stderr)
+    rows: list[dict] = []
+    if not a.skip_inproc:
+        # a short warm-up (kernels, allocator) so the timed run measures the steady state
+        scan(paths[:2], backend=engine, cache=False)
+        rows.append(measure("in process (transformers)", paths[:n_files], backend=engine))
+    server: dict = {}
+    if not a.skip_server:
+        sub = paths[:n_server]
+        srv = BatchingServer(engine, max_batch=max(a.concurrency, 1), wait_ms=a.wait_ms)
+        with srv as url:
+            seq = measure("server, sequential client (1 in flight)", sub, api=url, concurrency=1, timeout=3600)
+            n_seq = len(srv.batches)
+            conc = measure(f"server, concurrent client ({a.concurrency} in flight)", sub, api=url,
+                           concurrency=a.concurrency, timeout=3600)
+        sizes = srv.batches[n_seq:]
+        rows += [seq, conc]
+        server = {"ratio_concurrent_vs_sequential": round(seq["seconds"] / conc["seconds"], 2),
+                  "same_findings": seq["_keys"] == conc["_keys"],
+                  "server_batches": "dynamic (wait %.0f ms, max %d)" % (a.wait_ms, a.concurrency),
+                  "concurrent_mean_batch": round(sum(sizes) / len(sizes), 1) if sizes else None}
+    if not a.skip_server and not a.skip_llamacpp_server:
+        try:
+            lrows, lserver = llamacpp_server_rows(paths[:a.llamacpp_files], a.concurrency, a.threads)
+            rows += lrows
+            server["llamacpp"] = lserver
+        except ImportError as e:
+            print(f"no llama.cpp server row: {e}", file=sys.stderr)
+    if a.llamacpp_gguf:
+        try:
+            import llama_cpp  # noqa: F401
+
+            from loralint.backends.llamacpp import LlamaCppBackend
+
+            lc = LlamaCppBackend(gguf=a.llamacpp_gguf, n_gpu_layers=-1 if gpu else 0)
+            rows.append(measure("in process (llama-cpp-python)", paths[:n_server], backend=lc))
+        except ImportError:
+            print("llama_cpp is not importable: no llama.cpp row", file=sys.stderr)
+
+    cols = ("run", "files", "windows", "seconds", "files/min", "windows/min", "tokens/s", "findings", "unverified",
+            "errors")
+    cells = [[r["label"], str(r["files"]), str(r["windows"]), f"{r['seconds']:.1f}", f"{r['files_per_min']:.0f}",
+              f"{r['windows_per_min']:.0f}", str(r["tokens_per_s"] or "-"), str(r["findings"]), str(r["unverified"]),
+              str(r["errors"])] for r in rows]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"loralint scan speed: {what}, {device}")
+        for col in cols:
+            t.add_column(col, justify="left" if col == "run" else "right")
+        for c in cells:
+            t.add_row(*c)
+        Console(width=160).print(t)
+    except ImportError:  # a bare GPU machine
+        print(" | ".join(cols))
+        for c in cells:
+            print(" | ".join(c))
+    if server.get("ratio_concurrent_vs_sequential"):
+        print(f"concurrent vs sequential client on the same (batching) server: "
+              f"{server['ratio_concurrent_vs_sequential']}x (same findings: {server['same_findings']}; "
+              f"{server['concurrent_mean_batch']} requests a batch on average)")
+    if server.get("llamacpp"):
+        print(f"llama.cpp server, concurrent vs sequential: {server['llamacpp']['ratio_concurrent_vs_sequential']}x")
+    info = {
+        "benchmark": "scan_speed", "model": what, "device": device, "dtype": str(dtype),
+        "gpu": torch.cuda.get_device_name() if gpu else None, "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(), "load_seconds": round(load_s, 1),
+        "batch_tokens": engine.batch_tokens, "max_batch": engine.max_batch, "engine": a.engine,
+        "answer_tokens": a.answer_tokens, "wait_ms": a.wait_ms, "concurrency": a.concurrency,
+        "runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], "server": server,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    out = Path(a.out or ROOT / "benchmarks" / "results" / f"scan_speed_{'gpu' if gpu else 'cpu'}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(info, indent=2) + "\n")
+    print(f"written {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

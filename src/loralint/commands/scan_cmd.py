@@ -1,0 +1,188 @@
+"""`loralint scan`: review code with a LoRA-tuned model (the same reports and exit codes as `check`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..cli import UserError, app
+from . import FormatOpt, QuietOpt, VerboseOpt, emit_report, progress_bar, stderr
+
+# the options that choose and drive the model (shared with `loralint eval`)
+AdapterOpt = typer.Option(None, "--adapter", "-a", help="Adapter folder (default: the one shipped for the rule).")
+BaseOpt = typer.Option(None, "--base", help="Base model (default: the one in the adapter's loralint.json).")
+ApiOpt = typer.Option(None, "--api", help="OpenAI-compatible server URL (selects the openai backend).")
+ModelOpt = typer.Option(None, "--model", help="Model name to ask the server for (default: the one it lists).")
+BackendOpt = typer.Option(None, "--backend", help="transformers (default), openai (--api) or llamacpp.")
+GgufOpt = typer.Option(None, "--gguf", help="GGUF file for the llamacpp backend.")
+DeviceOpt = typer.Option(None, "--device", help="cuda, cpu or mps (default: the best there is).")
+EngineOpt = typer.Option(None, "--engine", help="transformers engine: batched (default: static batches, finished "
+                         "rows dropped), generate (model.generate) or continuous (transformers' continuous batching).")
+ConcurrencyOpt = typer.Option(8, "--concurrency", "-c", help="Requests in flight to --api.")
+TimeoutOpt = typer.Option(120.0, "--timeout", help="Seconds to wait for one answer from --api.")
+RetriesOpt = typer.Option(2, "--retries", help="Retries of a failed request to --api.")
+BatchTokensOpt = typer.Option(None, "--batch-tokens", help="Token budget of one batch (default: from free memory).")
+MaxBatchOpt = typer.Option(None, "--max-batch", help="Most prompts in one batch.")
+RuleOpt = typer.Option("predicate", "--rule", "-r", help="The rule the adapter checks.")
+CacheDirOpt = typer.Option(None, "--cache-dir", help="Answer cache folder (default ~/.cache/loralint/scan).")
+NoCacheOpt = typer.Option(False, "--no-cache", help="Ask the model again even for unchanged files.")
+WindowOpt = typer.Option(30, "--window", help="Lines per window (the adapter was trained on this size).")
+
+
+def backend_kwargs(adapter, base, api, model, backend, gguf, device, engine, concurrency, timeout, retries,
+                   batch_tokens, max_batch, rule, cache_dir, no_cache, window) -> dict:
+    return dict(adapter=str(adapter) if adapter else None, base=base, api=api, model=model, backend=backend,
+                gguf=str(gguf) if gguf else None, device=device, engine=engine, concurrency=concurrency,
+                timeout=timeout, retries=retries, batch_tokens=batch_tokens, max_batch=max_batch, rule=rule,
+                cache_dir=str(cache_dir) if cache_dir else None, cache=not no_cache, window_lines=window)
+
+
+def check_paths(paths: List[Path]) -> None:
+    missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
+    if missing:
+        raise typer.BadParameter(f"no such file or directory: {', '.join(missing)}", param_hint="PATHS")
+
+
+def warn_adapter(kw: dict, quiet: bool) -> None:
+    """Say so when the adapter was trained for another rule or prompt format (before anything loads)."""
+    if quiet or kw.get("api") or kw.get("gguf"):
+        return
+    from ..backends import AdapterNotFound, adapter_warnings, resolve_adapter
+    from ..rules import get_rule
+
+    try:
+        ad = resolve_adapter(kw.get("adapter"), kw["rule"], kw.get("base"))
+    except AdapterNotFound:
+        return  # scan() says it, as the error
+    for w in adapter_warnings(ad, get_rule(kw["rule"])):
+        stderr.print(f"warning: {w}", highlight=False)
+
+
+def cpu_threads_yield() -> None:
+    """OpenMP threads that sleep when idle instead of spinning (unless the user chose): on a CPU shared with
+    other work, spinning threads of a model's many small ops were measured 4-10x slower (2 cores, load 4-5;
+    `OMP_WAIT_POLICY=ACTIVE` restores spinning). Must run before torch is imported."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def run_scan(paths: List[Path], kw: dict, quiet: bool, diff: str | None = None):
+    """scan() with a progress bar; engine problems become one-line user errors."""
+    cpu_threads_yield()
+    from ..backends import AdapterNotFound, BackendUnavailable
+    from ..models import ModelNotFound
+    from ..scan import scan
+
+    check_paths(paths)
+    warn_adapter(kw, quiet)
+    try:
+        with progress_bar("scanning", not quiet) as (total, advance):
+            return scan([str(p) for p in paths], diff=diff, progress=advance, on_total=total, **kw)
+    except (AdapterNotFound, BackendUnavailable, ModelNotFound) as e:
+        raise UserError(str(e)) from e
+
+
+def summary_line(result) -> str:
+    st = result.stats()
+    rate = f", {st['windows'] / st['generate_seconds']:.1f} windows/s" if st["generate_seconds"] > 0 else ""
+    parts = [f"{st['windows']} windows ({st['windows_cached']} from the cache) in {st['seconds']:.1f}s{rate}"]
+    if st["unverified"]:
+        parts.append(f"{st['unverified']} unverified claims dropped (--verbose lists them)")
+    if st["truncated_answers"]:
+        parts.append(f"{st['truncated_answers']} answers cut at the token limit")
+    return "model: " + "; ".join(parts)
+
+
+def print_comparison(result, rule: str, fmt: str, output: Optional[Path]) -> None:
+    """The seed's --ts: model and oracle findings side by side, per file."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich import box
+
+    from ..scan import compare
+
+    comps = compare(result, rule)
+    if fmt == "json":
+        body = json.dumps([c.to_dict() for c in comps if c.matched or c.model_only or c.oracle_only], indent=2)
+        (output.write_text(body + "\n") if output else sys.stdout.write(body + "\n"))
+        return
+    console = Console(file=open(output, "w") if output else sys.stdout, width=160 if output else None,
+                      highlight=False, soft_wrap=False)
+    tm = tmo = too = 0
+    for c in comps:
+        if not (c.matched or c.model_only or c.oracle_only):
+            continue
+        rows = [(m.line, m.kind, "match", m.text, o.text) for m, o in c.matched]
+        rows += [(m.line, m.kind, "model only", m.text, "") for m in c.model_only]
+        rows += [(o.line, o.kind, "oracle only", "", o.text) for o in c.oracle_only]
+        rows.sort(key=lambda r: (r[0], r[1]))
+        t = Table(title=c.path, title_justify="left", box=box.SIMPLE, show_edge=False, pad_edge=False)
+        for col in ("line", "kind", "", "model", "oracle (tree-sitter)"):
+            t.add_column(col, overflow="fold")
+        style = {"match": "green", "model only": "yellow", "oracle only": "red"}
+        for line, kind, what, mt, ot in rows:
+            t.add_row(str(line), kind, f"[{style[what]}]{what}[/]", mt, ot)
+        console.print(t)
+        tm, tmo, too = tm + len(c.matched), tmo + len(c.model_only), too + len(c.oracle_only)
+    rec = tm / (tm + too) if tm + too else 1.0
+    prec = tm / (tm + tmo) if tm + tmo else 1.0
+    console.print(f"matched {tm}, model only {tmo}, oracle only {too}: recall {rec:.1%}, precision {prec:.1%}")
+    if output:
+        console.file.close()
+
+
+@app.command("scan")
+def scan_command(
+    paths: List[Path] = typer.Argument(..., help="Files and folders to review."),
+    adapter: Optional[Path] = AdapterOpt,
+    base: Optional[str] = BaseOpt,
+    api: Optional[str] = ApiOpt,
+    model: Optional[str] = ModelOpt,
+    backend: Optional[str] = BackendOpt,
+    gguf: Optional[Path] = GgufOpt,
+    device: Optional[str] = DeviceOpt,
+    engine: Optional[str] = EngineOpt,
+    concurrency: int = ConcurrencyOpt,
+    timeout: float = TimeoutOpt,
+    retries: int = RetriesOpt,
+    batch_tokens: Optional[int] = BatchTokensOpt,
+    max_batch: Optional[int] = MaxBatchOpt,
+    rule: str = RuleOpt,
+    cache_dir: Optional[Path] = CacheDirOpt,
+    no_cache: bool = NoCacheOpt,
+    window: int = WindowOpt,
+    diff: Optional[str] = typer.Option(None, "--diff", help="Only files and lines changed since this git ref."),
+    compare: bool = typer.Option(False, "--compare", help="Show model and oracle findings side by side."),
+    fmt: str = FormatOpt,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file."),
+    stats: Optional[Path] = typer.Option(None, "--stats", help="Write run statistics (skips, errors) as JSON."),
+    verbose: bool = VerboseOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Find rule violations with a LoRA-tuned model: exit 0 clean, 1 findings, 2 error (also when windows failed
+    and nothing was found)."""
+    if compare and fmt not in ("text", "json"):
+        raise typer.BadParameter("--compare prints text or json", param_hint="--format")
+    kw = backend_kwargs(adapter, base, api, model, backend, gguf, device, engine, concurrency, timeout, retries,
+                        batch_tokens, max_batch, rule, cache_dir, no_cache, window)
+    result = run_scan(paths, kw, quiet, diff)
+    if compare:
+        print_comparison(result, rule, fmt, output)
+        rc = 1 if result.findings else 0
+    else:
+        extra = {"unverified_claims": [dict(path=p, **r.to_dict()) for p, d in result.details.items()
+                                       for r in d.unverified]}
+        rc = emit_report(result, fmt, verbose, quiet, output, stats, extra_stats=extra)
+    if not quiet:
+        stderr.print(summary_line(result), highlight=False)
+        if verbose:
+            for p, d in result.details.items():
+                for r in d.unverified:
+                    stderr.print(f"{p}:{r.line}: unverified {r.kind} ({r.text}): {r.reason}", highlight=False)
+    if rc == 0 and result.errors:
+        rc = 2
+    raise typer.Exit(rc)

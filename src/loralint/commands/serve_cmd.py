@@ -1,0 +1,98 @@
+"""`loralint serve`: one base model and every rule's adapter behind an OpenAI-compatible API on loopback."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..cli import UserError, app
+from . import stderr
+
+
+@app.command("serve")
+def serve_command(
+    adapter: Optional[List[str]] = typer.Option(None, "--adapter", "-a", help="NAME=PATH of an adapter to serve "
+                                                "(a PEFT folder or a .gguf LoRA); repeat for several rules."),
+    adapters_dir: Optional[List[Path]] = typer.Option(None, "--adapters-dir", help="Serve every adapter under this "
+                                                      "folder (default: the installed ones, unless --adapter)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model: a .gguf file, a model folder, a hub id or "
+                                       "smollm2-135m (default: the adapters' own base)."),
+    base_type: str = typer.Option("f16", "--base-type", help="GGUF type when the base must be converted: f32, f16, "
+                                  "bf16, q8_0."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8080, "--port", "-p", help="Port to listen on (0: any free port)."),
+    ctx: int = typer.Option(4096, "--ctx", help="Context length in tokens (prompt + answer)."),
+    threads: int = typer.Option(0, "--threads", "-t", help="CPU threads for llama.cpp (0: all cores)."),
+    max_body: int = typer.Option(1 << 20, "--max-body", help="Largest request body in bytes (larger: HTTP 413)."),
+    max_queue: int = typer.Option(16, "--max-queue", help="Requests running or waiting at once (more: HTTP 503)."),
+    engine: str = typer.Option("llamacpp", "--engine", help="llamacpp (CPU/GPU via llama-cpp-python) or vllm."),
+    print_command: bool = typer.Option(False, "--print-command", help="With --engine vllm: print the command only."),
+    log_requests: bool = typer.Option(False, "--log-requests", help="Log each request on stderr."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show llama.cpp's own log."),
+) -> None:
+    """Serve the base and the rule adapters: the request's `model` picks the adapter ("base": none).
+
+    POST /v1/chat/completions, GET /v1/models, GET /health. Adapters load once; PEFT folders and Hugging Face
+    bases are converted to GGUF once and cached. Example:
+      loralint serve --adapter predicate=runs/predicate --port 8080
+      curl -s localhost:8080/v1/chat/completions -d '{"model": "predicate", "messages": [...]}'
+    """
+    from .. import serve as srv
+
+    if engine not in ("llamacpp", "vllm"):
+        raise typer.BadParameter("choose llamacpp or vllm", param_hint="--engine")
+    try:
+        dirs = list(adapters_dir) if adapters_dir else (None if not adapter else [])
+        p = srv.plan(base, list(adapter or []), dirs, base_type=base_type, convert=engine == "llamacpp",
+                     progress=lambda m: stderr.print(f"[dim]{m}[/dim]", highlight=False))
+        for w in p.warnings:
+            stderr.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        if engine == "vllm":
+            cmd = srv.vllm_command(p, host, port, ctx)
+            if print_command or not srv.vllm_available():
+                typer.echo(shlex.join(cmd))
+                if not print_command:
+                    raise UserError("vLLM is not installed here (it needs a GPU): run the command above where it is")
+                return
+            import os
+
+            os.execvp(cmd[0], cmd)
+        if not p.adapters:
+            stderr.print("[yellow]warning:[/yellow] no adapters found: serving the bare base only "
+                         "(--adapter NAME=PATH, --adapters-dir DIR)", highlight=False)
+        seen = len(p.warnings)
+        tok = p.tokenizer()
+        for w in p.warnings[seen:]:
+            stderr.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        eng = srv.Engine(p.base_gguf, {a.name: a.gguf for a in p.adapters}, n_ctx=ctx,
+                         n_threads=threads or srv.default_threads(), verbose=verbose, tokenizer=tok,
+                         templates={a.name: a.chat_template for a in p.adapters if a.chat_template})
+    except (srv.ServeError, ValueError) as e:
+        raise UserError(str(e)) from e
+    try:
+        eng.warmup()
+        server = srv.make_server(eng, host, port, max_body=max_body, max_queue=max_queue, log_requests=log_requests)
+    except OSError as e:
+        eng.close()
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    h, prt = server.server_address[:2]
+    stderr.print(f"serving {', '.join(eng.names)} on http://{h}:{prt}/v1 (base {p.base_gguf}); Ctrl-C stops",
+                 highlight=False)
+    import signal
+
+    def _stop(signum, frame):  # Ctrl-C, and SIGTERM from docker/systemd/kill: stop accepting, finish, free
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        eng.close()
+        stderr.print("stopped", highlight=False)

@@ -1,0 +1,219 @@
+"""Checking a model's claims against the file, never against the oracle (rule-independent).
+
+A claim says "at LINE there is a KIND whose condition is TEXT". It is kept only when:
+
+- LINE lies inside the window the model was shown;
+- TEXT is found in the file starting on LINE, whitespace-insensitively; the condition may run over several
+  lines from there (to the window's end), and the file's comments inside it may be skipped, since
+  answers render conditions on one line without comments;
+- TEXT's brackets balance (string literals aside), so a condition cut off mid-way is not taken for one.
+
+The match gives the finding its exact start and end line and column. Claims failing a check are
+*unverified*: counted, never reported. Two claims of one kind on one line are one finding.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from tree_sitter import Query, QueryCursor, Tree
+
+from .findings import Finding, fold
+from .languages import language
+from .rules import Claim
+
+_STRINGS = re.compile(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"|`(?:[^`\\]|\\.)*`", re.S)
+_PAIRS = {")": "(", "]": "[", "}": "{"}
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A claim that did not survive verification, and why."""
+
+    line: int
+    kind: str
+    text: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"line": self.line, "kind": self.kind, "text": self.text, "reason": self.reason}
+
+
+@dataclass
+class Verified:
+    findings: list[Finding] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    duplicates: int = 0
+
+
+@lru_cache(maxsize=None)
+def _comment_query(grammar: str) -> Query:
+    lang = language(grammar)
+    try:
+        return Query(lang, "[(comment) (html_comment)] @c")
+    except Exception:  # noqa: BLE001 - grammars without html_comment
+        return Query(lang, "(comment) @c")
+
+
+def comment_spans(tree: Tree, data: bytes, grammar: str) -> dict[int, list[tuple[int, int]]]:
+    """0-based row -> 0-based character column intervals [start, end) covered by comments."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    nodes = QueryCursor(_comment_query(grammar)).captures(tree.root_node).get("c", [])
+    if not nodes:
+        return out
+    rows = data.split(b"\n")
+
+    def ccol(row: int, bcol: int) -> int:
+        line = rows[row] if row < len(rows) else b""
+        return len(line[:bcol].decode("utf-8", "replace"))
+
+    for n in nodes:
+        (sr, sc), (er, ec) = n.start_point, n.end_point
+        for r in range(sr, er + 1):
+            a = ccol(r, sc) if r == sr else 0
+            b = ccol(r, ec) if r == er else 1 << 30
+            out.setdefault(r, []).append((a, b))
+    return out
+
+
+class FileText:
+    """A file's lines as verification reads them (built once a file, reused for every claim)."""
+
+    def __init__(self, lines: list[str], comments: dict[int, list[tuple[int, int]]] | None = None):
+        self.lines = lines
+        self.comments = comments or {}
+        self._rows: dict[tuple[int, bool], tuple[str, list[int]]] = {}
+
+    def _in_comment(self, row: int, col: int) -> bool:
+        return any(a <= col < b for a, b in self.comments.get(row, ()))
+
+    def row(self, r: int, skip_comments: bool) -> tuple[str, list[int]]:
+        """Row ``r`` without whitespace (and comments): its characters and their columns."""
+        key = (r, skip_comments)
+        got = self._rows.get(key)
+        if got is None:
+            chars: list[str] = []
+            cols: list[int] = []
+            check = skip_comments and r in self.comments
+            for c, ch in enumerate(self.lines[r]):
+                if ch.isspace() or (check and self._in_comment(r, c)):
+                    continue
+                chars.append(ch)
+                cols.append(c)
+            got = self._rows[key] = ("".join(chars), cols)
+        return got
+
+    def find(self, text: str, row: int, last_row: int) -> tuple[int, int, int, int, bool] | None:
+        """Where ``text`` (whitespace-insensitive) starts on ``row`` and ends by ``last_row``:
+        (row, col, end_row, end_col exclusive, comments skipped), all 0-based."""
+        needle = "".join(text.split())
+        if not needle:
+            return None
+        for skip in (True, False):
+            head, _ = self.row(row, skip)
+            if not head:
+                continue
+            parts, where = [], []
+            size = 0
+            for r in range(row, last_row + 1):
+                s, cols = self.row(r, skip)
+                parts.append(s)
+                where.append((size, r, cols))
+                size += len(s)
+                if size >= len(head) + len(needle):
+                    break  # enough text for any match that starts on the first row
+            stream = "".join(parts)
+            i = stream.find(needle)
+            while -1 < i < len(head):
+                j = i + len(needle) - 1
+                r1, c1 = _locate(where, i)
+                r2, c2 = _locate(where, j)
+                if self._whole_tokens(r1, c1, r2, c2):
+                    return r1, c1, r2, c2 + 1, skip
+                i = stream.find(needle, i + 1)
+        return None
+
+    def _whole_tokens(self, r1: int, c1: int, r2: int, c2: int) -> bool:
+        """The match neither starts nor ends inside a word (``a && b`` is not in ``a && bc``)."""
+        before = self.lines[r1][c1 - 1] if c1 > 0 else " "
+        after = self.lines[r2][c2 + 1] if c2 + 1 < len(self.lines[r2]) else " "
+        return not (_word(before) and _word(self.lines[r1][c1])) and not (_word(after) and _word(self.lines[r2][c2]))
+
+    def text_between(self, r1: int, c1: int, r2: int, c2: int, skip_comments: bool) -> str:
+        parts = []
+        for r in range(r1, r2 + 1):
+            line = self.lines[r]
+            a, b = (c1 if r == r1 else 0), (c2 if r == r2 else len(line))
+            if skip_comments and r in self.comments:
+                pieces, pos = [], a
+                for ca, cb in sorted(self.comments[r]):
+                    if cb <= pos or ca >= b:
+                        continue
+                    pieces.append(line[pos:max(pos, ca)])
+                    pos = min(b, max(pos, cb))
+                pieces.append(line[pos:b])
+                parts.append(" ".join(p for p in pieces if p))
+            else:
+                parts.append(line[a:b])
+        return fold("\n".join(parts))
+
+
+def _word(ch: str) -> bool:
+    return ch.isalnum() or ch in "_$"
+
+
+def _locate(where: list[tuple[int, int, list[int]]], i: int) -> tuple[int, int]:
+    for start, r, cols in reversed(where):
+        if i >= start and cols:
+            return r, cols[i - start]
+    raise IndexError(i)
+
+
+def balanced(text: str) -> bool:
+    """Brackets balance outside string literals (a condition cut off mid-way does not)."""
+    s = _STRINGS.sub("''", text)
+    stack: list[str] = []
+    esc = False
+    for ch in s:
+        if esc:
+            esc = False
+            continue
+        if ch == "\\":
+            esc = True
+        elif ch in "([{":
+            stack.append(ch)
+        elif ch in _PAIRS:
+            if not stack or stack.pop() != _PAIRS[ch]:
+                return False
+    return not stack
+
+
+def verify(claims: list[Claim], doc: FileText, first_row: int, end_row: int, path: str, rule: str,
+           recovered: bool = False) -> Verified:
+    """Keep the claims that hold in the window of rows [first_row, end_row) and turn them into findings."""
+    out = Verified()
+    seen: set[tuple[int, str]] = set()
+    for c in claims:
+        if (c.line, c.kind) in seen:
+            out.duplicates += 1
+            continue
+        row = c.line - 1
+        if not first_row <= row < end_row:
+            out.rejected.append(Rejected(c.line, c.kind, c.text,
+                                         f"line {c.line} is outside the window shown ({first_row + 1}-{end_row})"))
+            continue
+        if not balanced(c.text):
+            out.rejected.append(Rejected(c.line, c.kind, c.text, "brackets do not balance (a cut-off condition)"))
+            continue
+        hit = doc.find(c.text, row, end_row - 1)
+        if hit is None:
+            out.rejected.append(Rejected(c.line, c.kind, c.text, f"the condition is not in the file at line {c.line}"))
+            continue
+        seen.add((c.line, c.kind))
+        r1, c1, r2, c2, skipped = hit
+        out.findings.append(Finding(path=path, line=r1 + 1, column=c1 + 1, end_line=r2 + 1, end_column=c2 + 1,
+                                    rule=rule, kind=c.kind, text=doc.text_between(r1, c1, r2, c2, skipped),
+                                    source="model", recovered=recovered))
+    return out

@@ -1,0 +1,245 @@
+"""scan: windows -> backend -> parse -> verify -> report, with scripted backends and a tiny trained model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import loralint
+from loralint.backends import BackendError, Completion, FunctionBackend, model_identity, resolve_adapter
+from loralint.check import check
+from loralint.cli import main
+from loralint.scan import changed_lines, compare, parse_unified_diff, scan
+from tiny_scan import FIXTURE, StubServer, oracle_answer, trained_fixture
+
+ORACLE = FunctionBackend(oracle_answer, "oracle")
+
+
+def oracle_keys(paths):
+    return {(f.path, f.line, f.column, f.end_line, f.end_column, f.kind, f.text) for f in check(paths).findings}
+
+
+def model_keys(result):
+    return {(f.path, f.line, f.column, f.end_line, f.end_column, f.kind, f.text) for f in result.findings}
+
+
+def big_file(tmp_path: Path, n: int = 60) -> Path:
+    """A long file (hundreds of lines, many windows) with violations all over it."""
+    parts = ["'use strict'"]
+    for i in range(n):
+        parts.append(f"""
+function f{i} (a, b, items) {{
+  // helper {i}
+  if (a > {i} && b) {{
+    return items.filter(x => x.ok || x.forced)
+  }} else if (a === {i} ||
+             b === null) {{
+    return []
+  }}
+  const v = a && b ? a : b
+  return v
+}}""")
+    p = tmp_path / "big.js"
+    p.write_text("\n".join(parts) + "\n")
+    return p
+
+
+def test_scripted_perfect_model_reproduces_the_oracle_on_many_windows(tmp_path):
+    p = big_file(tmp_path)
+    res = scan([str(p)], backend=ORACLE, cache=False)
+    st = res.stats()
+    assert st["windows"] > 15 and st["lines"] > 600
+    assert model_keys(res) == oracle_keys([str(p)])
+    assert all(f.source == "model" for f in res.findings)
+    assert st["unverified"] == 0 and not res.errors
+
+
+def test_fixture_findings_and_suppressions():
+    res = scan([str(FIXTURE)], backend=ORACLE, cache=False)
+    assert model_keys(res) == oracle_keys([str(FIXTURE)])
+    assert res.files[0].suppressed == 1  # the oracle answer names line 42; its comment silences it
+
+
+def test_garbage_timeouts_and_truncation_are_per_file(tmp_path):
+    good, bad, slow = (tmp_path / n for n in ("good.js", "bad.js", "slow.js"))
+    good.write_text("if (a && b) { go() }\n")
+    bad.write_text("if (c || d) { stop() }\n")
+    slow.write_text("while (e && f) { wait() }\n")
+
+    def reply(messages, cap):
+        code = messages[-1]["content"]
+        if "stop()" in code:
+            return "I think this code is fine, but consider refactoring."
+        if "wait()" in code:
+            raise TimeoutError("no answer within 1s")
+        return oracle_answer(messages)
+
+    res = scan([str(tmp_path)], backend=FunctionBackend(reply), cache=False)
+    by = {Path(r.path).name: r for r in res.files}
+    assert [f.line for f in by["good.js"].findings] == [1] and by["good.js"].error is None
+    assert "not in the rule's answer format" in by["bad.js"].error
+    assert "TimeoutError" in by["slow.js"].error
+    assert len(res.errors) == 2
+
+
+def test_truncated_answer_drops_its_last_line(tmp_path):
+    p = tmp_path / "t.js"
+    p.write_text("if (a && b) { x() }\nif (c && d) { y() }\n")
+    answer = Completion("1: if: a && b\n2: if: c &", truncated=True)
+    res = scan([str(p)], backend=FunctionBackend(lambda m, n: answer), cache=False)
+    assert [f.line for f in res.findings] == [1]
+    assert res.stats()["truncated_answers"] == 1 and res.unverified == 0
+
+
+def test_think_blocks_and_backend_errors_objects(tmp_path):
+    p = tmp_path / "t.js"
+    p.write_text("if (a && b) { x() }\n")
+    res = scan([str(p)], backend=FunctionBackend(lambda m, n: "<think>1: if: zz && yy</think>1: if: a && b"),
+               cache=False)
+    assert [(f.line, f.text) for f in res.findings] == [(1, "a && b")]
+    res = scan([str(p)], backend=FunctionBackend(lambda m, n: BackendError("HTTP 500")), cache=False)
+    assert res.files[0].error.endswith("HTTP 500")
+
+
+def test_windows_larger_than_any_size_limit(tmp_path):
+    p = big_file(tmp_path, 400)  # ~4,800 lines in one file: cut into windows, every line number real
+    res = scan([str(p)], backend=ORACLE, cache=False)
+    assert not res.skipped and res.stats()["windows"] > 100
+    assert max(f.line for f in res.findings) > 4000
+
+
+def test_python_api_can_be_called_twice(tmp_path):
+    p = tmp_path / "a.js"
+    p.write_text("if (a && b) {}\n")
+    for _ in range(2):
+        res = loralint.scan([str(p)], backend=ORACLE, cache=False)
+        assert len(res.findings) == 1
+
+
+def test_compare_pairs_model_and_oracle(tmp_path):
+    p = tmp_path / "a.js"
+    p.write_text("if (a && b) {}\nwhile (c || d) {}\nconst x = (e || f) + 1\n")
+    answer = "1: if: a && b\n3: ternary: e || f"  # line 3 holds no ternary: verified text, but model only
+    res = scan([str(p)], backend=FunctionBackend(lambda m, n: answer), cache=False)
+    (c,) = compare(res)
+    assert [m.line for m, _ in c.matched] == [1]
+    assert [o.line for o in c.oracle_only] == [2]
+    assert [m.line for m in c.model_only] == [3]
+
+
+# ------------------------------------------------------------------------------------------------- --diff
+def test_parse_unified_diff():
+    diff = """diff --git a/x.js b/x.js
+--- a/x.js
++++ b/x.js
+@@ -3 +3 @@ f()
+-a
++b
+@@ -10,0 +11,2 @@
++c
++d
+@@ -20,3 +22,0 @@
+-gone
+diff --git a/old.js b/old.js
+--- a/old.js
++++ /dev/null
+@@ -1 +0,0 @@
+-x
+"""
+    assert parse_unified_diff(diff) == {"x.js": {3, 11, 12}}
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(repo), "PATH": "/usr/bin:/bin"})
+
+
+def test_diff_scans_changed_files_and_reports_changed_lines(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    body = "\n".join(f"if (a{i} && b{i}) {{ f() }}" for i in range(1, 81)) + "\n"
+    (repo / "src" / "a.js").write_text(body)
+    (repo / "src" / "same.js").write_text("if (x && y) {}\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "one")
+    lines = body.splitlines()
+    lines[4] = "if (a5 && b5 && c5) { f() }"  # changed: line 5
+    lines.insert(70, "while (p || q) {}")  # added: line 71
+    (repo / "src" / "a.js").write_text("\n".join(lines) + "\n")
+    (repo / "src" / "new.js").write_text("if (n && m) {}\n")  # untracked: every line counts
+
+    assert changed_lines("HEAD", [str(repo)]) == {
+        str((repo / "src" / "a.js").resolve()): {5, 71}, str((repo / "src" / "new.js").resolve()): None}
+    calls = FunctionBackend(oracle_answer)
+    res = scan([str(repo / "src")], backend=calls, cache=False, diff="HEAD")
+    got = {(Path(f.path).name, f.line, f.kind) for f in res.findings}
+    assert got == {("a.js", 5, "if"), ("a.js", 71, "while"), ("new.js", 1, "if")}
+    assert {Path(r.path).name for r in res.files} == {"a.js", "new.js"}
+    assert calls.calls == 3  # the two windows of a.js holding lines 5 and 71, and new.js; not the others
+
+
+def test_diff_outside_a_repository_is_a_clear_error(tmp_path):
+    (tmp_path / "a.js").write_text("if (a && b) {}\n")
+    with pytest.raises(ValueError, match="git repository"):
+        scan([str(tmp_path)], backend=ORACLE, diff="HEAD", cache=False)
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+def test_cli_without_adapter_says_how_to_get_one(tmp_path, capsys, monkeypatch):
+    import loralint.backends
+
+    monkeypatch.setattr(loralint.backends, "shipped_adapter_dir", lambda rule="predicate": tmp_path / "none")
+    (tmp_path / "a.js").write_text("if (a && b) {}\n")
+    assert main(["scan", str(tmp_path), "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--adapter" in err and "train" in err
+
+
+def test_cli_scan_through_an_openai_server(tmp_path, capsys):
+    p = tmp_path / "a.js"
+    p.write_text("if (a && b) {}\nconst z = c ? 1 : 2\n")
+    with StubServer(lambda body: oracle_answer(body["messages"])) as url:
+        rc = main(["scan", str(p), "--api", url, "--format", "json", "--cache-dir", str(tmp_path / "c"), "-q"])
+        out = json.loads(capsys.readouterr().out)
+        assert rc == 1 and [(f["line"], f["kind"], f["source"]) for f in out] == [(1, "if", "model")]
+        rc = main(["scan", str(p), "--api", url, "--compare", "--cache-dir", str(tmp_path / "c"), "-q"])
+        text = capsys.readouterr().out
+        assert rc == 1 and "match" in text and "recall 100.0%" in text
+    with StubServer(lambda body: (200, b"<html>oops</html>")) as url:
+        rc = main(["scan", str(p), "--api", url, "--no-cache", "--retries", "0", "-q"])
+        out = capsys.readouterr().out
+        assert rc == 2 and "error: lines 1-2: the server's reply is not a chat completion" in out
+
+
+# --------------------------------------------------------------------------------------- the tiny model
+@pytest.mark.slow
+def test_tiny_trained_model_finds_the_oracle_findings_end_to_end(tmp_path):
+    adapter, fixture = trained_fixture()
+    res = scan([str(fixture)], adapter=str(adapter), window_lines=15, cache_dir=str(tmp_path / "cache"),
+               device="cpu")
+    assert res.backend == "transformers" and res.stats()["windows"] == 3
+    assert model_keys(res) == oracle_keys([str(fixture)])
+    assert res.unverified == 0 and not res.errors and res.files[0].suppressed == 1
+    # unchanged: every window comes from the cache, no model is loaded
+    again = scan([str(fixture)], adapter=str(adapter), window_lines=15, cache_dir=str(tmp_path / "cache"))
+    assert again.stats()["windows_cached"] == 3 and again.backend == "transformers"
+    assert model_keys(again) == model_keys(res) and again.generated_tokens == 0
+
+
+@pytest.mark.slow
+def test_tiny_model_same_findings_in_process_and_through_a_server(tmp_path):
+    from loralint.backends.transformers import TransformersBackend
+
+    adapter, fixture = trained_fixture()
+    engine = TransformersBackend(resolve_adapter(str(adapter)), device="cpu")
+    direct = scan([str(fixture)], backend=engine, window_lines=15, cache=False)
+    with StubServer(lambda body: engine.generate([body["messages"]], body["max_tokens"])[0].text) as url:
+        served = scan([str(fixture)], api=url, window_lines=15, cache=False)
+    assert model_keys(direct) == model_keys(served)
+    assert len(direct.findings) == 5
+    assert model_identity(resolve_adapter(str(adapter)), None) == engine.identity()

@@ -1,0 +1,227 @@
+"""`loralint serve`: one base GGUF and two LoRA adapters behind the OpenAI API on a free loopback port.
+Each model name must answer what transformers answers for base+that adapter; unknown names, oversized and
+malformed requests, and a full queue get clear errors."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+
+import pytest
+
+from tiny_export import MESSAGES, hf_greedy, kit, need_llama_cpp, prompt_ids
+
+MAX_TOKENS = 12
+
+
+# ------------------------------------------------------------------ request parsing (no engine needed)
+
+
+def test_parse_chat_request():
+    from loralint.serve import APIError, parse_chat_request
+
+    model, msgs, p = parse_chat_request({"model": "predicate", "messages": MESSAGES, "temperature": 0.1,
+                                         "max_tokens": 50, "stop": "\n\n", "min_tokens": 3})
+    assert model == "predicate" and msgs == MESSAGES
+    assert p == {"temperature": 0.1, "top_p": 1.0, "max_tokens": 50, "stop": ["\n\n"], "seed": None, "min_tokens": 3,
+                 "chat_template_kwargs": None}
+    parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    assert parse_chat_request({"model": "m", "messages": parts})[1][0]["content"] == "ab"
+    assert parse_chat_request({"model": "m", "messages": MESSAGES, "max_completion_tokens": 7})[2]["max_tokens"] == 7
+    for bad, param in [({"messages": MESSAGES}, "model"), ({"model": "m"}, "messages"),
+                       ({"model": "m", "messages": MESSAGES, "stream": True}, "stream"),
+                       ({"model": "m", "messages": MESSAGES, "temperature": "hot"}, "temperature"),
+                       ({"model": "m", "messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
+                       ({"model": "m", "messages": MESSAGES, "n": 2}, "n"),
+                       ({"model": "m", "messages": [{"content": "x"}]}, "messages")]:
+        with pytest.raises(APIError) as e:
+            parse_chat_request(bad)
+        assert e.value.status == 400 and e.value.param == param
+
+
+def test_vllm_command(tmp_path_factory, capsys):
+    """The documented GPU path: the same names (base + one LoRA module a rule) through vLLM."""
+    from loralint.cli import main
+
+    k = kit(tmp_path_factory, "llama")
+    rc = main(["serve", "--engine", "vllm", "--print-command", "--adapter", f"predicate={k['predicate']}",
+               "--adapter", f"naming={k['naming']}", "--port", "8000"])
+    out = capsys.readouterr().out.split()
+    assert rc == 0 and out[:3] == ["vllm", "serve", str(k["base"].resolve())]
+    assert "--enable-lora" in out and out[out.index("--served-model-name") + 1] == "base"
+    assert f"predicate={k['predicate'].resolve()}" in out and f"naming={k['naming'].resolve()}" in out
+    assert out[out.index("--max-lora-rank") + 1] == "8"
+
+
+# ------------------------------------------------------------------ a live server
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    need_llama_cpp()
+    from loralint import serve
+
+    k = kit(tmp_path_factory, "llama")
+    # the adapters as their owners would hand them over: a PEFT folder (converted and cached on start) and a
+    # ready GGUF LoRA
+    p = serve.plan(None, [f"predicate={k['predicate']}", f"naming={k['lora_naming']}"], [],
+                   cache=tmp_path_factory.mktemp("serve-cache"))
+    assert p.base_gguf is not None and [a.name for a in p.adapters] == ["predicate", "naming"]
+    engine = serve.Engine(k["base_f32"], {a.name: a.gguf for a in p.adapters}, n_ctx=512, n_threads=1,
+                          tokenizer=p.tokenizer(), templates={a.name: a.chat_template for a in p.adapters})
+    engine.warmup()
+    server = serve.make_server(engine, "127.0.0.1", 0, max_body=16_384, max_queue=2)
+    serve.serve_in_thread(server)
+    yield {"k": k, "server": server, "engine": engine, "port": server.server_address[1], "plan": p}
+    server.shutdown()
+    server.server_close()
+    engine.close()
+
+
+def _call(port, method, path, body=None, raw=None, headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    c.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    r = c.getresponse()
+    out = r.status, json.loads(r.read() or b"null"), dict(r.getheaders())
+    c.close()
+    return out
+
+
+def _chat(port, model, **kw):
+    return _call(port, "POST", "/v1/chat/completions",
+                 {"model": model, "messages": MESSAGES, "max_tokens": MAX_TOKENS, "temperature": 0, **kw})
+
+
+def _expected_text(base, adapter=None):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    ids = hf_greedy(model.eval(), prompt_ids(tok), MAX_TOKENS, eos=tok.eos_token_id)
+    return tok.decode(ids, skip_special_tokens=True)
+
+
+def test_models_and_health(live):
+    status, body, _ = _call(live["port"], "GET", "/v1/models")
+    assert status == 200 and body["object"] == "list"
+    assert [(m["id"], m["parent"]) for m in body["data"]] == [("base", None), ("predicate", "base"), ("naming", "base")]
+    status, body, _ = _call(live["port"], "GET", "/health")
+    assert status == 200 and body["status"] == "ok" and body["models"] == ["base", "predicate", "naming"]
+
+
+def test_each_model_answers_like_transformers(live):
+    k = live["k"]
+    want = {"predicate": _expected_text(k["base"], k["predicate"]), "naming": _expected_text(k["base"], k["naming"]),
+            "base": _expected_text(k["base"])}
+    assert len(set(want.values())) == 3  # three different models
+    # interleaved, so every request switches adapters (and must not reuse the other adapter's KV cache)
+    for model in ["predicate", "base", "naming", "predicate", "naming", "base"]:
+        status, body, _ = _chat(live["port"], model)
+        assert status == 200, body
+        assert body["object"] == "chat.completion" and body["model"] == model
+        choice = body["choices"][0]
+        assert choice["message"]["role"] == "assistant" and choice["message"]["content"] == want[model], model
+        assert choice["finish_reason"] in ("stop", "length")
+        assert body["usage"]["completion_tokens"] <= MAX_TOKENS and body["usage"]["prompt_tokens"] > 10
+
+
+def test_prompt_is_the_chat_template_as_transformers_renders_it(live):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(live["k"]["base"])
+    convs = [MESSAGES, [{"role": "system", "content": "Be brief."}, *MESSAGES,
+                        {"role": "assistant", "content": "No violations found."}, {"role": "user", "content": "Sure?"}]]
+    for msgs in convs:
+        assert live["engine"].render(msgs, {"enable_thinking": False}) == \
+            tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False, enable_thinking=False)
+
+
+def test_prompts_are_tokenized_as_in_training(live):
+    """llama.cpp's own tokenizer splits SmolLM2's " \n" before a non-space differently from the Hugging Face
+    tokenizer (one token " \n" instead of " " + "\n": every numbered window with an empty line); the server
+    tokenizes prompts with the base's Hugging Face tokenizer, as training and the transformers backend do."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(live["k"]["base"])
+    text = "1| const a = 1;\n2| \n3| if (a && b) {}\n"
+    assert live["engine"].encode(text) == tok.encode(text)
+    llama_own = live["engine"].llm.tokenize(text.encode(), add_bos=False, special=True)
+    print("llama.cpp's tokenizer agrees:", llama_own == tok.encode(text))
+
+
+def test_adapter_chat_template_is_used(tmp_path_factory):
+    """An adapter folder with its own template (LlamaFactory saves the one it trained with) is served with it."""
+    from loralint import serve
+
+    k = kit(tmp_path_factory, "llama")
+    eng = serve.Engine(k["base_f32"], {"naming": k["lora_naming"]}, n_ctx=256, n_threads=1,
+                       templates={"naming": "{% for m in messages %}[{{ m['content'] }}]{% endfor %}>"})
+    try:
+        assert eng.render(MESSAGES, model="naming") == f"[{MESSAGES[0]['content']}]>"
+        assert eng.render(MESSAGES, model="base").startswith("<|im_start|>system")
+    finally:
+        eng.close()
+
+
+def test_stop_and_max_tokens(live):
+    status, body, _ = _chat(live["port"], "predicate", max_tokens=3)
+    assert status == 200 and body["usage"]["completion_tokens"] == 3 and body["choices"][0]["finish_reason"] == "length"
+    full = _chat(live["port"], "predicate")[1]["choices"][0]["message"]["content"]
+    cut = full[2:6]
+    status, body, _ = _chat(live["port"], "predicate", stop=[cut])
+    assert status == 200 and body["choices"][0]["message"]["content"] == full[: full.index(cut)]
+
+
+def test_errors_are_clear(live):
+    port = live["port"]
+    status, body, _ = _chat(port, "nosuchrule")
+    assert status == 404 and body["error"]["code"] == "model_not_found"
+    assert "nosuchrule" in body["error"]["message"] and "predicate" in body["error"]["message"]
+    big = json.dumps({"model": "predicate", "messages": [{"role": "user", "content": "x" * 20_000}]}).encode()
+    status, body, _ = _call(port, "POST", "/v1/chat/completions", raw=big)
+    assert status == 413 and body["error"]["code"] == "request_too_large"
+    status, body, _ = _call(port, "POST", "/v1/chat/completions", raw=b"{not json")
+    assert status == 400 and "JSON" in body["error"]["message"]
+    status, body, _ = _call(port, "GET", "/v1/nothing")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, body, _ = _chat(port, "predicate", messages=[{"role": "user", "content": "word " * 600}])
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded"
+    assert _chat(port, "base")[0] == 200  # still serving
+
+
+def test_full_queue_gets_503(live):
+    """max_queue=2: while two requests hold the slots, the next is turned away at once with Retry-After."""
+    port, engine, server = live["port"], live["engine"], live["server"]
+    results = []
+    with engine.lock:  # the engine is busy: two requests take the two slots and wait
+        threads = [threading.Thread(target=lambda: results.append(_chat(port, "predicate"))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 20
+        while server.stats["in_flight"] < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        assert server.stats["in_flight"] == 2
+        status, body, headers = _chat(port, "predicate")
+        assert status == 503 and body["error"]["code"] == "server_busy" and headers.get("Retry-After") == "1"
+    for t in threads:
+        t.join(60)
+    assert [r[0] for r in results] == [200, 200] and server.stats["in_flight"] == 0
+
+
+def test_scan_client_speaks_to_it(live):
+    """The scanner's OpenAI client (backends/openai.py) against this server, model = the rule id."""
+    openai = pytest.importorskip("loralint.backends.openai")
+    want = _chat(live["port"], "predicate")[1]["choices"][0]["message"]["content"]
+    client = openai.OpenAIBackend(f"http://127.0.0.1:{live['port']}", model="predicate", concurrency=2)
+    try:
+        res = client.generate([MESSAGES, MESSAGES], MAX_TOKENS)
+    finally:
+        client.close()
+    assert [r.text for r in res] == [want, want]

@@ -1,0 +1,132 @@
+"""verify: model claims checked against the file (never the oracle): lines, windows, text, columns."""
+
+from __future__ import annotations
+
+from loralint.languages import parse
+from loralint.rules import Claim, get_rule
+from loralint.verify import FileText, balanced, comment_spans, verify
+from loralint.windows import split_lines
+
+RULE = get_rule("predicate")
+
+SRC = """\
+function f (a, b, c) {
+  if (a && b) {
+    return 1
+  }
+  while (a.length > 0 &&
+         // keep going
+         b < 10 /* short */) {
+    a.pop()
+  }
+  const s = "ä" + (c ? 'x' : 'y')
+  return s === "é" || c ? 1 : 2
+}
+"""
+
+
+def doc_of(src: str = SRC) -> FileText:
+    data = src.encode()
+    tree = parse(data, "javascript")
+    lines = split_lines(src)
+    if lines[-1] == "":
+        lines.pop()
+    return FileText(lines, comment_spans(tree, data, "javascript"))
+
+
+def run(claims, first=0, end=None, src=SRC):
+    doc = doc_of(src)
+    return verify(claims, doc, first, end if end is not None else len(doc.lines), "f.js", "predicate")
+
+
+def test_exact_claim_gets_exact_columns():
+    v = run([Claim(2, "if", "a && b")])
+    (f,) = v.findings
+    assert (f.line, f.column, f.end_line, f.end_column) == (2, 7, 2, 13)
+    assert f.text == "a && b" and f.source == "model" and f.kind == "if"
+    assert not v.rejected
+
+
+def test_whitespace_is_ignored():
+    (f,) = run([Claim(2, "if", "a&&b")]).findings
+    assert (f.column, f.end_column, f.text) == (7, 13, "a && b")
+
+
+def test_condition_spanning_lines_with_comments_inside():
+    v = run([Claim(5, "while", "a.length > 0 && b < 10")])
+    (f,) = v.findings
+    assert (f.line, f.column, f.end_line, f.end_column) == (5, 10, 7, 16)
+    assert f.text == "a.length > 0 && b < 10"
+
+
+def test_columns_count_characters_not_bytes():
+    (f,) = run([Claim(11, "ternary", 's === "é" || c')]).findings
+    assert (f.line, f.column, f.end_column) == (11, 10, 24)
+
+
+def test_hallucinated_condition_is_unverified():
+    v = run([Claim(2, "if", "a && c")])
+    assert not v.findings
+    assert v.rejected[0].reason.startswith("the condition is not in the file")
+
+
+def test_a_match_must_not_cut_a_word():
+    src = "if (ab && bc) {}\nif (xa && b) {}\n"
+    assert not run([Claim(1, "if", "b && b")], src=src).findings
+    assert not run([Claim(1, "if", "ab && b")], src=src).findings
+    (f,) = run([Claim(1, "if", "a && b")], src="if (xa && b || a && b) {}\n").findings
+    assert (f.column, f.end_column) == (16, 22)  # the whole-word occurrence, not the one inside "xa"
+
+
+def test_right_text_wrong_line_is_unverified():
+    v = run([Claim(3, "if", "a && b")])
+    assert not v.findings and len(v.rejected) == 1
+
+
+def test_claim_outside_the_window_is_unverified():
+    v = run([Claim(2, "if", "a && b")], first=4, end=9)
+    assert not v.findings
+    assert "outside the window" in v.rejected[0].reason
+
+
+def test_match_must_end_inside_the_window():
+    v = run([Claim(5, "while", "a.length > 0 && b < 10")], first=0, end=6)
+    assert not v.findings
+
+
+def test_cut_off_condition_is_unverified():
+    v = run([Claim(2, "if", "(a && b")])
+    assert not v.findings and "balance" in v.rejected[0].reason
+
+
+def test_duplicates_merge():
+    v = run([Claim(2, "if", "a && b"), Claim(2, "if", "a  &&  b")])
+    assert len(v.findings) == 1 and v.duplicates == 1
+
+
+def test_same_line_other_kind_is_another_finding():
+    v = run([Claim(11, "ternary", 's === "é" || c'), Claim(11, "if", 's === "é" || c')])
+    assert len(v.findings) == 2
+
+
+def test_balanced_ignores_strings_and_escapes():
+    assert balanced("a === '(' && b")
+    assert balanced('f(")") || g(x[1])')
+    assert balanced(r"/\(/.test(s) && t")
+    assert not balanced("f(a && b")
+    assert not balanced("a && b)")
+
+
+def test_parse_answer_then_verify_on_crafted_output():
+    text = ("<think>line 2 has a && b, maybe line 3 too</think>\n"
+            "2: if: a && b\n"
+            "2: if: a && b\n"
+            "3: if: a && b\n"
+            "here is my review!\n"
+            "9: while: a.length > 0 && b < 10\n")
+    parsed = RULE.parse_answer(text)
+    assert [c.line for c in parsed.claims] == [2, 3, 9]
+    assert parsed.duplicates == 1 and parsed.malformed == ["here is my review!"]
+    v = run(parsed.claims)
+    assert [f.line for f in v.findings] == [2]
+    assert len(v.rejected) == 2
