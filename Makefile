@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/loralint check $(CORPUS)/passport@0.7.0 || test $$? -eq 1
 	$(BIN)/loralint scan $(CORPUS)/passport@0.7.0 --compare || test $$? -eq 1
 
-test: setup
+test: setup llamacpp
 	$(BIN)/python -m pytest -q
 
 bench: setup
