@@ -59,6 +59,11 @@ def test_condition_spanning_lines_with_comments_inside():
     assert f.text == "a.length > 0 && b < 10"
 
 
+def test_a_comment_quoted_by_the_model_is_skipped_too():
+    (f,) = run([Claim(5, "while", "a.length > 0 && b < 10 /* short */")]).findings
+    assert (f.end_line, f.end_column, f.text) == (7, 16, "a.length > 0 && b < 10")
+
+
 def test_columns_count_characters_not_bytes():
     (f,) = run([Claim(11, "ternary", 's === "é" || c')]).findings
     assert (f.line, f.column, f.end_column) == (11, 10, 24)

@@ -26,6 +26,7 @@ from .rules import Claim
 
 _STRINGS = re.compile(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"|`(?:[^`\\]|\\.)*`", re.S)
 _PAIRS = {")": "(", "]": "[", "}": "{"}
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*$", re.M | re.S)
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,14 @@ class FileText:
     def find(self, text: str, row: int, last_row: int) -> tuple[int, int, int, int, bool] | None:
         """Where ``text`` (whitespace-insensitive) starts on ``row`` and ends by ``last_row``:
         (row, col, end_row, end_col exclusive, comments skipped), all 0-based."""
-        needle = "".join(text.split())
-        if not needle:
+        raw = "".join(text.split())
+        if not raw:
             return None
         for skip in (True, False):
+            # comments the answer quoted are skipped like the file's (the oracle's text holds none)
+            needle = "".join(_COMMENT.sub(" ", text).split()) if skip else raw
+            if not needle:
+                continue
             head, _ = self.row(row, skip)
             if not head:
                 continue
