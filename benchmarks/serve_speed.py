@@ -2,16 +2,18 @@
 
     python benchmarks/serve_speed.py [--files 10] [--max-tokens 48] [--concurrency 4] [--corpus DIR]
 
-What it measures, on SmolLM2-135M-Instruct (the embedded base) with LoRA adapters made by PEFT with RANDOM
-weights (r16, all linear layers, not trained: the shipped adapter does not exist yet; the answers are
-meaningless, only their speed and the engines' agreement are measured):
+What it measures, on SmolLM2-135M-Instruct (the embedded base). The "predicate" adapter is the shipped,
+trained one (``loralint/adapters/predicate``) when present (``--adapter`` picks another, ``--adapter random``
+forces a random one); the other two are LoRA adapters made by PEFT with RANDOM weights (r16, all linear layers,
+not trained: their answers are meaningless, only their speed counts):
 
-1. files/min through `loralint serve` (llama.cpp via llama-cpp-python, one process, the embedded Q4_1
-   GGUF as base, adapters as f32 GGUF LoRAs), requests sent by a concurrent client (``--concurrency``
+1. files/min through `loralint serve` (llama.cpp via llama-cpp-python, one process, the base as f16 GGUF
+   as `loralint serve` converts it, adapters as f32 GGUF LoRAs), requests sent by a concurrent client (``--concurrency``
    threads): with 1 adapter loaded, with 3 loaded (one rule scanned), and with 3 loaded scanning all 3
    rules (3 requests a file, adapters switched per request).
 2. the same prompts, greedy, through the merged model: transformers in process (float32) vs llama.cpp on
-   the merged model as GGUF (f16 and q8_0) and vs the served base+LoRA: time, identical answers, the
+   the merged model as GGUF (f16 and q8_0) and vs the served base+LoRA (f16 base, and the embedded Q4_1
+   file with `--base-type source`): time, identical answers, the
    fraction of generated tokens equal position by position, and top-1 agreement with transformers'
    logits, teacher-forced along transformers' own answer.
 
@@ -161,7 +163,11 @@ def run_serve(base_gguf: Path, loras: dict[str, Path], jobs: list[tuple[int, str
 
 
 def hf_run(model, tok, prompts, max_tokens):
+    """Greedy answers; generation ends where transformers' generate() ends it: generation_config's eos."""
     import torch
+
+    eos = model.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
 
     outs, t0, c0 = [], time.perf_counter(), cpu_s()
     for msgs in prompts:
@@ -170,20 +176,20 @@ def hf_run(model, tok, prompts, max_tokens):
         x = torch.tensor([ids])
         with torch.no_grad():
             g = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_tokens, do_sample=False,
-                               eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+                               eos_token_id=eos, pad_token_id=eos)
         gen = g[0, len(ids):].tolist()
-        if tok.eos_token_id in gen:
-            gen = gen[: gen.index(tok.eos_token_id) + 1]
+        if eos in gen:
+            gen = gen[: gen.index(eos) + 1]
         outs.append((ids, gen))
     return outs, time.perf_counter() - t0, cpu_s() - c0
 
 
-def llama_run(gguf: Path, prompts_ids, max_tokens, threads, lora: Path | None = None):
+def llama_run(gguf: Path, prompts_ids, max_tokens, threads, lora: Path | None = None, eos: int | None = None):
     import llama_cpp
 
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=4096, n_threads=threads, n_threads_batch=threads,
                           verbose=False, lora_path=str(lora) if lora else None, logits_all=False)
-    eos = llm.token_eos()
+    eos = llm.token_eos() if eos is None else eos
     outs, t0, c0 = [], time.perf_counter(), cpu_s()
     for ids in prompts_ids:
         gen = []
@@ -237,6 +243,8 @@ def main() -> int:
     ap.add_argument("--corpus", type=Path, default=ROOT / ".cache" / "corpus" / "semver@7.8.6")
     ap.add_argument("--work", type=Path, default=None, help="keep adapters and GGUF files here")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_speed.json")
+    ap.add_argument("--adapter", default=None, help="the predicate adapter folder (default: the shipped one if "
+                                                    "present; `random` for a random one)")
     args = ap.parse_args()
 
     from loralint import models, serve
@@ -268,13 +276,22 @@ def main() -> int:
     print(f"{len(files)} files, {len(prompts)} windows, max_tokens {args.max_tokens}, {threads} threads, "
           f"load {loadavg()}", file=sys.stderr)
 
-    adapters = make_adapters(work, base_dir, RULES)
+    shipped = ROOT / "src" / "loralint" / "adapters" / "predicate"
+    trained = None if args.adapter == "random" else Path(args.adapter) if args.adapter else (
+        shipped if (shipped / "adapter_config.json").exists() else None)
+    adapters = make_adapters(work, base_dir, RULES[1:] if trained else RULES)
+    if trained:
+        adapters = {"predicate": trained, **adapters}
     loras = {}
     for name, d in adapters.items():
-        loras[name] = work / f"{name}-lora-f32.gguf"
+        loras[name] = work / f"{name}-{'trained' if trained and name == 'predicate' else 'random'}-lora-f32.gguf"
         if not loras[name].exists():
             lora_to_gguf(d, loras[name], base_cfg, "f32", name=name)
-    base_gguf = base.gguf_path  # what `loralint serve` uses for the embedded base: its own Q4_1 GGUF
+    # what `loralint serve` uses for the embedded base: an f16 GGUF of the weights the adapters were trained on
+    base_gguf = work / "base-smollm2-135m-f16.gguf"
+    if not base_gguf.exists():
+        model_to_gguf(base_dir, base_gguf, "f16")
+    source_gguf = base.gguf_path  # the embedded Q4_1 file itself (`loralint serve --base-type source`)
 
     one_rule = [(i, "predicate", m) for i, ms in enumerate(per_file) for m in ms]
     all_rules = [(i, r, m) for i, ms in enumerate(per_file) for m in ms for r in RULES]
@@ -287,12 +304,12 @@ def main() -> int:
                                     label, tokenizer=models.load_tokenizer(base)))
 
     # merged model: transformers in process vs llama.cpp on the merged GGUF
-    merged = work / "merged-predicate"
+    merged = work / f"merged-predicate-{'trained' if trained else 'random'}"
     if not (merged / "config.json").exists():
         export(adapters["predicate"], merge_dir=merged, dtype="float32")
     ggufs = {}
     for t in ("f16", "q8_0"):
-        ggufs[t] = work / f"merged-predicate-{t}.gguf"
+        ggufs[t] = work / f"{merged.name}-{t}.gguf"
         if not ggufs[t].exists():
             model_to_gguf(merged, ggufs[t], t)
     tok = AutoTokenizer.from_pretrained(merged)
@@ -307,9 +324,13 @@ def main() -> int:
                  "token_agreement": 1.0, "top1_agreement": 1.0}]
     for label, gguf, lora in [("llama.cpp, merged GGUF f16", ggufs["f16"], None),
                               ("llama.cpp, merged GGUF q8_0", ggufs["q8_0"], None),
-                              ("llama.cpp, base Q4_1 GGUF + LoRA f32 (= serve)", base_gguf, loras["predicate"])]:
+                              ("llama.cpp, base f16 GGUF + LoRA f32 (= serve)", base_gguf, loras["predicate"]),
+                              ("llama.cpp, base Q4_1 GGUF + LoRA (--base-type source)", source_gguf,
+                               loras["predicate"])]:
         print(f"{label} ...", file=sys.stderr)
-        gen, wall, cpu = llama_run(gguf, prompt_ids, args.max_tokens, threads, lora)
+        eos = hf.generation_config.eos_token_id
+        gen, wall, cpu = llama_run(gguf, prompt_ids, args.max_tokens, threads, lora,
+                                   eos=eos[0] if isinstance(eos, list) else eos)
         same = sum(1 for a, b in zip(gen, hf_gen) if a == b)
         cmp_rows.append({"engine": label, "wall_s": round(wall, 2), "files_per_min": round(len(files) / wall * 60, 2),
                          "cpu_s_per_file": round(cpu / len(files), 2),
@@ -325,10 +346,13 @@ def main() -> int:
                     "python": platform.python_version(), "llama_cpp_python": llama_cpp.__version__,
                     "torch": torch.__version__, "loadavg_end": loadavg(),
                     "note": "shared 2-core machine: other jobs ran at the same time (see loadavg)"},
-        "model": {"base": "SmolLM2-135M-Instruct (embedded Q4_1 GGUF for serve; its bf16 materialisation for "
-                          "transformers and the merged GGUFs)",
-                  "adapters": "PEFT LoRA r16 alpha32 on all linear layers, RANDOM weights (not trained): speed "
-                              "and engine agreement only"},
+        "model": {"base": "SmolLM2-135M-Instruct: its bf16 materialisation for transformers, as f16 GGUF for "
+                          "serve, merged for the merged GGUFs; the embedded Q4_1 file for --base-type source",
+                  "adapters": {"predicate": (f"trained: {trained.relative_to(ROOT) if trained.is_relative_to(ROOT) else trained}"
+                                             if trained else "RANDOM LoRA r16 (not trained)"),
+                               "naming, comments": "PEFT LoRA r16 alpha32 on all linear layers, RANDOM weights (not "
+                                                   "trained): speed only"},
+                  "agreement_section_uses": "the predicate adapter, merged"},
         "workload": {"corpus": str(args.corpus.relative_to(ROOT) if args.corpus.is_relative_to(ROOT) else args.corpus),
                      "files": [str(f.name) for f in files], "windows": len(prompts), "max_tokens": args.max_tokens,
                      "concurrency": args.concurrency, "decoding": "greedy"},
@@ -345,10 +369,10 @@ def main() -> int:
               f"{r['requests_per_min']:>8} {r['generated_tokens_per_s']:>9} {r['latency_p50_s']:>6} "
               f"{r['cpu_s_per_file']:>10}")
     print("\nmerged model, same prompts, greedy: agreement with transformers")
-    print(f"{'engine':48} {'wall s':>7} {'files/min':>9} {'CPU s/file':>10} {'same answers':>12} {'tokens':>7} "
+    print(f"{'engine':52} {'wall s':>7} {'files/min':>9} {'CPU s/file':>10} {'same answers':>12} {'tokens':>7} "
           f"{'top-1':>6}")
     for r in cmp_rows:
-        print(f"{r['engine']:48} {r['wall_s']:>7} {r['files_per_min']:>9} {r['cpu_s_per_file']:>10} "
+        print(f"{r['engine']:52} {r['wall_s']:>7} {r['files_per_min']:>9} {r['cpu_s_per_file']:>10} "
               f"{r['identical_answers']:>12} {r['token_agreement']:>7} {r['top1_agreement']:>6}")
     print(f"\nwrote {args.out}")
     return 0

@@ -282,3 +282,20 @@ def test_default_gguf_goes_where_the_llamacpp_scan_backend_looks(tmp_path_factor
     llamacpp = pytest.importorskip("loralint.backends.llamacpp")
     model, lora = llamacpp.find_gguf(backends.resolve_adapter(str(ad)), None, None)
     assert model == ad / "predicate-q8_0.gguf" and lora is None
+
+
+def test_gguf_eos_is_where_transformers_generation_stops(tmp_path_factory, tmp_path):
+    """A tokenizer_config whose eos is not generation_config's (seen in an adapter folder: eos <|im_start|>)
+    must not make llama.cpp stop elsewhere than transformers' generate(): the GGUF takes generation_config's."""
+    import shutil
+
+    from loralint.gguf_export import model_to_gguf, read_metadata
+
+    src = tmp_path / "m"
+    shutil.copytree(kit(tmp_path_factory, "llama")["merged"], src)
+    tc = json.loads((src / "tokenizer_config.json").read_text())
+    tc["eos_token"] = "<|im_start|>"
+    (src / "tokenizer_config.json").write_text(json.dumps(tc))
+    assert json.loads((src / "generation_config.json").read_text())["eos_token_id"] == 2
+    meta = read_metadata(model_to_gguf(src, tmp_path / "m.gguf", "f16").path)
+    assert meta["tokenizer.ggml.eos_token_id"] == 2

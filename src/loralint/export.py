@@ -187,6 +187,24 @@ def _compat(folder: Path, dtype) -> None:
         tc_path.write_text(json.dumps(tc, indent=2) + "\n")
 
 
+def _eos_warning(folder: Path) -> str | None:
+    """Say so when the tokenizer's eos is not the token generation ends at (generation_config.json)."""
+    try:
+        tc = json.loads((folder / "tokenizer_config.json").read_text())
+        gen = json.loads((folder / "generation_config.json").read_text()).get("eos_token_id")
+        vocab = {t["content"]: t["id"] for t in json.loads((folder / "tokenizer.json").read_text())["added_tokens"]}
+    except (OSError, ValueError, KeyError):
+        return None
+    eos = tc.get("eos_token")
+    eos = eos.get("content") if isinstance(eos, dict) else eos
+    gen_ids = gen if isinstance(gen, list) else [gen]
+    if eos in vocab and gen is not None and vocab[eos] not in gen_ids:
+        return (f"the tokenizer's eos_token {eos!r} (id {vocab[eos]}) is not where generation ends "
+                f"(generation_config eos_token_id {gen}); the GGUF uses the latter. Check the adapter's "
+                "tokenizer_config.json")
+    return None
+
+
 def _sha(path: Path) -> str | None:
     for name in ("adapter_model.safetensors", "adapter_model.bin"):
         f = path / name
@@ -258,6 +276,8 @@ def export(target: str | Path, *, merge_dir: str | Path | None = None, gguf: str
             mdir = Path(tmpdir) / "merged"
         try:
             merge(ad, mdir, base=base, dtype=dtype if merge_dir else "float32", progress=progress)
+            if (w := _eos_warning(mdir)):
+                report.setdefault("warnings", []).append(w)
             if merge_dir:
                 report["merged"] = str(mdir)
             if gguf:

@@ -310,8 +310,25 @@ def _add_vocab(writer, model_dir: Path, config: dict, pre: str | None, source_gg
                                             and len(ids) > 1)
     if special.chat_template is None and getattr(tok, "chat_template", None):
         special.chat_template = tok.chat_template
+    # the token generation ends at is what transformers' generate() uses: generation_config.json's eos, which
+    # can differ from the tokenizer's (seen: an adapter folder whose tokenizer_config says eos <|im_start|>)
+    gen_eos = _generation_eos(model_dir)
+    if gen_eos is not None and gen_eos < vocab_size and special.special_token_ids.get("eos") != gen_eos:
+        log.warning("eos: generation_config.json says %s, the tokenizer %s; writing %s", gen_eos,
+                    special.special_token_ids.get("eos"), gen_eos)
+        special.special_token_ids["eos"] = gen_eos
     special.add_to_gguf(writer, quiet=True)
     return pre
+
+
+def _generation_eos(model_dir: Path) -> int | None:
+    f = model_dir / "generation_config.json"
+    if not f.is_file():
+        return None
+    eos = json.loads(f.read_text()).get("eos_token_id")
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    return eos if isinstance(eos, int) else None
 
 
 # ---------------------------------------------------------------- tensors

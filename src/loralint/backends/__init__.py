@@ -267,6 +267,7 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
             raise BackendUnavailable("the openai backend needs --api URL (e.g. http://127.0.0.1:8080)")
         from .openai import OpenAIBackend
 
+        options.setdefault("prefer", rule)
         return OpenAIBackend(api, model=model, concurrency=concurrency, timeout=timeout, retries=retries, **options)
     if kind == "transformers":
         from .transformers import TransformersBackend

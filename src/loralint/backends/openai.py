@@ -34,7 +34,9 @@ class OpenAIBackend(Backend):
 
     def __init__(self, api: str, model: str | None = None, concurrency: int = 8, timeout: float = 120.0,
                  retries: int = 2, api_key: str | None = None, probe: bool = True,
-                 extra_body: dict | None = None):
+                 extra_body: dict | None = None, prefer: str | None = None):
+        #: the served model to pick when none is named: the rule's adapter (`loralint serve`, vLLM --lora-modules)
+        self.prefer = prefer
         if "://" not in api:
             api = "http://" + api
         u = urlsplit(api)
@@ -112,9 +114,9 @@ class OpenAIBackend(Backend):
             self._conn().close()
         if status == 200 and self.model is None:
             try:
-                data = json.loads(raw).get("data") or []
-                if data and isinstance(data[0], dict) and data[0].get("id"):
-                    self.model = str(data[0]["id"])
+                ids = [str(d["id"]) for d in json.loads(raw).get("data") or [] if isinstance(d, dict) and d.get("id")]
+                if ids:
+                    self.model = self.prefer if self.prefer in ids else ids[0]
             except (ValueError, AttributeError):
                 pass
 

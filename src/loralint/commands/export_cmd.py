@@ -51,6 +51,8 @@ def export_command(
                         progress=lambda m: stderr.print(f"[dim]{m}[/dim]", highlight=False))
     except ExportError as e:
         raise UserError(str(e)) from e
+    for w in report.get("warnings", []):
+        stderr.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

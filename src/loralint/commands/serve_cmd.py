@@ -20,8 +20,9 @@ def serve_command(
                                                       "folder (default: the installed ones, unless --adapter)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model: a .gguf file, a model folder, a hub id or "
                                        "smollm2-135m (default: the adapters' own base)."),
-    base_type: str = typer.Option("f16", "--base-type", help="GGUF type when the base must be converted: f32, f16, "
-                                  "bf16, q8_0."),
+    base_type: str = typer.Option("f16", "--base-type", help="GGUF type the base is converted to (once, cached): "
+                                  "f32, f16, bf16, q8_0, or `source` for the GGUF a base came from (the embedded "
+                                  "Q4_1: smaller, faster, less faithful). A .gguf --base is used as it is."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
     port: int = typer.Option(8080, "--port", "-p", help="Port to listen on (0: any free port)."),
     ctx: int = typer.Option(4096, "--ctx", help="Context length in tokens (prompt + answer)."),
@@ -44,6 +45,8 @@ def serve_command(
 
     if engine not in ("llamacpp", "vllm"):
         raise typer.BadParameter("choose llamacpp or vllm", param_hint="--engine")
+    if base_type not in ("f32", "f16", "bf16", "q8_0", "source"):
+        raise typer.BadParameter("choose f32, f16, bf16, q8_0 or source", param_hint="--base-type")
     try:
         dirs = list(adapters_dir) if adapters_dir else (None if not adapter else [])
         p = srv.plan(base, list(adapter or []), dirs, base_type=base_type, convert=engine == "llamacpp",
