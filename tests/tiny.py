@@ -50,17 +50,20 @@ def tiny_config(arch: str = "qwen3", vocab_size: int = 49152, **over):
     raise ValueError(f"unknown tiny architecture {arch!r} (qwen3 or llama)")
 
 
-def tiny_model_dir(tmp_path: Path, arch: str = "qwen3", seed: int = 0, **config) -> Path:
-    """Build a tiny random ``arch`` model with the real SmolLM2 tokenizer into ``tmp_path/tiny-<arch>``."""
+def tiny_model_dir(tmp_path: Path, arch: str = "qwen3", seed: int = 0, name: str | None = None,
+                   **config) -> Path:
+    """Build a tiny random ``arch`` model with the real SmolLM2 tokenizer into ``tmp_path/<name>``
+    (default ``tiny-<arch>``); ``config`` overrides the tiny config's fields."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     tok = smollm2_tokenizer()
-    out = Path(tmp_path) / f"tiny-{arch}"
+    out = Path(tmp_path) / (name or f"tiny-{arch}")
     if (out / "config.json").exists():
         return out
-    cfg = tiny_config(arch, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, **config)
+    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id)
+    cfg = tiny_config(arch, **(ids | config))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,

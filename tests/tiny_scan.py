@@ -27,29 +27,14 @@ import tempfile
 import threading
 from pathlib import Path
 
-from tiny import smollm2_tokenizer, tiny_config
+from tiny import tiny_model_dir
 
 FIXTURE = Path(__file__).parent / "fixtures" / "scan" / "sample.js"
 
 
 def tiny_base(tmp_path: Path, seed: int = 0) -> Path:
     """A random tiny Qwen3 (SmolLM2 tokenizer) that a LoRA adapter can teach to answer (see above)."""
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    out = Path(tmp_path) / "tiny-base"
-    if (out / "config.json").exists():
-        return out
-    tok = smollm2_tokenizer()
-    cfg = tiny_config("qwen3", vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=None, initializer_range=0.2)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg)
-    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                               pad_token_id=tok.pad_token_id)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return tiny_model_dir(tmp_path, "qwen3", seed, name="tiny-base", pad_token_id=None, initializer_range=0.2)
 
 
 def window_examples(tok, files: list[Path], window_lines: int) -> list[tuple[list[int], list[int]]]:

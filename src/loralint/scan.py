@@ -28,7 +28,7 @@ from .findings import Finding, sort_findings
 from .languages import fence_for, parse
 from .rules import Rule, get_rule
 from .sources import Skipped, SourceFile, discover, load
-from .suppress import parse_suppressions
+from .suppress import Suppressions, parse_suppressions
 from .verify import FileText, Rejected, comment_spans, verify
 from .windows import DEFAULT_TARGET, Window, file_windows, window_messages
 
@@ -158,6 +158,7 @@ class _File:
     digest: str
     recovered: bool
     changed: set[int] | None
+    suppressions: Suppressions
     answers: dict[str, object] = field(default_factory=dict)  # window key -> Completion | BackendError
     detail: FileScan | None = None
 
@@ -191,7 +192,7 @@ def _prepare(src: SourceFile, target: int, changed: set[int] | None) -> _File:
     lines, wins = file_windows(src.data, src.grammar, target=target, tree=tree)
     doc = FileText(lines, comment_spans(tree, src.data, src.grammar))
     return _File(src, lines, wins, doc, file_hash(src.data), tree.root_node.has_error, changed,
-                 detail=FileScan(src.path, windows=len(wins)))
+                 parse_suppressions(src.data, tree), detail=FileScan(src.path, windows=len(wins)))
 
 
 def _finish(f: _File, rule: Rule) -> FileResult:
@@ -231,7 +232,7 @@ def _finish(f: _File, rule: Rule) -> FileResult:
             found.append(x)
     if f.changed is not None:
         found = [x for x in found if any(ln in f.changed for ln in range(x.line, x.end_line + 1))]
-    kept, suppressed = parse_suppressions(f.src.text).filter(sort_findings(found))
+    kept, suppressed = f.suppressions.filter(sort_findings(found))
     error = None
     if d.errors:
         error = d.errors[0] + (f" (and {len(d.errors) - 1} more windows)" if len(d.errors) > 1 else "")
