@@ -254,6 +254,12 @@ def max_new_tokens_for(lines: Sequence[str]) -> int:
     return min(n, 4096)
 
 
+def _default_device() -> str:
+    from .. import models
+
+    return models.default_device()
+
+
 def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adapter | None = None,
                    base: str | None = None, api: str | None = None, model: str | None = None,
                    rule: str = "predicate", device: str | None = None, concurrency: int = 8,
@@ -273,6 +279,11 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
         from .transformers import TransformersBackend
 
         ad = adapter if isinstance(adapter, Adapter) else resolve_adapter(adapter, rule, base)
+        if engine == "gpu" or (engine is None and (device or _default_device()).startswith("cuda")):
+            from . import gpu_engine  # the engine for GPUs: default on CUDA, the reference engine elsewhere
+
+            return gpu_engine.create(ad, auto=engine is None, base=base, device=device, batch_tokens=batch_tokens,
+                                     max_batch=max_batch, **options)
         return TransformersBackend(ad, base=base, device=device, batch_tokens=batch_tokens, max_batch=max_batch,
                                    engine=engine, **options)
     if kind == "llamacpp":
