@@ -224,6 +224,16 @@ class GpuEngine(Backend):
         self._shapes: dict[tuple, _Batch] = {}
         self._graph_failed = False
         self._decode_steps = 0
+        if self.mix_adapters and (not self.peft or len(self.adapters) < 2):
+            self.mix_adapters = False
+        if self.mix_adapters:
+            try:  # PEFT mixes only some layer kinds (LoRA on Linear layers, not trained norms...)
+                with torch.inference_mode():
+                    self.model(input_ids=torch.zeros(2, 1, dtype=torch.long, device=self.device_t), use_cache=False,
+                               adapter_names=list(self.adapters)[:2], logits_to_keep=1)
+            except Exception as e:  # noqa: BLE001
+                notice(f"gpu engine: these adapters cannot share a batch ({str(e)[:120]}); one batch per adapter")
+                self.mix_adapters = False
 
     # ------------------------------------------------------------------ loading
     def _load_model(self):
@@ -494,7 +504,7 @@ class GpuEngine(Backend):
             i, ids = item
             n_w, n_t = max(W, len(ids) - P), max(T, caps[i])
             if cur and (len(cur) >= self.max_batch or bucket(caps[cur[0][0]]) != bucket(caps[i])
-                        or (len(cur) + 1) * (P + _up(n_w, 8) + n_t) > self.batch_tokens):
+                        or (len(cur) + 1) * (P + n_w + 8 + n_t) > self.batch_tokens):
                 out.append(cur)
                 cur, n_w, n_t = [], len(ids) - P, caps[i]
             cur.append(item)
@@ -523,7 +533,7 @@ class GpuEngine(Backend):
         dev = self.device_t
         n = len(batch)
         lens = [len(ids) - P for _, ids in batch]
-        W = _up(max(lens), 8)
+        W = _up(max(lens), 8 if self.cuda else 1)
         T = max(caps[i] for i, _ in batch)
         cons = [constraints[i] if constraints is not None else None for i, _ in batch]
         bias = any(c is not None for c in cons)
