@@ -90,7 +90,7 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     # grouped-query attention without copying keys: a KV head's g query heads become g x q query rows
     qq = query.reshape(b, kvh, g * q, d)
     m = ctx.mask
-    if g > 1:
+    if g > 1 and m.shape[2] != g * q:  # (a prefill's mask comes grouped already: see _grouped_mask)
         m = m.expand(b, 1, g, ctx.kv_len) if q == 1 else m.repeat(1, 1, g, 1)
     out = F.scaled_dot_product_attention(qq, K, V, attn_mask=m, scale=scaling)
     return out.reshape(b, h, q, out.shape[-1]).transpose(1, 2).contiguous(), None
@@ -149,7 +149,7 @@ class _Batch:
         nxt = logits.argmax(-1)
         nxt = torch.where(self.done, self.eos[0], nxt)
         self.out.scatter_(1, self.step.view(1, 1).expand(self.rows, 1), nxt[:, None])
-        self.done |= torch.isin(nxt, self.eos) | (self.step + 1 >= self.limit)
+        self.done |= (nxt[:, None] == self.eos[None, :]).any(-1) | (self.step + 1 >= self.limit)
         self.ids.copy_(nxt[:, None])
         self.mask.index_fill_(3, self.col, True)  # the next token's own column
         self.step += 1
@@ -585,6 +585,7 @@ class GpuEngine(Backend):
         ctx.k, ctx.v, ctx.kv_len = b.k, b.v, P + W
         ctx.cols = torch.arange(P, P + W, device=dev)
         parts = []
+        logits_dtype = self.dtype
         step_rows = max(1, self.prefill_tokens // max(W, 1))
         for r0 in range(0, n, step_rows):
             r1 = min(n, r0 + step_rows)
@@ -592,7 +593,7 @@ class GpuEngine(Backend):
             m = own_mask[r0:r1, None]
             if P:
                 m = torch.cat([torch.ones(r1 - r0, 1, W, P, dtype=torch.bool, device=dev), m], dim=-1)
-            ctx.mask = m
+            ctx.mask = self._grouped_mask(m, dtype=logits_dtype)
             parts.append(self._forward(ctx, ids[r0:r1], pos[r0:r1], names[r0:r1] if names is not None else None))
         logits = torch.cat(parts)
         if rows > n:
@@ -613,10 +614,11 @@ class GpuEngine(Backend):
         if bias:
             self._set_bias(b, cons, n)
         b.select(logits)
-        steps = 1
+        steps = fed = 1
         graph = self._graph(b, names) if (self.cuda_graphs and not mixed) else None
         while steps < T:
-            if bias:
+            if bias:  # constrained rows: their tokens to their constraints, the next step's bias (a sync a step)
+                fed = steps
                 if not self._advance(b, cons, n, steps - 1):
                     break
             elif steps % self.check_every == 0 and not bool((~b.done).any()):
@@ -626,13 +628,25 @@ class GpuEngine(Backend):
             else:
                 self._step(b, names)
             steps += 1
-        if bias:
+        if bias and fed < steps:
             self._advance(b, cons, n, steps - 1)
         toks = b.out[:n, :steps].tolist()
         self._decode_steps += steps
         self.timing["decode"] += time.perf_counter() - t1
         for r, (i, _) in enumerate(batch):
             out[i] = self._finish(toks[r], caps[i])
+
+    def _grouped_mask(self, m, dtype):
+        """A prefill's bool mask ``[rows, 1, q, kv]`` made once for all layers: repeated for the query heads
+        of a KV head (see _attention) and additive (0 / -inf), so SDPA converts nothing per layer."""
+        import torch
+
+        cfg = self.text_config
+        kvh = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        g = cfg.num_attention_heads // kvh
+        if g > 1:
+            m = m.repeat(1, 1, g, 1)
+        return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf"))
 
     def _step(self, b: _Batch, names=None) -> None:
         """One decode step: the last tokens' forward, then the greedy pick (captured whole as a CUDA graph)."""

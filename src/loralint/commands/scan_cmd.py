@@ -21,7 +21,8 @@ ModelOpt = typer.Option(None, "--model", help="Model name to ask the server for 
 BackendOpt = typer.Option(None, "--backend", help="transformers (default), openai (--api) or llamacpp.")
 GgufOpt = typer.Option(None, "--gguf", help="GGUF file for the llamacpp backend.")
 DeviceOpt = typer.Option(None, "--device", help="cuda, cpu or mps (default: the best there is).")
-EngineOpt = typer.Option(None, "--engine", help="transformers engine: batched (default: static batches, finished "
+EngineOpt = typer.Option(None, "--engine", help="transformers engine: gpu (default on CUDA: shared prefix once, "
+                         "length buckets, CUDA-graph decoding), batched (default elsewhere: static batches, finished "
                          "rows dropped), generate (model.generate) or continuous (transformers' continuous batching).")
 ConcurrencyOpt = typer.Option(8, "--concurrency", "-c", help="Requests in flight to --api.")
 TimeoutOpt = typer.Option(120.0, "--timeout", help="Seconds to wait for one answer from --api.")
