@@ -440,6 +440,8 @@ class GpuEngine(Backend):
             ctx.mask = torch.ones(P, P, dtype=torch.bool, device=self.device_t).tril()[None, None]
             ids = torch.tensor([list(prefix)], dtype=torch.long, device=self.device_t)
             self._forward(ctx, ids, ctx.cols[None])
+            if len(self._prefixes) >= 16:  # (rules x adapters: a handful; stray prefixes are let go)
+                self._prefixes.pop(next(iter(self._prefixes)))
             self._prefixes[key] = (ks, vs)
             self.timing["prefix"] += time.perf_counter() - t0
         return self._prefixes[key]
@@ -556,11 +558,12 @@ class GpuEngine(Backend):
             b.bias.zero_()
         if P:
             b.mask[:, :, :, :P] = True
-            if mixed:
-                for r, a in enumerate(names):
+            if mixed:  # each adapter's prefix into its rows
+                for a in set(names):
+                    idx = torch.tensor([r for r, x in enumerate(names) if x == a], device=dev)
                     for li in range(self.n_layers):
-                        b.k[li][r, :, :P].copy_(pk[a][0][li][0])
-                        b.v[li][r, :, :P].copy_(pk[a][1][li][0])
+                        b.k[li][:, :, :P].index_copy_(0, idx, pk[a][0][li].expand(len(idx), -1, -1, -1))
+                        b.v[li][:, :, :P].index_copy_(0, idx, pk[a][1][li].expand(len(idx), -1, -1, -1))
             else:
                 ks, vs = pk[next(iter(pk))]
                 for li in range(self.n_layers):
