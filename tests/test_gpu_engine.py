@@ -192,3 +192,17 @@ def test_self_check_catches_an_attention_that_bypasses_the_engine(adapters, monk
     assert eng.self_check() is None
     monkeypatch.setattr(GpuEngine, "_attn", lambda self: contextlib.nullcontext())
     assert "differ from a plain forward" in eng.self_check()
+
+
+@pytest.mark.slow
+def test_scan_with_the_gpu_engine_finds_what_the_reference_finds(adapters):
+    """The whole scan path (windows, prompts, answers parsed and verified) through the gpu engine."""
+    from loralint.backends.gpu_engine import GpuEngine
+    from loralint.scan import scan
+
+    memo, *_ = adapters
+    _adapter, fixture = trained_fixture()
+    via_gpu = scan([str(fixture)], backend=GpuEngine(memo, device="cpu"), window_lines=15, cache=False)
+    via_ref = scan([str(fixture)], adapter=str(memo.path), window_lines=15, cache=False, device="cpu")
+    assert [f.to_dict() for f in via_gpu.findings] == [f.to_dict() for f in via_ref.findings]
+    assert len(via_gpu.findings) == 5
