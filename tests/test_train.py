@@ -120,7 +120,7 @@ def test_outputs_are_a_peft_adapter_with_card_metadata_log_and_plot(trained, wor
     stored = json.loads((out / "loralint.json").read_text())
     assert stored["base"]["spec"] == str(qwen3.resolve())
     assert stored["rule"]["id"] == "predicate" and stored["rule"]["summary"] == get_rule("predicate").summary
-    assert stored["prompt"]["fingerprint"] == train.prompt_fingerprint(get_rule("predicate"))
+    assert stored["prompt"]["fingerprint"] == get_rule("predicate").fingerprint()
     sha = hashlib.sha256()
     data = work / "data-with-val" / "train.jsonl"
     sha.update(f"{data.stat().st_size}:".encode() + data.read_bytes())

@@ -34,17 +34,9 @@ def file_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def prompt_fingerprint(rule) -> str:
-    """The rule's prompt and answer format as the model sees them (changes when the prompt's text does)."""
-    from .windows import window_messages, Window
-
-    sample = window_messages(rule, ["if (a && b) {", "}"], Window(0, 2), "js")
-    return hashlib.sha256(json.dumps([rule.id, sample, rule.no_findings_answer]).encode()).hexdigest()[:16]
-
-
 def settings_key(identity: dict, rule, window: dict, decoding: dict) -> str:
     blob = json.dumps({"format": CACHE_FORMAT, "model": identity, "rule": rule.id,
-                       "prompt": prompt_fingerprint(rule), "window": window, "decoding": decoding},
+                       "prompt": rule.fingerprint(), "window": window, "decoding": decoding},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

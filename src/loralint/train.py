@@ -683,12 +683,6 @@ def base_spec(spec: str, base) -> str:
     return str(Path(spec).expanduser().resolve()) if base.kind in ("dir", "gguf") else str(spec)
 
 
-def prompt_fingerprint(rule) -> str:
-    """A short hash of the rule's prompt and answer format: an adapter is only good for the format it learned."""
-    text = rule.user_prompt("<CODE>", "<FENCE>") + "\x00" + rule.no_findings_answer
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def _metadata(s, base, rule, files, eval_files, n_train, dropped, lengths, result, final_eval, rows, trainer,
               ckpt) -> dict[str, Any]:
     import peft
@@ -710,7 +704,7 @@ def _metadata(s, base, rule, files, eval_files, n_train, dropped, lengths, resul
         "base": {"spec": base_spec(s["base"], base), "name": base.name, "kind": base.kind, "given": str(s["base"]),
                  "load_dir": str(models.model_dir(base)) if base.kind != "hub" else base.load_dir},
         "rule": {"id": rule.id, "name": rule.name, "summary": rule.summary},
-        "prompt": {"version": getattr(rule, "prompt_version", 1), "fingerprint": prompt_fingerprint(rule)},
+        "prompt": {"version": getattr(rule, "prompt_version", 1), "fingerprint": rule.fingerprint()},
         "mode": s["mode"],
         "hyperparameters": hyper,
         "dataset": {"files": [str(f) for f in files], "sha256": dataset_sha256(files), "examples": n_train,

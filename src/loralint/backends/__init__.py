@@ -217,21 +217,15 @@ def resolve_adapter(adapter: str | os.PathLike | None, rule: str = "predicate", 
     return Adapter(path=path.resolve(), base=base_spec, rule=str(meta_rule), digest=_digest(path), meta=meta)
 
 
-def prompt_fingerprint(rule) -> str:
-    """The fingerprint `loralint train` records of the prompt an adapter learned (see train.prompt_fingerprint)."""
-    text = rule.user_prompt("<CODE>", "<FENCE>") + "\x00" + rule.no_findings_answer
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def adapter_warnings(adapter: Adapter, rule) -> list[str]:
     """Reasons to distrust an adapter for ``rule`` (another rule, another prompt format)."""
     out = []
     if adapter.rule != rule.id:
         out.append(f"the adapter at {adapter.path} was trained for rule {adapter.rule!r}, not {rule.id!r}")
     want = (adapter.meta.get("prompt") or {}).get("fingerprint") if isinstance(adapter.meta.get("prompt"), dict) else None
-    if want and want != prompt_fingerprint(rule):
+    if want and want != rule.fingerprint():
         out.append(f"the adapter at {adapter.path} learned another prompt format (fingerprint {want}, this loralint's "
-                   f"is {prompt_fingerprint(rule)}): its answers may be poor; retrain it")
+                   f"is {rule.fingerprint()}): its answers may be poor; retrain it")
     return out
 
 
@@ -286,6 +280,6 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
 
 
 __all__ = [
-    "Adapter", "adapter_warnings", "prompt_fingerprint", "AdapterNotFound", "Backend", "BackendError", "BackendUnavailable", "Completion", "FunctionBackend",
+    "Adapter", "adapter_warnings", "AdapterNotFound", "Backend", "BackendError", "BackendUnavailable", "Completion", "FunctionBackend",
     "Messages", "as_result", "create_backend", "max_new_tokens_for", "model_identity", "resolve_adapter", "shipped_adapter_dir",
 ]

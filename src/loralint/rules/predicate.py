@@ -38,7 +38,7 @@ from tree_sitter import Node, Query, QueryCursor, Tree
 
 from ..findings import Finding, fold
 from ..languages import language
-from ..windows import spans_from_captures
+from ..windows import protect_patterns, spans_from_captures
 from . import Claim, ParsedAnswer, Rule, register, strip_think
 
 KINDS = ("if", "else if", "while", "do...while", "for", "ternary")
@@ -51,15 +51,6 @@ _CONDITIONS = """[
   (ternary_expression condition: (_) @ternary)
 ]"""
 _LOGICAL = '(binary_expression operator: ["&&" "||"] @op)'
-#: what :func:`loralint.windows.protected_spans` captures besides the if/while/do conditions above: the oracle and
-#: the windows' spans come from one pass over the tree (dataset building needs both)
-_WINDOW_SPANS = """[
-  (switch_statement value: (_) @w.c)
-  (for_statement body: (_)) @w.for
-  (ternary_expression) @w.c
-  (binary_expression) @w.c
-  (template_string) @w.c
-]"""
 _CAPTURE_KIND = {"if": "if", "while": "while", "do": "do...while", "for": "for", "ternary": "ternary"}
 _UNWRAP = {"if", "else if", "while", "do...while"}  # the statement's own parentheses are not part of the condition
 
@@ -70,7 +61,8 @@ _ANSWER_LINE = re.compile(
 
 @lru_cache(maxsize=None)
 def _query(grammar: str) -> Query:
-    return Query(language(grammar), "\n".join((_CONDITIONS, _LOGICAL, _WINDOW_SPANS)))
+    # the windows' query joins the oracle's: dataset building needs findings and spans of each tree, from one pass
+    return Query(language(grammar), "\n".join((_CONDITIONS, _LOGICAL, protect_patterns("w."))))
 
 
 def _char_col(source: bytes, byte: int, row_start: int) -> int:
@@ -126,8 +118,8 @@ class PredicateRule(Rule):
     kinds = KINDS
 
     # ------------------------------------------------------------------ oracle
-    #: the last tree's captures and what was made of them, so that check_tree, clean_sites, protected_spans
-    #: and window_spans on the same tree query it once (dataset building calls them all)
+    #: the last tree's captures and what was made of them, so that check_tree, clean_sites and window_spans on
+    #: the same tree query it once (dataset building calls them all)
     _memo: tuple = (None, None, None)
 
     def _facts(self, tree: Tree, grammar: str) -> dict:
@@ -172,8 +164,7 @@ class PredicateRule(Rule):
         spans = facts.get("window_spans")
         if spans is None:
             caps = facts["caps"]
-            nodes = [n for cap in ("if", "while", "do", "w.c") for n in caps.get(cap, ())]
-            spans = facts["window_spans"] = spans_from_captures(nodes, caps.get("w.for", ()))
+            spans = facts["window_spans"] = spans_from_captures(caps.get("w.c", ()), caps.get("w.for", ()))
         return spans
 
     @staticmethod
@@ -214,18 +205,6 @@ class PredicateRule(Rule):
                 stmt = node.parent
                 sites.append((stmt.start_point[0], stmt.end_point[0]) if stmt else (node.start_point[0],) * 2)
         return sites
-
-    def protected_spans(self, tree: Tree, grammar: str = "javascript") -> list[tuple[int, int]]:
-        spans = []
-        for kind, node in self._conditions(tree, grammar):
-            start, end = node.start_point[0], node.end_point[0]
-            if kind == "for" and node.parent is not None:
-                body = node.parent.child_by_field_name("body")
-                start = node.parent.start_point[0]
-                end = body.start_point[0] if body is not None else node.parent.end_point[0]
-            if end > start:
-                spans.append((start, end))
-        return spans
 
     # ---------------------------------------------------------- prompt / answer
     def user_prompt(self, numbered_code: str, fence: str) -> str:
