@@ -28,8 +28,15 @@ MARK = ".loralint-package.json"
 
 @dataclass(frozen=True)
 class Package:
+    """An npm package: a line ``name@version`` of a list file and, once unpacked (or given as a folder to
+    `loralint dataset build`), the folder it lies in. The one package record of corpus and dataset."""
+
     name: str
     version: str
+    #: the unpacked package's folder (None for a list entry not located yet)
+    root: Path | None = None
+    #: how reports and dataset rows name a package given as a folder: the folder's own name (default: ``spec``)
+    alias: str = ""
 
     @property
     def spec(self) -> str:
@@ -38,6 +45,20 @@ class Package:
     @property
     def folder(self) -> str:
         return self.spec.replace("/", "__")
+
+    @property
+    def label(self) -> str:
+        """The package as reported: ``name@version``, or the folder's name for a package given as a folder."""
+        return self.alias or self.spec
+
+    @classmethod
+    def at(cls, root: Path, label: str | None = None) -> "Package":
+        """A package given as a folder, named ``label`` (default: the folder's name); its name and version are
+        read from the label (``name@version``, ``__`` for ``/`` in a scope) when it has them."""
+        label = label or root.resolve().name
+        spec = label.replace("__", "/")
+        head, sep, version = spec.rpartition("@")
+        return cls(head, version, root, label) if sep and head else cls(spec, "", root, label)
 
 
 def read_list(path: str | Path) -> list[Package]:

@@ -42,6 +42,7 @@ import yaml
 from transformers import TrainerCallback
 
 from . import models
+from .dataset.packages import DatasetError  # a dataset file that cannot be trained on (the message names file and line)
 from .modelcard import LOSS_PLOT, METADATA, write_model_card
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -82,10 +83,6 @@ FIXED_FIELDS = ("output_dir", "max_length", "completion_only_loss", "assistant_o
 
 class TrainError(ValueError):
     """A problem with the request (settings, output folder, machine) that the user can fix; one line."""
-
-
-class DatasetError(TrainError):
-    """A dataset file that cannot be trained on; the message names the file and line."""
 
 
 # ------------------------------------------------------------------------------------------------ 1. settings
