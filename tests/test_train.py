@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from loralint import cli
+from loralint import cli, train
 from loralint.rules import get_rule
 from loralint.windows import Window, window_messages
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import smollm2_tokenizer, tiny_model_dir  # noqa: E402
-
-train = pytest.importorskip("loralint.train")
 
 JS = """function grant(user, opts) {
   if (user && user.active && !user.banned) {

@@ -43,13 +43,9 @@ def _root(
 
 def _register() -> None:
     # each module adds its subcommands to `app`; they import heavy libraries (torch) only when run
-    for optional in ("check_cmd", "corpus_cmd", "dataset_cmd", "train_cmd", "scan_cmd", "eval_cmd",
-                     "export_cmd", "serve_cmd"):
-        try:
-            __import__(f"loralint.commands.{optional}")
-        except ModuleNotFoundError as e:
-            if e.name != f"loralint.commands.{optional}":
-                raise
+    for command in ("check_cmd", "corpus_cmd", "dataset_cmd", "train_cmd", "scan_cmd", "eval_cmd",
+                    "export_cmd", "serve_cmd"):
+        __import__(f"loralint.commands.{command}")
 
 
 def main(argv: list[str] | None = None) -> int:

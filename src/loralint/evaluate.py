@@ -228,12 +228,10 @@ def plot(ev: Evaluation, path: str | Path, title: str | None = None) -> Path:
     return path
 
 
-def update_card(ev: Evaluation, adapter_dir: str | Path) -> Path | None:
-    """Merge the figures into the adapter's ``loralint.json`` and model card (when loralint.modelcard exists)."""
-    try:
-        from .modelcard import write_model_card
-    except ImportError:
-        return None
+def update_card(ev: Evaluation, adapter_dir: str | Path) -> Path:
+    """Merge the figures into the adapter's ``loralint.json`` and model card."""
+    from .modelcard import write_model_card
+
     return write_model_card(Path(adapter_dir), {"eval": ev.card_figures()})
 
 

@@ -83,6 +83,5 @@ def eval_command(
 
         card = ev_mod.update_card(ev, resolve_adapter(str(adapter) if adapter else None, rule, base).path)
         if not quiet:
-            stderr.print(f"model card updated: {card}" if card else "no model card writer (loralint.modelcard) "
-                         "in this loralint: card left alone", highlight=False)
+            stderr.print(f"model card updated: {card}", highlight=False)
     raise typer.Exit(0)
