@@ -11,7 +11,7 @@ import pytest
 from loralint.backends import (AdapterNotFound, BackendError, BackendUnavailable, Completion, FunctionBackend,
                                create_backend, max_new_tokens_for, resolve_adapter)
 from loralint.backends.openai import OpenAIBackend
-from loralint.scan import scan
+from loralint.scanner import scan
 from tiny_scan import StubServer, oracle_answer, trained_fixture
 
 MSG = [{"role": "user", "content": "Review this code ...\n```js\n1| if (a && b) {}\n```"}]
@@ -125,7 +125,7 @@ def test_function_backend_turns_exceptions_into_errors():
 
 def test_max_new_tokens_never_cuts_a_real_answer():
     from loralint.rules import get_rule
-    from loralint.check import check
+    from loralint.checker import check
 
     assert max_new_tokens_for(["x = 1", "y()"]) == 32
     lines = ["if (aaaa && bbbb || cccc.dddd(eeee) && !ffff[gggg]) {",

@@ -7,7 +7,7 @@ import json
 from loralint.backends import BackendError, FunctionBackend, model_identity, resolve_adapter
 from loralint.cache import ScanCache, settings_key
 from loralint.rules import get_rule
-from loralint.scan import scan
+from loralint.scanner import scan
 from tiny_scan import oracle_answer
 
 

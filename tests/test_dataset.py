@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from loralint import sources, windows
-from loralint.check import oracle_findings
+from loralint.checker import oracle_findings
 from loralint.cli import main
 from loralint.dataset import (KINDS, DatasetError, Package, TokenCounter, TokenKit, build, carve_val,
                               resolve_packages)

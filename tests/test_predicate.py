@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from tree_sitter import Node, Query, QueryCursor
 
-from loralint.check import check_source
+from loralint.checker import check_source
 from loralint.findings import Finding, fold
 from loralint.languages import grammar_for, language, parse
 from loralint.rules import get_rule

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from loralint import __version__
-from loralint.check import FileResult, RunResult, check
+from loralint.checker import FileResult, RunResult, check
 from loralint.findings import Finding
 from loralint.report import FORMATS, github, json_stats, render, sarif, text
 from loralint.rules import all_rules

@@ -10,9 +10,10 @@ import pytest
 
 import loralint
 from loralint.backends import BackendError, Completion, FunctionBackend, model_identity, resolve_adapter
-from loralint.check import check
+from loralint.checker import check
 from loralint.cli import main
-from loralint.scan import changed_lines, compare, parse_unified_diff, scan
+from loralint.evaluate import compare
+from loralint.scanner import changed_lines, parse_unified_diff, scan
 from tiny_scan import FIXTURE, StubServer, oracle_answer, trained_fixture
 
 ORACLE = FunctionBackend(oracle_answer, "oracle")
@@ -117,6 +118,23 @@ def test_python_api_can_be_called_twice(tmp_path):
     for _ in range(2):
         res = loralint.scan([str(p)], backend=ORACLE, cache=False)
         assert len(res.findings) == 1
+
+
+def test_python_api_is_plain_functions_and_backend_options_are_one_record(tmp_path):
+    import types
+
+    import loralint.scanner  # importing the implementation leaves the API function alone
+    from loralint.backends import BackendOptions, BackendUnavailable
+
+    assert isinstance(loralint.scan, types.FunctionType) and isinstance(loralint.check, types.FunctionType)
+    p = tmp_path / "a.js"
+    p.write_text("if (a && b) {}\n")
+    assert BackendOptions().kind == "transformers" and BackendOptions(api="http://h").kind == "openai"
+    assert BackendOptions(gguf="m.gguf").kind == "llamacpp"
+    with pytest.raises(BackendUnavailable, match="--api"):
+        loralint.scan([str(p)], backend=BackendOptions(backend="openai"), cache=False)
+    with pytest.raises(TypeError):
+        loralint.scan([str(p)], backend=ORACLE, colour="red")
 
 
 def test_compare_pairs_model_and_oracle(tmp_path):

@@ -14,7 +14,7 @@ from loralint.backends import FunctionBackend
 from loralint.dataset import build
 from loralint.languages import grammar_for, parse
 from loralint.rules import all_rules, get_rule
-from loralint.scan import scan
+from loralint.scanner import scan
 
 from tiny import smollm2_tokenizer
 

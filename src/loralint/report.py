@@ -14,7 +14,7 @@ from .findings import default_message
 from .rules import all_rules
 
 if TYPE_CHECKING:
-    from .check import RunResult
+    from .checker import RunResult
 
 FORMATS = ("text", "json", "sarif", "github")
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"

@@ -292,6 +292,38 @@ def max_new_tokens_for(lines: Sequence[str]) -> int:
     return min(n, 4096)
 
 
+@dataclass(frozen=True)
+class BackendOptions:
+    """Which model answers and how: the options of every backend in one record (``loralint scan`` and ``loralint
+    eval`` take them all; :func:`loralint.scan` takes them as keywords or as this record). Each backend reads its
+    own: ``transformers`` adapter, base, device, engine, batch_tokens, max_batch; ``openai`` api, model,
+    concurrency, timeout, retries; ``llamacpp`` gguf (or the adapter's own GGUF), base."""
+
+    backend: str | None = None  # transformers (default) | openai (implied by api) | llamacpp (implied by gguf)
+    adapter: str | os.PathLike | Adapter | None = None  # default: the one shipped for the rule
+    base: str | None = None
+    api: str | None = None
+    model: str | None = None
+    gguf: str | None = None
+    device: str | None = None
+    engine: str | None = None
+    concurrency: int = 8
+    timeout: float = 120.0
+    retries: int = 2
+    batch_tokens: int | None = None
+    max_batch: int | None = None
+
+    @property
+    def kind(self) -> str:
+        """The backend these options select."""
+        return self.backend or ("openai" if self.api else None) or ("llamacpp" if self.gguf else None) or DEFAULT_BACKEND
+
+    def create(self, rule: str = "predicate", adapter: Adapter | None = None) -> "Backend":
+        """The backend (``adapter``: the one already resolved, if any)."""
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("backend", "adapter")}
+        return create_backend(self.kind, adapter=adapter or self.adapter, rule=rule, **fields)
+
+
 def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adapter | None = None,
                    base: str | None = None, api: str | None = None, model: str | None = None,
                    rule: str = "predicate", device: str | None = None, concurrency: int = 8,
@@ -324,6 +356,6 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
 
 
 __all__ = [
-    "Adapter", "adapter_warnings", "AdapterNotFound", "Backend", "BackendError", "BackendUnavailable", "Completion", "FunctionBackend",
+    "Adapter", "adapter_warnings", "AdapterNotFound", "Backend", "BackendOptions", "BackendError", "BackendUnavailable", "Completion", "FunctionBackend",
     "Messages", "as_result", "create_backend", "max_new_tokens_for", "model_identity", "resolve_adapter", "shipped_adapter_dir",
 ]

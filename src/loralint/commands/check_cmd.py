@@ -27,7 +27,7 @@ def check_command(
 
     Skipped files and folders (binary, not UTF-8, minified, links...) are listed with --verbose and in
     --stats; a file that fails to check is reported and the run goes on (exit code 2)."""
-    from ..check import check
+    from ..checker import check
 
     check_format(fmt)
     missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]

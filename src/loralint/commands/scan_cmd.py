@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
@@ -34,12 +36,46 @@ NoCacheOpt = typer.Option(False, "--no-cache", help="Ask the model again even fo
 WindowOpt = typer.Option(30, "--window", help="Lines per window (the adapter was trained on this size).")
 
 
+#: the options that choose and drive the model, declared once: `scan` and `eval` take them all (:func:`model_options`)
+MODEL_OPTIONS: dict[str, tuple[object, object]] = {
+    "adapter": (Optional[Path], AdapterOpt), "base": (Optional[str], BaseOpt), "api": (Optional[str], ApiOpt),
+    "model": (Optional[str], ModelOpt), "backend": (Optional[str], BackendOpt), "gguf": (Optional[Path], GgufOpt),
+    "device": (Optional[str], DeviceOpt), "engine": (Optional[str], EngineOpt),
+    "concurrency": (int, ConcurrencyOpt), "timeout": (float, TimeoutOpt), "retries": (int, RetriesOpt),
+    "batch_tokens": (Optional[int], BatchTokensOpt), "max_batch": (Optional[int], MaxBatchOpt),
+    "rule": (str, RuleOpt), "cache_dir": (Optional[Path], CacheDirOpt), "no_cache": (bool, NoCacheOpt),
+    "window": (int, WindowOpt),
+}
+
+
 def backend_kwargs(adapter, base, api, model, backend, gguf, device, engine, concurrency, timeout, retries,
                    batch_tokens, max_batch, rule, cache_dir, no_cache, window) -> dict:
+    """scan()'s keywords from the command line's model options (the backend's are a BackendOptions' fields)."""
     return dict(adapter=str(adapter) if adapter else None, base=base, api=api, model=model, backend=backend,
                 gguf=str(gguf) if gguf else None, device=device, engine=engine, concurrency=concurrency,
                 timeout=timeout, retries=retries, batch_tokens=batch_tokens, max_batch=max_batch, rule=rule,
                 cache_dir=str(cache_dir) if cache_dir else None, cache=not no_cache, window_lines=window)
+
+
+def model_options(command):
+    """A typer command with the :data:`MODEL_OPTIONS` as its own options (after its arguments); it receives them
+    as one ``kw``: :func:`backend_kwargs` of their values, ready for scan()."""
+    sig = inspect.signature(command, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != "kw"]
+    args = [p for p in own if isinstance(p.default, typer.models.ArgumentInfo)]
+    rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p not in args]
+    model = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind)
+             for name, (kind, opt) in MODEL_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(**values):
+        kw = backend_kwargs(**{name: values.pop(name) for name in MODEL_OPTIONS})
+        return command(kw=kw, **values)
+
+    params = args + model + rest
+    wrapper.__signature__ = sig.replace(parameters=params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params} | {"return": sig.return_annotation}
+    return wrapper
 
 
 def check_paths(paths: List[Path]) -> None:
@@ -75,7 +111,7 @@ def run_scan(paths: List[Path], kw: dict, quiet: bool, diff: str | None = None):
     cpu_threads_yield()
     from ..backends import AdapterNotFound, BackendUnavailable
     from ..models import ModelNotFound
-    from ..scan import scan
+    from ..scanner import scan
 
     check_paths(paths)
     warn_adapter(kw, quiet)
@@ -103,7 +139,7 @@ def print_comparison(result, rule: str, fmt: str, output: Optional[Path]) -> Non
     from rich.table import Table
     from rich import box
 
-    from ..scan import compare
+    from ..evaluate import compare
 
     comps = compare(result, rule)
     if fmt == "json":
@@ -136,25 +172,10 @@ def print_comparison(result, rule: str, fmt: str, output: Optional[Path]) -> Non
 
 
 @app.command("scan")
+@model_options
 def scan_command(
+    kw: dict,
     paths: List[Path] = typer.Argument(..., help="Files and folders to review."),
-    adapter: Optional[Path] = AdapterOpt,
-    base: Optional[str] = BaseOpt,
-    api: Optional[str] = ApiOpt,
-    model: Optional[str] = ModelOpt,
-    backend: Optional[str] = BackendOpt,
-    gguf: Optional[Path] = GgufOpt,
-    device: Optional[str] = DeviceOpt,
-    engine: Optional[str] = EngineOpt,
-    concurrency: int = ConcurrencyOpt,
-    timeout: float = TimeoutOpt,
-    retries: int = RetriesOpt,
-    batch_tokens: Optional[int] = BatchTokensOpt,
-    max_batch: Optional[int] = MaxBatchOpt,
-    rule: str = RuleOpt,
-    cache_dir: Optional[Path] = CacheDirOpt,
-    no_cache: bool = NoCacheOpt,
-    window: int = WindowOpt,
     diff: Optional[str] = typer.Option(None, "--diff", help="Only files and lines changed since this git ref."),
     compare: bool = typer.Option(False, "--compare", help="Show model and oracle findings side by side."),
     fmt: str = FormatOpt,
@@ -167,11 +188,9 @@ def scan_command(
     and nothing was found)."""
     if compare and fmt not in ("text", "json"):
         raise typer.BadParameter("--compare prints text or json", param_hint="--format")
-    kw = backend_kwargs(adapter, base, api, model, backend, gguf, device, engine, concurrency, timeout, retries,
-                        batch_tokens, max_batch, rule, cache_dir, no_cache, window)
     result = run_scan(paths, kw, quiet, diff)
     if compare:
-        print_comparison(result, rule, fmt, output)
+        print_comparison(result, kw["rule"], fmt, output)
         rc = 1 if result.findings else 0
     else:
         extra = {"unverified_claims": [dict(path=p, **r.to_dict()) for p, d in result.details.items()

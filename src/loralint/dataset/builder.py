@@ -209,7 +209,7 @@ def build(train: Iterable[str | os.PathLike] | Sequence[Package], out: str | os.
 
 
 def _default_jobs() -> int:
-    from ..check import default_jobs
+    from ..checker import default_jobs
 
     return default_jobs()
 
