@@ -69,6 +69,7 @@ class ScanResult(RunResult):
     generate_seconds: float = 0.0
     backend: str = ""
     generated_tokens: int = 0
+    cache_note: str | None = None  # bad cache entries met (read as misses), said once with --verbose
 
     @property
     def unverified(self) -> int:
@@ -372,6 +373,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     out.generated_tokens = (getattr(engine_obj, "generated_tokens", 0) - tokens_before) if engine_obj else 0
     if engine_obj is not None and not isinstance(backend, Backend):
         engine_obj.close()  # an engine made here is let go; one passed in belongs to the caller
+    out.cache_note = store.summary()
     out.seconds = time.perf_counter() - t0
     return out
 

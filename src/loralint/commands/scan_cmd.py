@@ -180,6 +180,8 @@ def scan_command(
     if not quiet:
         stderr.print(summary_line(result), highlight=False)
         if verbose:
+            if result.cache_note:
+                stderr.print(f"warning: {result.cache_note}", highlight=False)
             for p, d in result.details.items():
                 for r in d.unverified:
                     stderr.print(f"{p}:{r.line}: unverified {r.kind} ({r.text}): {r.reason}", highlight=False)
