@@ -17,6 +17,8 @@ from . import FormatOpt, QuietOpt, VerboseOpt, emit_report, progress_bar, stderr
 AdapterOpt = typer.Option(None, "--adapter", "-a", help="Adapter folder (default: the one shipped for the rule).")
 BaseOpt = typer.Option(None, "--base", help="Base model (default: the one in the adapter's loralint.json).")
 ApiOpt = typer.Option(None, "--api", help="OpenAI-compatible server URL (selects the openai backend).")
+ApiKeyOpt = typer.Option(None, "--api-key", envvar="LORALINT_API_KEY", show_envvar=True,
+                         help="Key sent to --api as a bearer token (only when given; $OPENAI_API_KEY is not read).")
 ModelOpt = typer.Option(None, "--model", help="Model name to ask the server for (default: the one it lists).")
 BackendOpt = typer.Option(None, "--backend", help="transformers (default), openai (--api) or llamacpp.")
 GgufOpt = typer.Option(None, "--gguf", help="GGUF file for the llamacpp backend.")
@@ -141,6 +143,7 @@ def scan_command(
     adapter: Optional[Path] = AdapterOpt,
     base: Optional[str] = BaseOpt,
     api: Optional[str] = ApiOpt,
+    api_key: Optional[str] = ApiKeyOpt,
     model: Optional[str] = ModelOpt,
     backend: Optional[str] = BackendOpt,
     gguf: Optional[Path] = GgufOpt,
@@ -169,6 +172,8 @@ def scan_command(
         raise typer.BadParameter("--compare prints text or json", param_hint="--format")
     kw = backend_kwargs(adapter, base, api, model, backend, gguf, device, engine, concurrency, timeout, retries,
                         batch_tokens, max_batch, rule, cache_dir, no_cache, window)
+    if api_key:
+        os.environ["LORALINT_API_KEY"] = api_key  # read by the openai backend (scan's Python API: the same variable)
     result = run_scan(paths, kw, quiet, diff)
     if compare:
         print_comparison(result, rule, fmt, output)
