@@ -261,3 +261,25 @@ def test_tiny_model_same_findings_in_process_and_through_a_server(tmp_path):
     assert model_keys(direct) == model_keys(served)
     assert len(direct.findings) == 5
     assert model_identity(resolve_adapter(str(adapter)), None) == engine.identity()
+
+
+def test_diff_ref_is_never_an_option_or_a_path(tmp_path, capsys):
+    """#11: ``--diff=--output=FILE`` made git overwrite FILE and scan exit 0."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.js").write_text("if (a && b) {}\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "one")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    for bad in (f"--output={victim}", "-R", "--"):
+        with pytest.raises(ValueError, match="--diff takes a git ref"):
+            scan([str(repo)], backend=ORACLE, diff=bad, cache=False)
+    for not_a_commit in ("a.js", "HEAD:a.js", "no-such-branch", "HEAD..HEAD"):
+        with pytest.raises(ValueError, match="no such commit"):
+            changed_lines(not_a_commit, [str(repo)])
+    assert main(["scan", str(repo), "--no-cache", "--api", "http://127.0.0.1:9/v1", f"--diff=--output={victim}"]) == 2
+    assert "--diff takes a git ref" in capsys.readouterr().err
+    assert victim.read_text() == "keep me\n"
+    assert changed_lines("HEAD~0", [str(repo)]) == {}  # a real ref still works

@@ -376,3 +376,35 @@ def test_base_spec_in_metadata_finds_the_base_again(tmp_path):
     local = models.Base("rel/dir", "dir", str(tmp_path))
     assert train.base_spec("rel/dir", local) == str(Path("rel/dir").resolve())
     assert train.base_spec("Qwen/Qwen3-1.7B", models.resolve("Qwen/Qwen3-1.7B")) == "Qwen/Qwen3-1.7B"
+
+
+def test_resume_falls_back_to_the_newest_complete_checkpoint(work, qwen3):
+    """#11: a run killed while saving leaves a truncated safetensors or no trainer_state.json in its newest
+    checkpoint; --resume took it and failed."""
+    out = work / "resume-incomplete"
+    s = _settings(qwen3, max_steps=5, save_steps=1, save_total_limit=3)
+    with pytest.raises(_Kill):
+        train.train(work / "data", out, s, progress=False, callbacks=[_killer(4)])  # (killed before saving 4)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    w = out / "checkpoint-3" / "adapter_model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])  # killed while writing the weights
+    (out / "checkpoint-2" / "trainer_state.json").unlink()  # killed before the state
+    assert train.checkpoint_problem(out / "checkpoint-3").startswith("adapter_model.safetensors is truncated")
+    assert train.checkpoint_problem(out / "checkpoint-2") == "no trainer_state.json"
+    assert train.checkpoint_problem(out / "checkpoint-1") is None
+
+    said: list[str] = []
+    meta = train.train(work / "data", out, s, resume=True, progress=False, log=said.append)
+    assert meta["train"]["resumed_from"] == "checkpoint-1" and meta["train"]["steps"] == 5
+    told = "\n".join(said)
+    assert "checkpoint-3 is incomplete (adapter_model.safetensors is truncated" in told
+    assert "checkpoint-2 is incomplete (no trainer_state.json)" in told
+    assert "resuming from checkpoint-1, the newest complete checkpoint" in told
+    assert (out / "incomplete-checkpoint-3").is_dir() and (out / "checkpoint-5").is_dir()
+    assert [r["step"] for r in _log(out) if "loss" in r] == [1, 2, 3, 4, 5]
+
+
+def test_resume_with_no_complete_checkpoint_says_so(tmp_path):
+    (tmp_path / "checkpoint-7").mkdir()
+    with pytest.raises(train.TrainError, match="no complete checkpoint"):
+        train.check_output_dir(tmp_path, resume=True, overwrite=False)

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from .budget import OverBudget
 from .findings import Finding, sort_findings
 from .languages import parse
 from .rules import Rule, all_rules, get_rule
@@ -91,6 +92,8 @@ def check_source(src: SourceFile, rules: list[Rule]) -> FileResult:
         res.parse_errors = tree.root_node.has_error
         found = _tree_findings(tree, src, rules)
         res.findings, res.suppressed = parse_suppressions(src.data, tree).filter(found)
+    except OverBudget as e:  # too deep or too slow: skipped with its reason, never half-read
+        return FileResult(path=src.path, skipped=str(e), lines=res.lines)
     except Exception as e:  # a bug on one file must not end the run
         res.error = f"{type(e).__name__}: {e}"
     return res

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote
+from urllib.parse import quote_from_bytes
 
 from . import __version__
 from .findings import default_message
@@ -32,16 +33,41 @@ def render(result: "RunResult", fmt: str, verbose: bool = False, extra_stats: di
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
+def shown_path(path: str) -> str:
+    """A path as text any UTF-8 stream takes: unchanged when its name is UTF-8; otherwise (a name that is not,
+    held by Python as surrogate escapes) its bytes written as a Python bytes literal's body, backslashes
+    doubled and each byte that is not UTF-8 as ``\\xNN``, so that :func:`path_from_shown` gives the path back."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+def path_from_shown(shown: str) -> str:
+    """The inverse of :func:`shown_path` for a path it escaped."""
+    import codecs
+
+    if "\\" not in shown:
+        return shown
+    return os.fsdecode(codecs.escape_decode(shown.encode("utf-8"))[0])
+
+
+def _safe(text: str) -> str:
+    """A message that may quote a path (a skip reason, an error) with its stray bytes as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def text(result: "RunResult", verbose: bool = False) -> str:
     out: list[str] = []
     for f in result.findings:
         flag = " [recovered from a syntax error]" if f.recovered else ""
-        out.append(f"{f.path}:{f.line}:{f.column}: {f.rule}: {f.message or default_message(f)}{flag}")
+        out.append(f"{shown_path(f.path)}:{f.line}:{f.column}: {f.rule}: {f.message or default_message(f)}{flag}")
     for r in result.errors:
-        out.append(f"{r.path}: error: {r.error}")
+        out.append(f"{shown_path(r.path)}: error: {_safe(r.error or '')}")
     if verbose:
         for s in result.skipped:
-            out.append(f"{s.path}: skipped: {s.reason}")
+            out.append(f"{shown_path(s.path)}: skipped: {_safe(s.reason)}")
     st = result.stats()
     summary = (f"{st['findings']} finding{'s' * (st['findings'] != 1)} in {st['files_checked']} "
                f"file{'s' * (st['files_checked'] != 1)} ({st['files_skipped']} skipped")
@@ -90,9 +116,10 @@ def _rule_descriptor(rule) -> dict:
 
 
 def _uri(path: str) -> str:
-    """A relative path as a relative URI reference (percent-encoded), an absolute one as a file: URI."""
+    """A relative path as a relative URI reference, an absolute one as a file: URI; percent-encoded from the
+    name's bytes, so that a name that is not UTF-8 round-trips (``unquote_to_bytes``)."""
     p = Path(path)
-    return p.as_uri() if p.is_absolute() else quote(p.as_posix(), safe="/")
+    return p.as_uri() if p.is_absolute() else quote_from_bytes(os.fsencode(p.as_posix()), safe="/")
 
 
 def _artifact(path: str) -> dict:
@@ -137,10 +164,10 @@ def sarif(result: "RunResult", tool_name: str = "loralint") -> dict:
             "partialFingerprints": {"loralintCondition/v1": fp},
             "properties": {"kind": f.kind, "source": f.source, "recovered": f.recovered},
         })
-    notifications = [{"level": "note", "message": {"text": f"skipped: {s.reason}"},
+    notifications = [{"level": "note", "message": {"text": f"skipped: {_safe(s.reason)}"},
                       "locations": [{"physicalLocation": {"artifactLocation": _artifact(s.path.rstrip("/") or "/")}}]}
                      for s in result.skipped]
-    notifications += [{"level": "error", "message": {"text": r.error or "error"},
+    notifications += [{"level": "error", "message": {"text": _safe(r.error or "error")},
                        "locations": [{"physicalLocation": {"artifactLocation": _artifact(r.path)}}]}
                       for r in result.errors]
     return {
@@ -167,9 +194,9 @@ def github(result: "RunResult") -> str:
     """GitHub Actions workflow commands: annotations on the pull request's diff."""
     out = []
     for f in result.findings:
-        props = (f"file={_gh_escape(f.path, True)},line={f.line},col={f.column},endLine={f.end_line},"
+        props = (f"file={_gh_escape(shown_path(f.path), True)},line={f.line},col={f.column},endLine={f.end_line},"
                  f"endColumn={f.end_column},title={_gh_escape('loralint ' + f.rule, True)}")
         out.append(f"::warning {props}::{_gh_escape(f.message or default_message(f))}")
     for r in result.errors:
-        out.append(f"::error file={_gh_escape(r.path, True)}::{_gh_escape(r.error or 'error')}")
+        out.append(f"::error file={_gh_escape(shown_path(r.path), True)}::{_gh_escape(_safe(r.error or 'error'))}")
     return "\n".join(out)

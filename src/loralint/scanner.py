@@ -67,6 +67,7 @@ class ScanResult(RunResult):
     generate_seconds: float = 0.0
     backend: str = ""
     generated_tokens: int = 0
+    cache_note: str | None = None  # bad cache entries met (read as misses), said once with --verbose
 
     @property
     def unverified(self) -> int:
@@ -125,8 +126,20 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
     return out
 
 
+def _resolve_ref(root: str, ref: str) -> str:
+    """The commit a ref names, resolved as a ref only: never read by git as an option or a path."""
+    if not ref or ref.startswith("-"):
+        raise ValueError(f"--diff takes a git ref (a branch, tag or commit), not {ref!r}")
+    try:
+        return _git(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}").strip()
+    except ValueError:
+        raise ValueError(f"--diff {ref!r}: no such commit in {root}") from None
+
+
 def changed_lines(ref: str, paths: Iterable[str]) -> dict[str, set[int] | None]:
     """Real path -> changed lines since ``ref`` (None: untracked, the whole file counts as changed)."""
+    if not ref or ref.startswith("-"):
+        raise ValueError(f"--diff takes a git ref (a branch, tag or commit), not {ref!r}")
     roots: set[str] = set()
     for p in paths:
         d = p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p)) or "."
@@ -136,7 +149,8 @@ def changed_lines(ref: str, paths: Iterable[str]) -> dict[str, set[int] | None]:
             raise ValueError(f"--diff needs a git repository: {p} is not inside one ({e})") from e
     out: dict[str, set[int] | None] = {}
     for root in sorted(roots):
-        diff = _git(root, "diff", "--unified=0", "--no-color", "--no-ext-diff", ref, "--")
+        commit = _resolve_ref(root, ref)
+        diff = _git(root, "diff", "--unified=0", "--no-color", "--no-ext-diff", "--end-of-options", commit, "--")
         for rel, lines in parse_unified_diff(diff).items():
             if lines:
                 out[os.path.realpath(os.path.join(root, rel))] = lines
@@ -357,6 +371,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     out.generated_tokens = (getattr(engine_obj, "generated_tokens", 0) - tokens_before) if engine_obj else 0
     if engine_obj is not None and not isinstance(backend, Backend):
         engine_obj.close()  # an engine made here is let go; one passed in belongs to the caller
+    out.cache_note = store.summary()
     out.seconds = time.perf_counter() - t0
     return out
 

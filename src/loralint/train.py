@@ -517,13 +517,75 @@ def last_checkpoint(out: Path) -> Path | None:
     return Path(found) if found else None
 
 
-def check_output_dir(out: Path, resume: bool, overwrite: bool) -> Path | None:
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why a ``checkpoint-*`` folder cannot be resumed from (a run killed while saving it), or None: its
+    ``trainer_state.json`` must parse, its weights be there, each safetensors file hold all the bytes its header
+    names, and each torch pickle (optimizer, scheduler, RNG state) be a whole zip archive."""
+    import struct
+    import zipfile
+
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+            return "trainer_state.json has no global_step"
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (OSError, ValueError) as e:
+        return f"trainer_state.json unreadable ({type(e).__name__})"
+    weights = sorted(ckpt.glob("*.safetensors"))
+    if not weights and not any(ckpt.glob("*.bin")):
+        return "no weights (*.safetensors)"
+    for f in weights:
+        try:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if f.stat().st_size != 8 + n + end:
+                return f"{f.name} is truncated ({f.stat().st_size:,} of {8 + n + end:,} bytes)"
+        except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError):
+            return f"{f.name} is not a whole safetensors file"
+    for f in [*ckpt.glob("*.pt"), *ckpt.glob("*.pth"), *ckpt.glob("*.bin")]:
+        if not zipfile.is_zipfile(f):
+            return f"{f.name} is truncated"
+    return None
+
+
+def resume_checkpoint(out: Path, say: Callable[[str], None] = lambda msg: None) -> Path | None:
+    """The newest complete checkpoint of ``out``; each newer incomplete one is passed over, and said so."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    found = []
+    for p in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if out.is_dir() else ():
+        step = p.name.rsplit("-", 1)[-1]
+        if p.is_dir() and step.isdigit():
+            found.append((int(step), p))
+    for _step, p in sorted(found, reverse=True):
+        problem = checkpoint_problem(p)
+        if problem is None:
+            return p
+        aside = p.with_name(f"incomplete-{p.name}")
+        if _is_main() and not aside.exists():
+            p.rename(aside)  # not picked again, nor overwritten half-way when training saves that step anew
+        say(f"--resume: {p.name} is incomplete ({problem}); set aside as {aside.name}, falling back to the one "
+            f"before it")
+    return None
+
+
+def check_output_dir(out: Path, resume: bool, overwrite: bool,
+                     say: Callable[[str], None] = lambda msg: None) -> Path | None:
     """The checkpoint to resume from; refuses to mix a new run into an earlier run's folder."""
     ckpt = last_checkpoint(out)
     if resume:
         if ckpt is None:
             raise TrainError(f"--resume: no checkpoint-* folder in {out} to resume from")
-        return ckpt
+        good = resume_checkpoint(out, say)
+        if good is None:
+            raise TrainError(f"--resume: no complete checkpoint-* folder in {out} to resume from "
+                             f"(start over with --overwrite)")
+        if good != ckpt:
+            say(f"--resume: resuming from {good.name}, the newest complete checkpoint")
+        return good
     earlier = ckpt or next((p for p in (out / "adapter_config.json", out / METADATA) if p.exists()), None)
     if earlier and not overwrite:
         raise TrainError(f"{out} holds an earlier run ({earlier.name}): pass --resume to continue it, --overwrite to "
@@ -572,7 +634,7 @@ def train(data: str | Path, out: str | Path, settings: dict | None = None, *, pr
     # 1. settings, decided for this machine
     s = resolve_settings(settings if settings is not None else load_settings(preset, overrides))
     out = Path(out).expanduser()
-    ckpt = check_output_dir(out, resume, overwrite)
+    ckpt = check_output_dir(out, resume, overwrite, log if main else (lambda msg: None))
 
     # 2. data: checked line by line before anything heavy loads
     files = data_files(data)

@@ -303,6 +303,7 @@ class BackendOptions:
     adapter: str | os.PathLike | Adapter | None = None  # default: the one shipped for the rule
     base: str | None = None
     api: str | None = None
+    api_key: str | None = None  # sent to `api` only when given (or $LORALINT_API_KEY); never $OPENAI_API_KEY
     model: str | None = None
     gguf: str | None = None
     device: str | None = None
@@ -325,8 +326,8 @@ class BackendOptions:
 
 
 def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adapter | None = None,
-                   base: str | None = None, api: str | None = None, model: str | None = None,
-                   rule: str = "predicate", device: str | None = None, concurrency: int = 8,
+                   base: str | None = None, api: str | None = None, api_key: str | None = None,
+                   model: str | None = None, rule: str = "predicate", device: str | None = None, concurrency: int = 8,
                    timeout: float = 120.0, retries: int = 2, batch_tokens: int | None = None,
                    max_batch: int | None = None, engine: str | None = None, gguf: str | None = None,
                    **options) -> Backend:
@@ -338,7 +339,8 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
         from .openai import OpenAIBackend
 
         options.setdefault("prefer", rule)
-        return OpenAIBackend(api, model=model, concurrency=concurrency, timeout=timeout, retries=retries, **options)
+        return OpenAIBackend(api, model=model, concurrency=concurrency, timeout=timeout, retries=retries,
+                             api_key=api_key, **options)
     if kind == "transformers":
         from .transformers import TransformersBackend
 

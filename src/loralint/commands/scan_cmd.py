@@ -19,6 +19,8 @@ from . import FormatOpt, QuietOpt, VerboseOpt, emit_report, progress_bar, stderr
 AdapterOpt = typer.Option(None, "--adapter", "-a", help="Adapter folder (default: the one shipped for the rule).")
 BaseOpt = typer.Option(None, "--base", help="Base model (default: the one in the adapter's loralint.json).")
 ApiOpt = typer.Option(None, "--api", help="OpenAI-compatible server URL (selects the openai backend).")
+ApiKeyOpt = typer.Option(None, "--api-key", envvar="LORALINT_API_KEY", show_envvar=True,
+                         help="Key sent to --api as a bearer token (only when given; $OPENAI_API_KEY is not read).")
 ModelOpt = typer.Option(None, "--model", help="Model name to ask the server for (default: the one it lists).")
 BackendOpt = typer.Option(None, "--backend", help="transformers (default), openai (--api) or llamacpp.")
 GgufOpt = typer.Option(None, "--gguf", help="GGUF file for the llamacpp backend.")
@@ -39,7 +41,7 @@ WindowOpt = typer.Option(30, "--window", help="Lines per window (the adapter was
 #: the options that choose and drive the model, declared once: `scan` and `eval` take them all (:func:`model_options`)
 MODEL_OPTIONS: dict[str, tuple[object, object]] = {
     "adapter": (Optional[Path], AdapterOpt), "base": (Optional[str], BaseOpt), "api": (Optional[str], ApiOpt),
-    "model": (Optional[str], ModelOpt), "backend": (Optional[str], BackendOpt), "gguf": (Optional[Path], GgufOpt),
+    "api_key": (Optional[str], ApiKeyOpt), "model": (Optional[str], ModelOpt), "backend": (Optional[str], BackendOpt), "gguf": (Optional[Path], GgufOpt),
     "device": (Optional[str], DeviceOpt), "engine": (Optional[str], EngineOpt),
     "concurrency": (int, ConcurrencyOpt), "timeout": (float, TimeoutOpt), "retries": (int, RetriesOpt),
     "batch_tokens": (Optional[int], BatchTokensOpt), "max_batch": (Optional[int], MaxBatchOpt),
@@ -48,10 +50,10 @@ MODEL_OPTIONS: dict[str, tuple[object, object]] = {
 }
 
 
-def backend_kwargs(adapter, base, api, model, backend, gguf, device, engine, concurrency, timeout, retries,
+def backend_kwargs(adapter, base, api, api_key, model, backend, gguf, device, engine, concurrency, timeout, retries,
                    batch_tokens, max_batch, rule, cache_dir, no_cache, window) -> dict:
     """scan()'s keywords from the command line's model options (the backend's are a BackendOptions' fields)."""
-    return dict(adapter=str(adapter) if adapter else None, base=base, api=api, model=model, backend=backend,
+    return dict(adapter=str(adapter) if adapter else None, base=base, api=api, api_key=api_key, model=model, backend=backend,
                 gguf=str(gguf) if gguf else None, device=device, engine=engine, concurrency=concurrency,
                 timeout=timeout, retries=retries, batch_tokens=batch_tokens, max_batch=max_batch, rule=rule,
                 cache_dir=str(cache_dir) if cache_dir else None, cache=not no_cache, window_lines=window)
@@ -199,6 +201,8 @@ def scan_command(
     if not quiet:
         stderr.print(summary_line(result), highlight=False)
         if verbose:
+            if result.cache_note:
+                stderr.print(f"warning: {result.cache_note}", highlight=False)
             for p, d in result.details.items():
                 for r in d.unverified:
                     stderr.print(f"{p}:{r.line}: unverified {r.kind} ({r.text}): {r.reason}", highlight=False)
