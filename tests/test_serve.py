@@ -31,7 +31,7 @@ def test_parse_chat_request():
     assert parse_chat_request({"model": "m", "messages": parts})[1][0]["content"] == "ab"
     assert parse_chat_request({"model": "m", "messages": MESSAGES, "max_completion_tokens": 7})[2]["max_tokens"] == 7
     for bad, param in [({"messages": MESSAGES}, "model"), ({"model": "m"}, "messages"),
-                       ({"model": "m", "messages": MESSAGES, "stream": True}, "stream"),
+                       ({"model": "m", "messages": MESSAGES, "stream": "yes"}, "stream"),
                        ({"model": "m", "messages": MESSAGES, "temperature": "hot"}, "temperature"),
                        ({"model": "m", "messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
                        ({"model": "m", "messages": MESSAGES, "n": 2}, "n"),
@@ -85,7 +85,7 @@ def _call(port, method, path, body=None, raw=None, headers=None):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     c.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
     r = c.getresponse()
-    out = r.status, json.loads(r.read() or b"null"), dict(r.getheaders())
+    out = r.status, json.loads(r.read() or b"null"), r.headers  # (header names are case-insensitive)
     c.close()
     return out
 
