@@ -113,6 +113,9 @@ def _validation_error(e: ValidationError) -> APIError:
         return APIError(400, f"the request body is not valid JSON: {err['msg'].removeprefix('Invalid JSON: ')}")
     if err["type"] == "model_type":
         return APIError(400, "the request body must be a JSON object")
+    if len(loc) >= 3 and loc[0] == "messages" and loc[2] == "content":
+        return APIError(400, f"messages[{loc[1]}].content must be a string or a list of text parts "
+                             '({"type": "text", "text": "..."})', param="messages")
     where = ".".join(loc)
     return APIError(400, f"{where}: {err['msg']}" if where else err["msg"], param=loc[0] if loc else None)
 
@@ -158,7 +161,7 @@ class ServeState:
         self.engine, self.settings = engine, settings
         self.started = time.time()
         self.stats = {"requests": 0, "completions": 0, "rejected_busy": 0, "cancelled": 0, "timed_out": 0,
-                      "errors": 0, "in_flight": 0}
+                      "errors": 0, "in_flight": 0, "generated_tokens": 0}
         self._lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=settings.max_queue, thread_name_prefix="loralint-serve")
         self.jobs: set[Job] = set()
@@ -180,6 +183,7 @@ class ServeState:
         with self._lock:
             self.stats["in_flight"] -= 1
             self.jobs.discard(job)
+            self.stats["generated_tokens"] += job.tokens
             if job.stopped == "cancelled":
                 self.stats["cancelled"] += 1
             elif job.stopped == "deadline":
@@ -339,7 +343,7 @@ def build_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
-        if e.status >= 500:
+        if e.status >= 500 and e.code != "server_busy":
             _state(request).count("errors")
         return _error_response(e)
 
