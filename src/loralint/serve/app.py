@@ -288,18 +288,19 @@ async def chat_completions(request: Request):
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     def work() -> None:  # in the worker thread: everything that touches the model
+        last: object = END
         try:
             prompt = engine.prepare(req.model, messages, ctk)
             if req.stream:
                 for chunk in engine.stream(prompt, params, job, include_usage):
                     put(chunk)
             else:
-                put(engine.generate(prompt, params, job))
-            put(END)
+                last = engine.generate(prompt, params, job)
         except BaseException as e:  # noqa: BLE001 - handed to the request's handler
-            put(e)
+            last = e
         finally:
-            st.release(job)
+            st.release(job)  # before the client sees the end: its place is free when it has the answer
+        put(last)
 
     try:
         st.pool.submit(work)
