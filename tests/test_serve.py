@@ -453,3 +453,24 @@ def test_public_host_needs_a_flag(capsys):
 
     rc = main(["serve", "--host", "0.0.0.0", "--port", "0"])
     assert rc != 0 and "--allow-remote" in capsys.readouterr().err
+
+
+def test_chunked_body_is_counted_against_the_limit(live):
+    """A body sent without a Content-Length (chunked) is counted as it arrives: past --max-body it is a 413."""
+    import socket
+
+    port = live["port"]
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+              "Transfer-Encoding: chunked\r\n\r\n".encode())
+    try:
+        for _ in range(8):  # 8 x 4 KiB > 16 KiB
+            s.sendall(b"1000\r\n" + b" " * 4096 + b"\r\n")
+        s.sendall(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered and closed before the end: fine
+    r = http.client.HTTPResponse(s)
+    r.begin()
+    status, body = r.status, json.loads(r.read())
+    s.close()
+    assert status == 413 and body["error"]["code"] == "request_too_large"
