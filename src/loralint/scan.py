@@ -248,7 +248,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
          cache_dir: str | os.PathLike | None = None, diff: str | None = None, max_bytes: int | None = None,
          window_lines: int = DEFAULT_TARGET, chunk: int = 4096,
          progress: Callable[[int], None] | None = None,
-         on_total: Callable[[int], None] | None = None) -> ScanResult:
+         on_total: Callable[[int], None] | None = None, settings=None) -> ScanResult:
     """Review ``paths`` with a model; returns a :class:`ScanResult` (a ``RunResult``) with model findings.
 
     ``backend``: a :class:`~loralint.backends.Backend` instance, or ``"transformers"`` (default),
@@ -259,7 +259,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     t0 = time.perf_counter()
     the_rule = get_rule(rule)
     paths = [str(p) for p in paths]
-    files, skipped = discover(paths)
+    files, skipped = discover(paths, settings)  # settings: loralint.config.Settings (exclusions, .gitignore)
     changed_map = None
     if diff:
         changed_map = changed_lines(diff, paths)

@@ -11,7 +11,8 @@ from typing import List, Optional
 import typer
 
 from ..cli import UserError, app
-from . import FormatOpt, QuietOpt, VerboseOpt, emit_report, progress_bar, stderr
+from . import (ExcludeOpt, FormatOpt, NoGitignoreOpt, QuietOpt, StatisticsOpt, StdinNameOpt, VerboseOpt, emit_report,
+               load_run_settings, progress_bar, relabel, stderr, stdin_as_file)
 
 # the options that choose and drive the model (shared with `loralint eval`)
 AdapterOpt = typer.Option(None, "--adapter", "-a", help="Adapter folder (default: the one shipped for the rule).")
@@ -43,7 +44,7 @@ def backend_kwargs(adapter, base, api, model, backend, gguf, device, engine, con
 
 
 def check_paths(paths: List[Path]) -> None:
-    missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
+    missing = [str(p) for p in paths if str(p) != "-" and not p.exists() and not p.is_symlink()]
     if missing:
         raise typer.BadParameter(f"no such file or directory: {', '.join(missing)}", param_hint="PATHS")
 
@@ -70,8 +71,9 @@ def cpu_threads_yield() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def run_scan(paths: List[Path], kw: dict, quiet: bool, diff: str | None = None):
-    """scan() with a progress bar; engine problems become one-line user errors."""
+def run_scan(paths: List[Path], kw: dict, quiet: bool, diff: str | None = None, settings=None):
+    """scan() with a progress bar; engine problems become one-line user errors. ``settings``: the project's
+    configuration (:func:`loralint.config.load_settings`), or None to read every file given."""
     cpu_threads_yield()
     from ..backends import AdapterNotFound, BackendUnavailable
     from ..models import ModelNotFound
@@ -81,7 +83,7 @@ def run_scan(paths: List[Path], kw: dict, quiet: bool, diff: str | None = None):
     warn_adapter(kw, quiet)
     try:
         with progress_bar("scanning", not quiet) as (total, advance):
-            return scan([str(p) for p in paths], diff=diff, progress=advance, on_total=total, **kw)
+            return scan([str(p) for p in paths], diff=diff, progress=advance, on_total=total, settings=settings, **kw)
     except (AdapterNotFound, BackendUnavailable, ModelNotFound) as e:
         raise UserError(str(e)) from e
 
@@ -137,7 +139,7 @@ def print_comparison(result, rule: str, fmt: str, output: Optional[Path]) -> Non
 
 @app.command("scan")
 def scan_command(
-    paths: List[Path] = typer.Argument(..., help="Files and folders to review."),
+    paths: List[Path] = typer.Argument(..., help="Files and folders to review (`-`: stdin)."),
     adapter: Optional[Path] = AdapterOpt,
     base: Optional[str] = BaseOpt,
     api: Optional[str] = ApiOpt,
@@ -160,6 +162,10 @@ def scan_command(
     fmt: str = FormatOpt,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file."),
     stats: Optional[Path] = typer.Option(None, "--stats", help="Write run statistics (skips, errors) as JSON."),
+    exclude: Optional[List[str]] = ExcludeOpt,
+    no_respect_gitignore: bool = NoGitignoreOpt,
+    stdin_filename: Optional[str] = StdinNameOpt,
+    statistics: bool = StatisticsOpt,
     verbose: bool = VerboseOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -169,14 +175,22 @@ def scan_command(
         raise typer.BadParameter("--compare prints text or json", param_hint="--format")
     kw = backend_kwargs(adapter, base, api, model, backend, gguf, device, engine, concurrency, timeout, retries,
                         batch_tokens, max_batch, rule, cache_dir, no_cache, window)
-    result = run_scan(paths, kw, quiet, diff)
+    settings = load_run_settings(paths, exclude, no_respect_gitignore, rule=rule)
+    with stdin_as_file(paths, stdin_filename) as (names, tmp):
+        if tmp and (diff or compare):
+            raise typer.BadParameter("--diff and --compare read files from disk, not stdin", param_hint="PATHS")
+        if tmp:  # the code from stdin is not walked: only its per-file-ignores count
+            names, settings = ([] if not settings.included(stdin_filename or "-") else names), None
+        result = run_scan([Path(n) for n in names], kw, quiet, diff, settings)
+        relabel(result, tmp, stdin_filename or "-")
     if compare:
         print_comparison(result, rule, fmt, output)
         rc = 1 if result.findings else 0
     else:
         extra = {"unverified_claims": [dict(path=p, **r.to_dict()) for p, d in result.details.items()
                                        for r in d.unverified]}
-        rc = emit_report(result, fmt, verbose, quiet, output, stats, extra_stats=extra)
+        rc = emit_report(result, fmt, verbose, quiet, output, stats, extra_stats=extra, statistics=statistics,
+                         category="loralint/scan/")
     if not quiet:
         stderr.print(summary_line(result), highlight=False)
         if verbose:
