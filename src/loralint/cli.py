@@ -69,6 +69,11 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _register()
+    given = list(sys.argv[1:] if argv is None else argv)
+    from .models import quiet_libraries  # before any model library is imported
+
+    quiet_libraries(verbose=any(a in ("-v", "--verbose") for a in given),
+                    quiet=any(a in ("-q", "--quiet") for a in given))
     try:
         rc = app(args=argv, standalone_mode=False)
         return rc if isinstance(rc, int) else 0

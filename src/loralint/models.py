@@ -14,6 +14,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,33 @@ ALIASES = {
     "qwen3-0.6b": "Qwen/Qwen3-0.6B",
     "qwen3-1.7b": "Qwen/Qwen3-1.7B",
 }
+
+
+#: one line on stderr when a GGUF base is materialized (the first run, ~30 s); `-q` turns it off
+_announce = True
+
+#: what keeps the model stack quiet: its log lines, the progress bars of transformers, huggingface_hub,
+#: datasets and plain tqdm (GGUF dequantization), set before those libraries are imported
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+
+
+def quiet_libraries(verbose: bool = False, quiet: bool = False) -> None:
+    """Silence the libraries' warnings and progress bars unless ``verbose`` (the user asked to see them);
+    ``quiet`` (-q) also drops loralint's own "preparing the base model" line. Cheap: imports nothing."""
+    global _announce
+    _announce = not quiet
+    if verbose:
+        return
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    for cat in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=cat)
+    if sys.modules.get("transformers") is not None:  # already imported: its settings were read at import time
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
 
 class ModelNotFound(Exception):
@@ -108,6 +137,9 @@ def materialize(base: Base, cache: Path | None = None) -> Path:
         return out
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
+    if _announce:
+        print(f"loralint: preparing the base model {base.name} (once, ~30 s): dequantizing {gguf.name} into "
+              f"{out.parent}", file=sys.stderr, flush=True)
     tok = AutoTokenizer.from_pretrained(base.load_dir, gguf_file=base.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(base.load_dir, gguf_file=base.gguf_file, dtype=torch.bfloat16)
     _drop_gguf_quantization(model)
