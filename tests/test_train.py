@@ -378,3 +378,14 @@ def test_base_spec_in_metadata_finds_the_base_again(tmp_path):
     local = models.Base("rel/dir", "dir", str(tmp_path))
     assert train.base_spec("rel/dir", local) == str(Path("rel/dir").resolve())
     assert train.base_spec("Qwen/Qwen3-1.7B", models.resolve("Qwen/Qwen3-1.7B")) == "Qwen/Qwen3-1.7B"
+
+
+# --------------------------------------------------------------------------------------- experiment trackers
+def test_report_to_tensorboard_writes_event_files(work, qwen3, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tb"
+    meta = train.train(work / "data", out, _settings(qwen3, max_steps=2, logging_steps=1, report_to="tensorboard"),
+                       progress=False)
+    assert meta["hyperparameters"]["report_to"] == ["tensorboard"]
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert events and sum(e.stat().st_size for e in events) > 100, list(out.rglob("*"))

