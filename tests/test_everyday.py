@@ -180,6 +180,23 @@ def test_scan_reads_stdin(tmp_path, capsys, monkeypatch):
         ("web/app.js", 2, "if", "model")]
 
 
+def test_scan_obeys_the_configuration(tmp_path, capsys, monkeypatch):
+    from tiny_scan import StubServer, oracle_answer
+
+    _tree(tmp_path, {"pyproject.toml": '[tool.loralint]\nexclude = ["vendor"]\n'
+                                       'per-file-ignores = { "tests/**" = ["predicate"] }\n',
+                     ".gitignore": "build/\n", "src/a.js": CODE, "vendor/v.js": CODE, "tests/t.js": CODE,
+                     "build/b.js": CODE})
+    monkeypatch.chdir(tmp_path)
+    with StubServer(lambda body: oracle_answer(body["messages"])) as url:
+        rc = main(["scan", ".", "--api", url, "-f", "json", "--no-cache", "-q", "--stats", "stats.json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1 and [f["path"] for f in out] == ["src/a.js"]
+    stats = json.loads(Path("stats.json").read_text())
+    assert stats["files_checked"] == 1  # tests/t.js is not even sent: the rule is ignored there
+    assert {s["path"] for s in stats["skipped"]} == {"vendor/", "build/"}
+
+
 # ------------------------------------------------------------------------------------ rules and statistics
 def test_rules_table_and_rule_text(capsys):
     assert main(["rules", "-f", "json"]) == 0
@@ -196,6 +213,7 @@ def test_rules_table_and_rule_text(capsys):
         assert head in text
     assert "Developer notes" not in text and "This module owns" not in text  # no notes for developers
     assert user_doc(all_rules()["predicate"]) in text  # the same text as SARIF's help
+    assert main(["rule", "multi-predicate-conditional"]) == 0 and capsys.readouterr().out == text
     assert main(["rule", "nope"]) == 2
     assert "unknown rule 'nope'" in capsys.readouterr().err
 

@@ -39,7 +39,7 @@ def rules_command(
 
 @app.command("rule")
 def rule_command(
-    rule_id: str = typer.Argument(..., metavar="ID", help="A rule id (see `loralint rules`)."),
+    rule_id: str = typer.Argument(..., metavar="ID", help="A rule id or name (see `loralint rules`)."),
     fmt: str = typer.Option("text", "--format", "-f", help="text (Markdown) or json."),
 ) -> None:
     """Explain a rule: What it does / Why is this bad? / Example / Use instead (SARIF's rule help)."""
@@ -47,6 +47,7 @@ def rule_command(
     from ..ruledoc import help_uri, shipped_adapter, user_doc
 
     rules = all_rules()
+    rule_id = next((r.id for r in rules.values() if rule_id in (r.id, r.name)), rule_id)  # the id or the name
     if rule_id not in rules:
         raise typer.BadParameter(f"unknown rule {rule_id!r}; known rules: {', '.join(sorted(rules))}",
                                  param_hint="ID")
