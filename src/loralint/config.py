@@ -91,7 +91,7 @@ class Settings:
         shown = self.path.name if self.path else "configuration"
         self._excludes = [p for p in (
             _Patterns(root, self.exclude + self.extend_exclude, f"{shown} exclude"),
-            _Patterns(Path.cwd().resolve(), self.cli_exclude, "--exclude") if self.cli_exclude else None,
+            _Patterns(Path.cwd(), self.cli_exclude, "--exclude") if self.cli_exclude else None,
         ) if p is not None and p.patterns]
         self._include = _Patterns(root, self.include, f"{shown} include") if self.include is not None else None
         self._pfi = [(_Patterns(root, [glob], f"{shown} per-file-ignores"), set(rules))
@@ -99,7 +99,7 @@ class Settings:
 
     @property
     def root(self) -> Path:
-        return self.path.parent.resolve() if self.path else Path.cwd().resolve()
+        return Path(os.path.abspath(self.path.parent)) if self.path else Path.cwd()
 
     def excluded(self, path: str | os.PathLike, is_dir: bool = False) -> str | None:
         """Why ``path`` is excluded (``excluded by pyproject.toml exclude (vendor)``), or None."""

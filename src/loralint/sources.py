@@ -10,7 +10,8 @@ Given :class:`~loralint.config.Settings` (the command line does), the walk also 
 configuration: ``exclude``/``--exclude`` patterns and ``.gitignore`` files (with ``.git/info/exclude``, from
 the repository's top down to each folder) skip a folder or file with the reason, ``include`` and
 ``per-file-ignores`` (for `scan`'s rule) leave files out silently. A folder named on the command line is
-walked even when a pattern matches it (only patterns inside it then apply); a file named there is skipped
+walked even when a pattern matches it (no exclude pattern applies inside it then, and only the .gitignore
+files inside it count); a file named there is skipped
 when one matches it, as ruff's ``--force-exclude`` does, so that pre-commit's file lists obey the
 configuration.
 """
