@@ -408,3 +408,14 @@ def test_resume_with_no_complete_checkpoint_says_so(tmp_path):
     (tmp_path / "checkpoint-7").mkdir()
     with pytest.raises(train.TrainError, match="no complete checkpoint"):
         train.check_output_dir(tmp_path, resume=True, overwrite=False)
+
+
+# --------------------------------------------------------------------------------------- experiment trackers
+def test_report_to_tensorboard_writes_event_files(work, qwen3, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tb"
+    meta = train.train(work / "data", out, _settings(qwen3, max_steps=2, logging_steps=1, report_to="tensorboard"),
+                       progress=False)
+    assert meta["hyperparameters"]["report_to"] == ["tensorboard"]
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert events and sum(e.stat().st_size for e in events) > 100, list(out.rglob("*"))

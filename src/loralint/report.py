@@ -21,13 +21,14 @@ FORMATS = ("text", "json", "sarif", "github")
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
 
-def render(result: "RunResult", fmt: str, verbose: bool = False, extra_stats: dict | None = None) -> str:
+def render(result: "RunResult", fmt: str, verbose: bool = False, extra_stats: dict | None = None,
+           category: str = "loralint/check/") -> str:
     if fmt == "text":
         return text(result, verbose)
     if fmt == "json":
         return as_json(result, extra_stats)
     if fmt == "sarif":
-        return json.dumps(sarif(result), indent=2)
+        return json.dumps(sarif(result, category=category), indent=2)
     if fmt == "github":
         return github(result)
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -93,21 +94,16 @@ def json_stats(result: "RunResult", extra_stats: dict | None = None) -> dict:
     return st
 
 
-def _doc_section(doc: str, title: str) -> str:
-    """One ``## title`` section of a rule's documentation, or ''."""
-    head = f"## {title}\n"
-    if head not in doc:
-        return ""
-    return doc.split(head, 1)[1].split("\n## ", 1)[0].strip()
-
-
 def _rule_descriptor(rule) -> dict:
-    doc = rule.doc.strip()
+    from .ruledoc import help_uri, section, user_doc
+
+    doc = user_doc(rule)  # what `loralint rule ID` prints: no developer notes
     return {
         "id": rule.id,
         "name": rule.name,
         "shortDescription": {"text": rule.summary},
-        "fullDescription": {"text": " ".join(_doc_section(doc, "What it does").split()) or rule.summary},
+        "fullDescription": {"text": " ".join(section(rule, "What it does").split()) or rule.summary},
+        "helpUri": help_uri(rule),
         "help": {"text": doc, "markdown": doc},
         "defaultConfiguration": {"level": "warning"},
         "properties": {"tags": ["maintainability", "readability"], "kinds": list(rule.kinds),
@@ -128,21 +124,25 @@ def _artifact(path: str) -> dict:
 
 
 def _fingerprints(findings) -> list[str]:
-    """Stable across runs and unrelated edits: rule, kind and condition text, plus which occurrence of that
-    same condition in its file it is (GitHub's own line hashes count occurrences the same way)."""
+    """Stable across runs and unrelated edits (lines moving, reformatting): rule, path, kind and the
+    condition's text with its whitespace collapsed, plus which occurrence of that same condition in its file
+    it is (GitHub's own line hashes count occurrences the same way)."""
     seen: Counter = Counter()
     out = []
     for f in findings:
-        h = hashlib.sha256(f"{f.rule}\0{f.kind}\0{f.text}".encode()).hexdigest()[:32]
+        text = " ".join(f.text.split())
+        h = hashlib.sha256(f"{f.rule}\0{f.path}\0{f.kind}\0{text}".encode()).hexdigest()[:32]
         seen[(f.path, h)] += 1
         out.append(f"{h}:{seen[(f.path, h)]}")
     return out
 
 
-def sarif(result: "RunResult", tool_name: str = "loralint") -> dict:
-    """A SARIF 2.1.0 log as GitHub code scanning reads it: rules with descriptions and help, a stable
-    ``ruleId``, full regions (1-based, end column exclusive, columns in code points) and
-    ``partialFingerprints``; skipped files and errors are tool execution notifications."""
+def sarif(result: "RunResult", tool_name: str = "loralint", category: str = "loralint/check/") -> dict:
+    """A SARIF 2.1.0 log as GitHub code scanning reads it: rules with descriptions, help and ``helpUri``, a
+    stable ``ruleId``, full regions (1-based, end column exclusive, columns in code points) and
+    ``partialFingerprints``; skipped files and errors are tool execution notifications.
+    ``category``: ``automationDetails.id`` (``loralint/check/`` or ``loralint/scan/``), so that code scanning
+    keeps the oracle's and the model's alerts apart instead of one upload closing the other's."""
     rules = list(all_rules().values())
     index = {r.id: i for i, r in enumerate(rules)}
     findings = result.findings
@@ -177,6 +177,7 @@ def sarif(result: "RunResult", tool_name: str = "loralint") -> dict:
             "tool": {"driver": {"name": tool_name, "version": __version__, "semanticVersion": __version__,
                                 "informationUri": "https://pypi.org/project/loralint/",
                                 "rules": [_rule_descriptor(r) for r in rules]}},
+            "automationDetails": {"id": category},
             "invocations": [{"executionSuccessful": not result.errors,
                              "toolExecutionNotifications": notifications}],
             "columnKind": "unicodeCodePoints",

@@ -256,7 +256,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
          rule: str = "predicate", backend: str | Backend | BackendOptions | None = None, cache: bool = True,
          cache_dir: str | os.PathLike | None = None, diff: str | None = None, max_bytes: int | None = None,
          window_lines: int = DEFAULT_TARGET, chunk: int = 4096, progress: Callable[[int], None] | None = None,
-         on_total: Callable[[int], None] | None = None, **options) -> ScanResult:
+         on_total: Callable[[int], None] | None = None, settings=None, **options) -> ScanResult:
     """Review ``paths`` with a model; returns a :class:`ScanResult` (a ``RunResult``) with model findings.
 
     ``backend``: a :class:`~loralint.backends.Backend` instance, a
@@ -270,7 +270,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     t0 = time.perf_counter()
     the_rule = get_rule(rule)
     paths = [str(p) for p in paths]
-    files, skipped = discover(paths)
+    files, skipped = discover(paths, settings)  # settings: loralint.config.Settings (exclusions, .gitignore)
     changed_map = None
     if diff:
         changed_map = changed_lines(diff, paths)
@@ -294,8 +294,8 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
                                                                       resolve_adapter(opts.adapter, rule, base))
         ident = model_identity(ad, base) if kind == "transformers" else {
             "backend": "llamacpp", "adapter": ad.digest if ad else None, "gguf": _fingerprint(gguf), "base": base}
-    settings = settings_key(ident, the_rule, {"target": window_lines}, DECODING)
-    store = ScanCache(settings, cache_dir, enabled=cache, describe={"model": ident, "rule": rule})
+    cache_key = settings_key(ident, the_rule, {"target": window_lines}, DECODING)
+    store = ScanCache(cache_key, cache_dir, enabled=cache, describe={"model": ident, "rule": rule})
 
     results: dict[str, FileResult] = {}
     order: list[str] = []

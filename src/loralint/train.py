@@ -78,7 +78,11 @@ SFT_DEFAULTS: dict[str, Any] = {
 }
 #: SFTConfig fields the recipe sets itself (an override would break it)
 FIXED_FIELDS = ("output_dir", "max_length", "completion_only_loss", "assistant_only_loss", "packing",
-                "train_sampling_strategy", "report_to", "disable_tqdm", "resume_from_checkpoint")
+                "train_sampling_strategy", "disable_tqdm", "resume_from_checkpoint")
+#: experiment trackers ``report_to`` may name (transformers' integrations), with the module each needs;
+#: logs go where the tracker puts them (tensorboard: OUT/runs/, wandb: its project, offline with WANDB_MODE)
+REPORTERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+             "trackio": ("trackio",), "comet_ml": ("comet_ml",), "clearml": ("clearml",)}
 
 
 class TrainError(ValueError):
@@ -166,7 +170,23 @@ def load_settings(preset: str | None = None, overrides: dict | None = None) -> d
     settings["preset"] = path.stem
     if settings["mode"] not in MODES:
         raise TrainError(f"mode {settings['mode']!r}: choose one of {', '.join(MODES)}")
+    settings["report_to"] = report_targets(settings.get("report_to"))
     return settings
+
+
+def report_targets(value: Any) -> list[str]:
+    """``report_to`` as a list of installed trackers (``none`` or nothing: []); one line of error otherwise."""
+    import importlib.util
+
+    names = value if isinstance(value, list) else str(value or "none").split(",")
+    names = [str(n).strip() for n in names if str(n).strip() and str(n).strip() != "none"]
+    for n in names:
+        if n not in REPORTERS:
+            raise TrainError(f"report_to: unknown tracker {n!r}; choose none or {', '.join(REPORTERS)} "
+                             "(a comma list)")
+        if not any(importlib.util.find_spec(m) is not None for m in REPORTERS[n]):
+            raise TrainError(f"report_to={n} needs the {REPORTERS[n][0]} package: pip install {REPORTERS[n][0]}")
+    return names
 
 
 def _flag(name: str) -> bool:
@@ -399,7 +419,7 @@ def sft_config(s: dict, out: Path, has_eval: bool, n_rows: int = 0):
         packing=False,  # packing would change what a batch is; padding-free removes the padding instead
         padding_free=bool(s["padding_free"]),
         train_sampling_strategy="group_by_length" if s["group_by_length"] else "random",
-        report_to="none",
+        report_to=report_targets(s.get("report_to")) or "none",
         disable_tqdm=True,  # the progress display is ours, on stderr
         ddp_find_unused_parameters=False,  # every trainable parameter takes part in every step
         save_strategy="steps",

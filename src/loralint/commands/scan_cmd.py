@@ -13,7 +13,8 @@ from typing import List, Optional
 import typer
 
 from ..cli import UserError, app
-from . import FormatOpt, QuietOpt, VerboseOpt, emit_report, progress_bar, stderr
+from . import (ExcludeOpt, FormatOpt, NoGitignoreOpt, QuietOpt, StatisticsOpt, StdinNameOpt, VerboseOpt, emit_report,
+               load_run_settings, progress_bar, relabel, stderr, stdin_as_file)
 
 # the options that choose and drive the model (shared with `loralint eval`)
 AdapterOpt = typer.Option(None, "--adapter", "-a", help="Adapter folder (default: the one shipped for the rule).")
@@ -81,7 +82,7 @@ def model_options(command):
 
 
 def check_paths(paths: List[Path]) -> None:
-    missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
+    missing = [str(p) for p in paths if str(p) != "-" and not p.exists() and not p.is_symlink()]
     if missing:
         raise typer.BadParameter(f"no such file or directory: {', '.join(missing)}", param_hint="PATHS")
 
@@ -108,8 +109,9 @@ def cpu_threads_yield() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def run_scan(paths: List[Path], kw: dict, quiet: bool, diff: str | None = None):
-    """scan() with a progress bar; engine problems become one-line user errors."""
+def run_scan(paths: List[Path], kw: dict, quiet: bool, diff: str | None = None, settings=None):
+    """scan() with a progress bar; engine problems become one-line user errors. ``settings``: the project's
+    configuration (:func:`loralint.config.load_settings`), or None to read every file given."""
     cpu_threads_yield()
     from ..backends import AdapterNotFound, BackendUnavailable
     from ..models import ModelNotFound
@@ -119,7 +121,7 @@ def run_scan(paths: List[Path], kw: dict, quiet: bool, diff: str | None = None):
     warn_adapter(kw, quiet)
     try:
         with progress_bar("scanning", not quiet) as (total, advance):
-            return scan([str(p) for p in paths], diff=diff, progress=advance, on_total=total, **kw)
+            return scan([str(p) for p in paths], diff=diff, progress=advance, on_total=total, settings=settings, **kw)
     except (AdapterNotFound, BackendUnavailable, ModelNotFound) as e:
         raise UserError(str(e)) from e
 
@@ -177,12 +179,16 @@ def print_comparison(result, rule: str, fmt: str, output: Optional[Path]) -> Non
 @model_options
 def scan_command(
     kw: dict,
-    paths: List[Path] = typer.Argument(..., help="Files and folders to review."),
+    paths: List[Path] = typer.Argument(..., help="Files and folders to review (`-`: stdin)."),
     diff: Optional[str] = typer.Option(None, "--diff", help="Only files and lines changed since this git ref."),
     compare: bool = typer.Option(False, "--compare", help="Show model and oracle findings side by side."),
     fmt: str = FormatOpt,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file."),
     stats: Optional[Path] = typer.Option(None, "--stats", help="Write run statistics (skips, errors) as JSON."),
+    exclude: Optional[List[str]] = ExcludeOpt,
+    no_respect_gitignore: bool = NoGitignoreOpt,
+    stdin_filename: Optional[str] = StdinNameOpt,
+    statistics: bool = StatisticsOpt,
     verbose: bool = VerboseOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -190,14 +196,22 @@ def scan_command(
     and nothing was found)."""
     if compare and fmt not in ("text", "json"):
         raise typer.BadParameter("--compare prints text or json", param_hint="--format")
-    result = run_scan(paths, kw, quiet, diff)
+    settings = load_run_settings(paths, exclude, no_respect_gitignore, rule=kw["rule"])
+    with stdin_as_file(paths, stdin_filename) as (names, tmp):
+        if tmp and (diff or compare):
+            raise typer.BadParameter("--diff and --compare read files from disk, not stdin", param_hint="PATHS")
+        if tmp:  # the code from stdin is not walked: only its per-file-ignores count
+            names, settings = ([] if not settings.included(stdin_filename or "-") else names), None
+        result = run_scan([Path(n) for n in names], kw, quiet, diff, settings)
+        relabel(result, tmp, stdin_filename or "-")
     if compare:
         print_comparison(result, kw["rule"], fmt, output)
         rc = 1 if result.findings else 0
     else:
         extra = {"unverified_claims": [dict(path=p, **r.to_dict()) for p, d in result.details.items()
                                        for r in d.unverified]}
-        rc = emit_report(result, fmt, verbose, quiet, output, stats, extra_stats=extra)
+        rc = emit_report(result, fmt, verbose, quiet, output, stats, extra_stats=extra, statistics=statistics,
+                         category="loralint/scan/")
     if not quiet:
         stderr.print(summary_line(result), highlight=False)
         if verbose:

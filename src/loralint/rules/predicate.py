@@ -23,6 +23,7 @@ if (canBeGranted(user)) {
 }
 ```
 
+## Developer notes
 This module owns the rule's oracle (a tree-sitter query), its prompt and its answer format: dataset
 building renders answers with :meth:`PredicateRule.render_answer` and the scanner parses model output with
 :meth:`PredicateRule.parse_answer`.
