@@ -307,7 +307,11 @@ async def chat_completions(request: Request):
     except RuntimeError:  # the pool is shut down: the server is stopping
         st.release(job)
         raise APIError(503, "the server is stopping", "server_error", "server_busy") from None
-    first = await _next(queue, request, job)
+    try:
+        first = await _next(queue, request, job)
+    except BaseException:  # the handler itself cancelled (server shutting down): so is the job
+        job.cancel()
+        raise
     if first is None:  # the client is gone: nobody reads an answer
         return Response(status_code=499)
     if isinstance(first, BaseException):
@@ -412,7 +416,14 @@ class Server:
         config = uvicorn.Config(self.app, log_level="info" if self.settings.log_requests else "warning",
                                 access_log=self.settings.log_requests, lifespan="off", http="h11",
                                 timeout_keep_alive=5, timeout_graceful_shutdown=5, server_header=False)
-        self.uvicorn = uvicorn.Server(config)
+        state = self.state
+
+        class _Uvicorn(uvicorn.Server):
+            def handle_exit(self, sig, frame):  # Ctrl-C / SIGTERM: stop generating now, not after the grace time
+                state.cancel_all()
+                super().handle_exit(sig, frame)
+
+        self.uvicorn = _Uvicorn(config)
         self._done = threading.Event()
 
     @property
