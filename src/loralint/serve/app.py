@@ -37,8 +37,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import Engine, Job, Stopped
 from .errors import APIError
-from .guards import LOOPBACK_HOSTS, Guard, is_loopback, read_body
-from .plan import BASE_NAME
+from .guards import Guard, read_body
+from .plan import BASE_NAME, LOOPBACK_HOSTS, is_loopback
 
 log = logging.getLogger("loralint.serve")
 
