@@ -98,9 +98,9 @@ def serve_command(
     try:
         eng.warmup()
         server = make_server(eng, host, port, max_body=max_body, max_queue=max_queue, log_requests=log_requests,
-                                 default_max_tokens=max_tokens, max_tokens_limit=max_tokens_limit,
-                                 request_timeout=request_timeout or None, api_key=api_key or None,
-                                 allowed_hosts=srv.LOOPBACK_HOSTS if srv.is_loopback(host) else None)
+                             default_max_tokens=max_tokens, max_tokens_limit=max_tokens_limit,
+                             request_timeout=request_timeout or None, api_key=api_key or None,
+                             allowed_hosts=srv.LOOPBACK_HOSTS if srv.is_loopback(host) else None)
     except OSError as e:
         eng.close()
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
