@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loralint.check import check
+from loralint import check
 from loralint.cli import main
 from loralint.config import ConfigError, load_settings
 from loralint.rules import all_rules
