@@ -182,12 +182,12 @@ def _c(work):
 
 
 # ---------------------------------------------------------------------------------------- 3. hang check
-def _check_case(work: Path, name: str, text: str, want: int | None):
+def _check_case(work: Path, name: str, text: str, want: int | None, fmt: str = "json"):
     f = work / "in" / name
     f.write_text(text)
-    p = cli("check", str(f), "-f", "json", "--stats", str(work / "out" / "stats.json"), "-q")
+    p = cli("check", str(f), "-f", fmt, "--stats", str(work / "out" / "stats.json"), "-q")
     st = json.loads((work / "out" / "stats.json").read_text()) if (work / "out" / "stats.json").exists() else {}
-    found = len(json.loads(p.stdout or b"[]")) if p.returncode in (0, 1) else None
+    found = st.get("findings") if p.returncode in (0, 1) else None
     skipped = [s["reason"] for s in st.get("skipped", [])]
     size = f"{len(text.encode()) / 1e6:.1f} MB"
     if skipped:
@@ -210,8 +210,23 @@ for _n in (10_000, 20_000, 50_000):
 case("3 check: 65,534 nested blocks")(lambda work: _check_case(work, "blocks.js", nested(65_534, "{\n"), 1))
 case("3 check: 5k nested do...while")(
     lambda work: _check_case(work, "do.js", nested(5_000, "do {\n").replace("}\n", "} while (y);\n"), 1))
-case("3 check: 200k lines, 3.4 MB")(
-    lambda work: _check_case(work, "big.js", "if (a && b) x();\n" * 200_000, 200_000))
+case("3 check: 200k lines, 3.4 MB (text report)", 120)(
+    lambda work: _check_case(work, "big.js", "if (a && b) x();\n" * 200_000, 200_000, "text"))
+case("3 check: 200k lines, 3.4 MB (JSON report)", 180)(
+    lambda work: _check_case(work, "big.js", "if (a && b) x();\n" * 200_000, 200_000, "json"))
+
+
+@case("3 scan: 8k nested do...while (window cuts)", 120)
+def _c(work):
+    from loralint.backends import FunctionBackend
+    from loralint.scan import scan
+    from tiny_scan import oracle_answer
+
+    f = work / "in" / "do.js"
+    f.write_text(nested(8_000, "do {\n").replace("}\n", "} while (y &&\n z);\n"))
+    b = FunctionBackend(oracle_answer, "o")
+    res = scan([str(f)], backend=b, cache=False)
+    return not res.errors and len(res.findings) == 8_001, f"{len(res.findings)} findings from {b.calls} windows"
 
 
 @case("3 oracle: cursor walk == former query on corpus files", 600)
