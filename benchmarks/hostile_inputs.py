@@ -249,6 +249,7 @@ def _c(work):
     q = """[(if_statement condition: (_) @c) (while_statement condition: (_) @c) (do_statement condition: (_) @c)
             (for_statement condition: (_) @c) (ternary_expression condition: (_) @c)]
            (binary_expression operator: ["&&" "||"] @op)"""
+    queries = {g: Query(language(g), q) for g in ("javascript", "typescript", "tsx")}
     n = differ = conds = 0
     t_walk = t_query = 0.0
     for f in files:
@@ -257,7 +258,7 @@ def _c(work):
             continue
         tree = parse(src.data, src.grammar)
         t = time.perf_counter()
-        caps = QueryCursor(Query(language(src.grammar), q)).captures(tree.root_node)
+        caps = QueryCursor(queries[src.grammar]).captures(tree.root_node)
         t_query += time.perf_counter() - t
         t = time.perf_counter()
         got = _walk(tree, src.grammar)
