@@ -353,3 +353,20 @@ def test_the_walk_matches_the_query_it_replaces():
             sorted((n.start_byte, n.end_byte) for n in caps.get("c", ())), path
         assert got["ops"] == sorted(n.start_byte for n in caps.get("op", ())), path
         assert all(n.parent == stmt for _, n, stmt in got["conds"]), path
+
+
+def test_window_spans_are_linear_on_nested_do_while():
+    """scan cuts windows with windows.protected_spans: its do...while pattern was quadratic (8k nested: 25 s)."""
+    import time
+
+    from loralint.windows import protected_spans
+
+    data = _nested(8_000, "do {\n").replace(b"}\n", b"} while (y &&\n z);\n")
+    tree = parse(data, "javascript")
+    t = time.perf_counter()
+    spans = protected_spans(tree, "javascript")
+    assert time.perf_counter() - t < 3
+    assert sorted(spans) == sorted(RULE.window_spans(tree, "javascript"))  # the oracle's walk agrees
+    for path in sorted(JS.glob("*.js")):
+        tree = parse(path.read_bytes(), "javascript")
+        assert sorted(protected_spans(tree, "javascript")) == sorted(RULE.window_spans(tree, "javascript")), path

@@ -252,5 +252,15 @@ def test_a_file_name_that_is_not_utf8_is_reported_in_every_format(tmp_path, sari
     assert "caf\\xff.js:1:5: predicate:" in outs["text"] and "ok.js:1:5: predicate:" in outs["text"]
     assert "::warning file=caf\\xff.js,line=1," in outs["github"]
     assert os.fsencode(path_from_shown("caf\\xff.js")) == b"caf\xff.js"
+    # scan writes the same reports
+    from tiny_scan import StubServer, oracle_answer
+
+    with StubServer(lambda body: oracle_answer(body["messages"])) as url:
+        for fmt in ("sarif", "text"):
+            proc = subprocess.run([sys.executable, "-m", "loralint", "scan", ".", "--api", url, "--no-cache", "-q",
+                                   "-f", fmt], cwd=tmp_path, env=env, capture_output=True, timeout=120)
+            assert proc.returncode == 1, (fmt, proc.stderr.decode(errors="replace"))
+            out = proc.stdout.decode("utf-8")
+            assert ("caf%FF.js" if fmt == "sarif" else "caf\\xff.js:1:5: predicate:") in out
     shown = text(_result([], skipped=[Skipped(bad, f"link leads out of the tree (/x/{bad})")]), verbose=True)
     assert shown.splitlines()[0] == "caf\\xff.js: skipped: link leads out of the tree (/x/caf\\xff.js)"

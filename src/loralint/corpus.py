@@ -282,7 +282,6 @@ def fetch(list_path: str | Path, dest: str | Path, offline: bool = False,
     lock = json.loads(lock_path.read_text()) if lock_path.exists() else {}
     for pkg in read_list(list_path):
         folder = dest / pkg.folder
-        mark = folder / MARK
         rec = lock.get(pkg.spec)
         if rec and _unpacked(folder, rec):
             if progress:
@@ -293,6 +292,8 @@ def fetch(list_path: str | Path, dest: str | Path, offline: bool = False,
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 data, integrity = _npm_pack(pkg, tmp) if shutil.which("npm") else _registry_get(pkg)
+            except UnsafePackage:
+                raise
             except (OSError, RuntimeError, subprocess.TimeoutExpired):
                 data, integrity = _registry_get(pkg)
         _check_integrity(data, integrity, pkg.spec)

@@ -25,7 +25,7 @@ from .languages import language
 PROTECT = """[
   (if_statement condition: (_) @c)
   (while_statement condition: (_) @c)
-  (do_statement condition: (_) @c)
+  (do_statement) @do
   (switch_statement value: (_) @c)
   (for_statement body: (_)) @for
   (ternary_expression) @c
@@ -58,7 +58,9 @@ class Window:
 def protected_spans(tree: Tree, grammar: str) -> list[tuple[int, int]]:
     """0-based inclusive row spans (multi-line only) that no window boundary may cut."""
     caps = QueryCursor(_query(grammar)).captures(tree.root_node)
-    return spans_from_captures(caps.get("c", ()), caps.get("for", ()))
+    # a do...while's condition comes after its body: matched in the query, nested loops cost quadratic time
+    dos = [c for c in (d.child_by_field_name("condition") for d in caps.get("do", ())) if c is not None and c.is_named]
+    return spans_from_captures([*caps.get("c", ()), *dos], caps.get("for", ()))
 
 
 def spans_from_captures(nodes: Iterable[Node], fors: Iterable[Node]) -> list[tuple[int, int]]:

@@ -82,6 +82,7 @@ def serve_command(
         if not p.adapters:
             stderr.print("[yellow]warning:[/yellow] no adapters found: serving the bare base only "
                          "(--adapter NAME=PATH, --adapters-dir DIR)", highlight=False)
+        make_server = srv.make_server  # (FastAPI and uvicorn present, or a one-line error now)
         seen = len(p.warnings)
         tok = p.tokenizer()
         for w in p.warnings[seen:]:
@@ -96,10 +97,10 @@ def serve_command(
                      "can use the server", highlight=False)
     try:
         eng.warmup()
-        server = srv.make_server(eng, host, port, max_body=max_body, max_queue=max_queue, log_requests=log_requests,
-                                 default_max_tokens=max_tokens, max_tokens_limit=max_tokens_limit,
-                                 request_timeout=request_timeout or None, api_key=api_key or None,
-                                 allowed_hosts=srv.LOOPBACK_HOSTS if srv.is_loopback(host) else None)
+        server = make_server(eng, host, port, max_body=max_body, max_queue=max_queue, log_requests=log_requests,
+                             default_max_tokens=max_tokens, max_tokens_limit=max_tokens_limit,
+                             request_timeout=request_timeout or None, api_key=api_key or None,
+                             allowed_hosts=srv.LOOPBACK_HOSTS if srv.is_loopback(host) else None)
     except OSError as e:
         eng.close()
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e

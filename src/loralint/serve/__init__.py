@@ -18,7 +18,8 @@ from __future__ import annotations
 import importlib
 
 from .errors import APIError, ServeError
-from .plan import BASE_NAME, Plan, ServedAdapter, discover, installed_adapter_dirs, plan, vllm_available, vllm_command
+from .plan import (BASE_NAME, LOOPBACK_HOSTS, Plan, ServedAdapter, discover, installed_adapter_dirs, is_loopback, plan,
+                   vllm_available, vllm_command)
 
 _LAZY = {
     "Engine": "engine", "Job": "engine", "Prompt": "engine", "Stopped": "engine", "default_threads": "engine",
@@ -27,7 +28,6 @@ _LAZY = {
     "DEFAULT_MAX_TOKENS": "app", "DEFAULT_PORT": "app", "DEFAULT_REQUEST_TIMEOUT": "app", "MAX_TOKENS_LIMIT": "app",
     "Server": "app", "ServeState": "app", "Settings": "app", "build_app": "app", "make_server": "app",
     "parse_chat_request": "app", "parse_request": "app", "serve_in_thread": "app",
-    "is_loopback": "guards", "LOOPBACK_HOSTS": "guards",
 }
 
 
@@ -35,10 +35,16 @@ def __getattr__(name: str):
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    try:
+        module = importlib.import_module(f"{__name__}.{mod}")
+    except ImportError as e:
+        if e.name and e.name.split(".")[0] in ("fastapi", "starlette", "uvicorn", "pydantic"):
+            raise ServeError(f"the HTTP server needs FastAPI and uvicorn ({e}): pip install 'loralint[serve]'") from e
+        raise
+    value = getattr(module, name)
     globals()[name] = value
     return value
 
 
-__all__ = ["APIError", "BASE_NAME", "Plan", "ServeError", "ServedAdapter", "discover", "installed_adapter_dirs",
-           "plan", "vllm_available", "vllm_command", *_LAZY]
+__all__ = ["APIError", "BASE_NAME", "LOOPBACK_HOSTS", "Plan", "ServeError", "ServedAdapter", "discover",
+           "installed_adapter_dirs", "is_loopback", "plan", "vllm_available", "vllm_command", *_LAZY]

@@ -37,8 +37,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import Engine, Job, Stopped
 from .errors import APIError
-from .guards import LOOPBACK_HOSTS, Guard, is_loopback, read_body
-from .plan import BASE_NAME
+from .guards import Guard, read_body
+from .plan import BASE_NAME, LOOPBACK_HOSTS, is_loopback
 
 log = logging.getLogger("loralint.serve")
 
@@ -48,7 +48,6 @@ DEFAULT_MAX_QUEUE = 16
 DEFAULT_MAX_TOKENS = 512  # a request that names no max_tokens (the scanner always names one)
 MAX_TOKENS_LIMIT = 4096  # the most a request may ask for (the scanner's own cap)
 DEFAULT_REQUEST_TIMEOUT = 120.0  # seconds, queue wait and generation; the scanner's client waits as long
-POLL_S = 0.1  # how often a waiting handler looks whether its client is still there
 
 
 # ------------------------------------------------------------------ the request
@@ -252,15 +251,27 @@ class _JobStream(StreamingResponse):
             self.job.cancel()
 
 
+async def _disconnected(request: Request) -> None:
+    """Returns when the client hangs up (the body is read by then: the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _next(queue: asyncio.Queue, request: Request, job: Job):
-    """The worker's next item; None when the client went away meanwhile (the job is then cancelled)."""
-    while True:
-        try:
-            return await asyncio.wait_for(queue.get(), POLL_S)
-        except (asyncio.TimeoutError, TimeoutError):
-            if await request.is_disconnected():
-                job.cancel()
-                return None
+    """The worker's next item; None when the client went away first (the job is then cancelled). Raced against
+    the disconnect as vLLM's ``with_cancellation`` does."""
+    got = asyncio.ensure_future(queue.get())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({got, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (got, gone):
+            if not t.done():
+                t.cancel()
+    if got.done() and not got.cancelled():
+        return got.result()
+    job.cancel()
+    return None
 
 
 @router.post("/v1/chat/completions")
@@ -307,7 +318,11 @@ async def chat_completions(request: Request):
     except RuntimeError:  # the pool is shut down: the server is stopping
         st.release(job)
         raise APIError(503, "the server is stopping", "server_error", "server_busy") from None
-    first = await _next(queue, request, job)
+    try:
+        first = await _next(queue, request, job)
+    except BaseException:  # the handler itself cancelled (server shutting down): so is the job
+        job.cancel()
+        raise
     if first is None:  # the client is gone: nobody reads an answer
         return Response(status_code=499)
     if isinstance(first, BaseException):
@@ -412,7 +427,14 @@ class Server:
         config = uvicorn.Config(self.app, log_level="info" if self.settings.log_requests else "warning",
                                 access_log=self.settings.log_requests, lifespan="off", http="h11",
                                 timeout_keep_alive=5, timeout_graceful_shutdown=5, server_header=False)
-        self.uvicorn = uvicorn.Server(config)
+        state = self.state
+
+        class _Uvicorn(uvicorn.Server):
+            def handle_exit(self, sig, frame):  # Ctrl-C / SIGTERM: stop generating now, not after the grace time
+                state.cancel_all()
+                super().handle_exit(sig, frame)
+
+        self.uvicorn = _Uvicorn(config)
         self._done = threading.Event()
 
     @property

@@ -10,7 +10,6 @@ HTTP parser (h11) refuses it and closes the connection."""
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -19,18 +18,7 @@ from starlette.responses import JSONResponse
 
 from .errors import APIError
 
-#: the names a loopback server answers to
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 OPEN_PATHS = ("/health",)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _hostname(netloc: str) -> str:

@@ -11,6 +11,7 @@ and the GGUF files llama.cpp loads, converted once from the Hugging Face weights
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -22,6 +23,18 @@ from .errors import ServeError
 
 #: the name that serves the bare base (every other served name is an adapter)
 BASE_NAME = "base"
+#: the names a loopback server answers to
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps the server to this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------- what to serve
@@ -234,5 +247,5 @@ def vllm_available() -> bool:
     return shutil.which("vllm") is not None
 
 
-__all__ = ["BASE_NAME", "Plan", "ServedAdapter", "discover", "installed_adapter_dirs", "plan", "vllm_available",
-           "vllm_command"]
+__all__ = ["BASE_NAME", "LOOPBACK_HOSTS", "Plan", "ServedAdapter", "discover", "installed_adapter_dirs", "is_loopback",
+           "plan", "vllm_available", "vllm_command"]
