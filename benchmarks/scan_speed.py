@@ -44,13 +44,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see loralint.commands.sca
 from loralint import models  # noqa: E402
 from loralint.backends import Backend, BackendError, resolve_adapter  # noqa: E402
 from loralint.backends.transformers import TransformersBackend  # noqa: E402
-from loralint.scan import scan  # noqa: E402
+from loralint.scanner import scan  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------- the forced answers
 def oracle_answer(messages: list[dict]) -> str:
     """The oracle's answer for a window prompt (its lines are numbered ``N| code``)."""
-    from loralint.check import oracle_findings
+    from loralint.checker import oracle_findings
     from loralint.rules import get_rule
     from loralint.sources import SourceFile
 

@@ -198,7 +198,7 @@ def test_self_check_catches_an_attention_that_bypasses_the_engine(adapters, monk
 def test_scan_with_the_gpu_engine_finds_what_the_reference_finds(adapters):
     """The whole scan path (windows, prompts, answers parsed and verified) through the gpu engine."""
     from loralint.backends.gpu_engine import GpuEngine
-    from loralint.scan import scan
+    from loralint.scanner import scan
 
     memo, *_ = adapters
     _adapter, fixture = trained_fixture()
