@@ -98,7 +98,7 @@ def register(rule: Rule) -> Rule:
 
 
 def all_rules() -> dict[str, Rule]:
-    from . import predicate  # noqa: F401  (registers itself)
+    from . import else_return, naming, predicate  # noqa: F401  (each registers itself)
 
     return dict(_REGISTRY)
 
