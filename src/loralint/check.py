@@ -61,7 +61,18 @@ class RunResult:
         }
 
 
+def split_rule_ids(ids: Iterable[str] | None) -> list[str]:
+    """Rule ids from options that may each hold a comma-separated list (``--rule naming,else-return``)."""
+    out: list[str] = []
+    for item in ids or ():
+        for i in item.split(","):
+            if i.strip() and i.strip() not in out:
+                out.append(i.strip())
+    return out
+
+
 def resolve_rules(ids: Iterable[str] | None) -> list[Rule]:
+    ids = split_rule_ids(ids)
     return [get_rule(i) for i in ids] if ids else list(all_rules().values())
 
 

@@ -15,7 +15,8 @@ from . import FormatOpt, QuietOpt, VerboseOpt, check_format, emit_report, progre
 def check_command(
     paths: List[Path] = typer.Argument(..., help="Files and folders to check."),
     fmt: str = FormatOpt,
-    rule: Optional[List[str]] = typer.Option(None, "--rule", "-r", help="Rule ids to run (default: all)."),
+    rule: Optional[List[str]] = typer.Option(None, "--rule", "-r",
+                                             help="Rule ids to run, comma-separated or repeated (default: all)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file."),
     stats: Optional[Path] = typer.Option(None, "--stats", help="Write run statistics (skips, errors) as JSON."),
     max_bytes: int = typer.Option(4 * 1024 * 1024, help="Skip files larger than this."),
@@ -27,9 +28,15 @@ def check_command(
 
     Skipped files and folders (binary, not UTF-8, minified, links...) are listed with --verbose and in
     --stats; a file that fails to check is reported and the run goes on (exit code 2)."""
-    from ..check import check
+    from ..check import check, split_rule_ids
+    from ..rules import all_rules
 
     check_format(fmt)
+    known = all_rules()
+    unknown = [r for r in split_rule_ids(rule) if r not in known]
+    if unknown:
+        raise typer.BadParameter(f"unknown rule {', '.join(map(repr, unknown))}; "
+                                 f"known rules: {', '.join(sorted(known))}", param_hint="--rule")
     missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
     if missing:
         raise typer.BadParameter(f"no such file or directory: {', '.join(missing)}", param_hint="PATHS")

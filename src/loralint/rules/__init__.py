@@ -72,6 +72,17 @@ class Rule:
     def parse_answer(self, text: str) -> ParsedAnswer:
         raise NotImplementedError
 
+    # --- verification of a model's claims (see :mod:`loralint.verify`) ---
+    def claim_key(self, claim: Claim) -> tuple:
+        """Claims with the same key are one finding (by default: one kind on one line)."""
+        return (claim.line, claim.kind)
+
+    def locate(self, claim: Claim, doc, row: int, last_row: int) -> tuple[int, int, int, int, bool] | None:
+        """Where the claim's text is in the file: (row, col, end_row, end_col exclusive, comments skipped),
+        0-based, starting on ``row`` and ending by ``last_row``; None when it is not there. By default the text,
+        whitespace-insensitively (:meth:`loralint.verify.FileText.find`)."""
+        return doc.find(claim.text, row, last_row)
+
     def messages(self, numbered_code: str, fence: str, answer: str | None = None) -> list[dict]:
         msgs = [{"role": "user", "content": self.user_prompt(numbered_code, fence)}]
         if answer is not None:

@@ -60,6 +60,7 @@ _LIST_PARENTS = {"program", "statement_block", "switch_case", "switch_default"}
 _NOT_BLOCKS = {"internal_module", "module", "ambient_declaration"}
 _COMMENTS = {"comment", "html_comment"}
 
+_ELSE_WORD = re.compile(r"(?<![\w$])else(?![\w$])")
 _ANSWER_LINE = re.compile(r"^\s*(?:[-*]\s*)?L?(\d+)\s*[:|]\s*(else)\s*\.?\s*$", re.I)
 
 
@@ -185,6 +186,7 @@ class ElseReturnRule(Rule):
                 end_line=er + 1, end_column=_char_col(source, body.end_byte, ec),
                 rule=self.id, kind=KIND, text=KIND, recovered=recovered,
                 message="Unnecessary 'else' after 'return'."))
+        findings.sort(key=lambda f: (f.line, f.column))
         return findings
 
     def clean_sites(self, tree: Tree, source: bytes, grammar: str = "javascript") -> list[tuple[int, int]]:
@@ -196,6 +198,29 @@ class ElseReturnRule(Rule):
             if body is None and if_node.child_by_field_name("alternative") is not None:
                 sites.append((if_node.start_point[0], if_node.end_point[0]))
         return sites
+
+    # ---------------------------------------------------------- verification
+    def locate(self, claim: Claim, doc, row: int, last_row: int):
+        """The word `else` on the claim's line, outside comments; or, when the block starts a line below its
+        `else` (`} else` then `{`), the block's first character on the claim's line, `else` being the last word
+        before it. (row, col, row, end col, False), 0-based."""
+        lines = doc.lines
+        if row >= len(lines):
+            return None
+        for m in _ELSE_WORD.finditer(lines[row]):
+            if not doc._in_comment(row, m.start()):
+                return row, m.start(), row, m.end(), False
+        text = lines[row]
+        col = len(text) - len(text.lstrip())
+        if col >= len(text):
+            return None
+        r = row - 1
+        while r >= 0 and r >= row - 3:
+            code = "".join(ch for c, ch in enumerate(lines[r]) if not doc._in_comment(r, c)).strip()
+            if code:
+                return (row, col, row, col + 1, False) if _ELSE_WORD.search(code) and code.endswith("else") else None
+            r -= 1
+        return None
 
     # ---------------------------------------------------------- prompt / answer
     def user_prompt(self, numbered_code: str, fence: str) -> str:

@@ -35,7 +35,7 @@ function loadUser(userId) {
 
 This module owns the rule's oracle (a tree-sitter query plus a small scope analysis standing in for ESLint's
 eslint-scope and @typescript-eslint/scope-manager; see ESLint's `lib/rules/camelcase.js`), its prompt and its
-answer format: one line `LINE: NAME` a finding.
+answer format: one line `LINE: NAME` a name reported on a line (twice on one line: one answer line).
 """
 
 from __future__ import annotations
@@ -463,9 +463,10 @@ class NamingRule(Rule):
         )
 
     def render_answer(self, findings: list[Finding]) -> str:
+        """One line per name per line (a name used twice on a line is one answer line)."""
         if not findings:
             return self.no_findings_answer
-        return "\n".join(f"{f.line}: {f.text}" for f in findings)
+        return "\n".join(dict.fromkeys(f"{f.line}: {f.text}" for f in findings))
 
     def parse_answer(self, text: str) -> ParsedAnswer:
         body = strip_think(text).strip()
