@@ -37,8 +37,9 @@ from loralint.languages import parse  # noqa: E402
 from loralint.rules import get_rule  # noqa: E402
 from loralint.sources import Skipped, discover, load  # noqa: E402
 
+_MORE = [p / "shared/corpus/train-more.txt" for p in (ROOT.parent, ROOT.parent.parent)]
 LISTS = [ROOT / "src/loralint/data/corpus/train.txt", ROOT / "src/loralint/data/corpus/eval.txt",
-         ROOT.parent / "shared/corpus/train-more.txt"]
+         next((p for p in _MORE if p.exists()), _MORE[0])]
 RULE_IDS = ("naming", "else-return")
 MAX_DIFFS = 400
 

@@ -10,6 +10,7 @@
 //   no-else-return: {allowElseIf: true}
 // JS/JSX (.js .mjs .cjs .jsx) is parsed by espree with JSX on, TS/TSX by @typescript-eslint/parser. A .js file
 // is tried as a module first (ESLint's default) and as a script when that does not parse; .cjs is commonjs.
+// `/* eslint-env */` comments, which ESLint 10 refuses as a fatal error, are renamed (same length) first.
 // Inline configuration comments are read (so `/* global */` comments declare globals, which ignoreGlobals
 // ignores) but messages silenced by `eslint-disable` comments are kept: loralint has its own suppressions.
 "use strict";
@@ -46,12 +47,15 @@ function lint(file) {
   const ext = path.extname(file.path).toLowerCase();
   const name = "file" + ext; // a virtual name: only the extension matters
   const tries = ext === ".cjs" ? ["commonjs"] : ext === ".js" || ext === ".jsx" ? ["module", "script"] : ["module"];
-  let last = null;
+  // ESLint 10 refuses `/* eslint-env */` comments (a fatal error, no rule runs): rename them, same length
+  code = code.replace(/(\/\*\s*)eslint-env\b/g, "$1eslint_env");
+  let first = null;
   for (const sourceType of tries) {
     const messages = linter.verify(code, config(ext, sourceType), { filename: name });
     const fatal = messages.find(m => m.fatal);
     if (fatal) {
-      last = { path: file.path, fatal: `${fatal.line}:${fatal.column} ${fatal.message}`, sourceType, findings: [] };
+      first = first || { path: file.path, fatal: `${fatal.line}:${fatal.column} ${fatal.message}`, sourceType,
+                         findings: [] };
       continue;
     }
     const all = messages.concat(linter.getSuppressedMessages());
@@ -62,7 +66,7 @@ function lint(file) {
     findings.sort((a, b) => a.line - b.line || a.column - b.column);
     return { path: file.path, fatal: null, sourceType, findings };
   }
-  return last;
+  return first;
 }
 
 const request = JSON.parse(fs.readFileSync(0, "utf8"));
