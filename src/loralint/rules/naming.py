@@ -344,6 +344,16 @@ def _classify(facts: _Facts, node: Node) -> None:
             facts.refs.append((node, "v"))
 
 
+def _enum_members(enum: Node) -> set[str]:
+    body = enum.child_by_field_name("body")
+    names = set()
+    for c in body.named_children if body is not None else ():
+        n = c.child_by_field_name("name") if c.type == "enum_assignment" else c
+        if n is not None and n.type == "property_identifier":
+            names.add(_text(n))
+    return names
+
+
 def _module_export_name(node: Node) -> str:
     if node.type == "string":
         frag = [c for c in node.named_children if c.type == "string_fragment"]
@@ -406,13 +416,18 @@ class NamingRule(Rule):
         for node, space in facts.refs:
             name = _text(node)
             resolved = None
-            p = node.parent
+            prev, p = node, node.parent
             while p is not None:
                 decls = facts.decls.get((p.id, name))
                 if decls and any(_compatible(space, d[3]) for d in decls):
-                    resolved = (p.id, name)
+                    # `infer X` is declared for a conditional type's check and true branch, not its false one
+                    if not (p.type == "conditional_type" and _field(p, prev) == "alternative"):
+                        resolved = (p.id, name)
+                        break
+                if p.type == "enum_declaration" and name in _enum_members(p):
+                    resolved = (p.id, name)  # an enum member (not reported)
                     break
-                p = p.parent
+                prev, p = p, p.parent
             if resolved is None:
                 if globals_ is None:
                     globals_ = _config_globals(tree, source)
