@@ -46,12 +46,12 @@ MAX_DIFFS = 400
 
 def _ours(src) -> tuple[dict[str, set[int]], bool, dict]:
     tree = parse(src.data, src.grammar)
-    out, texts = {}, {}
+    out, exact = {}, {}
     for rid in RULE_IDS:
         found = get_rule(rid).check_tree(tree, src.data, src.path, src.grammar)
         out[rid] = {f.line for f in found}
-        texts[rid] = {f.line: f.text for f in found}
-    return out, tree.root_node.has_error, texts
+        exact[rid] = {(f.line, f.column) for f in found}
+    return out, tree.root_node.has_error, exact
 
 
 def _package(pkg_dir: Path, cache: Path, max_files: int | None) -> dict:
@@ -66,9 +66,9 @@ def _package(pkg_dir: Path, cache: Path, max_files: int | None) -> dict:
     t_eslint = time.perf_counter() - t0
     t0 = time.perf_counter()
     res = {"files": len(srcs), "eslint_fatal": [], "ts_errors": [], "pairs": defaultdict(list),
-           "t_eslint": t_eslint}
+           "exact": defaultdict(Counter), "t_eslint": t_eslint}
     for src, es in zip(srcs, theirs):
-        ours, has_error, _texts = _ours(src)
+        ours, has_error, exact = _ours(src)
         rel = str(Path(src.path).relative_to(pkg_dir))
         if es["fatal"]:
             res["eslint_fatal"].append(f"{rel}: {es['fatal']}")
@@ -78,9 +78,14 @@ def _package(pkg_dir: Path, cache: Path, max_files: int | None) -> dict:
             continue
         lines = src.data.decode("utf-8").replace("\r\n", "\n").split("\n")
         es_lines: dict[str, set[int]] = defaultdict(set)
+        es_exact: dict[str, set[tuple[int, int]]] = defaultdict(set)
         for f in es["findings"]:
             es_lines[eslint_ref.RULES[f["rule"]]].add(f["line"])
+            es_exact[eslint_ref.RULES[f["rule"]]].add((f["line"], f["column"]))
         for rid in RULE_IDS:
+            # also finding by finding: (line, column), columns as ESLint counts them (UTF-16 units) for BMP text
+            e, o = es_exact[rid], exact[rid]
+            res["exact"][rid].update({"both": len(e & o), "eslint only": len(e - o), "loralint only": len(o - e)})
             a, b = ours[rid], es_lines[rid]
             for ln in a & b:
                 res["pairs"][rid].append(("both", rel, ln, ""))
@@ -145,12 +150,18 @@ def main(argv: list[str] | None = None) -> int:
                 if side != "both":
                     d.append({"package": spec, "file": rel, "line": ln, "side": side, "text": text})
         both = c["both"]
+        ex = Counter()
+        for r in results.values():
+            ex.update(r["exact"][rid])
         table[rid] = {
             "eslint_findings": both + c["eslint only"], "loralint_findings": both + c["loralint only"],
             "agree": both, "eslint_only": c["eslint only"], "loralint_only": c["loralint only"],
             # both directions: how much of ESLint's lines loralint reports, and how much of loralint's ESLint does
             "eslint_covered": round(both / max(1, both + c["eslint only"]), 5),
             "loralint_confirmed": round(both / max(1, both + c["loralint only"]), 5),
+            # the same by (file, line, column): every finding, not only every line
+            "findings_exact": {"agree": ex["both"], "eslint_only": ex["eslint only"],
+                               "loralint_only": ex["loralint only"]},
         }
         diffs[rid] = d
     files = sum(r["files"] for r in results.values())
@@ -163,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     for rid, t in table.items():
         print(f"{rid:<12} {t['eslint_findings']:>8} {t['loralint_findings']:>9} {t['agree']:>8} {t['eslint_only']:>12} "
               f"{t['loralint_only']:>14} {t['eslint_covered']:>15.2%} {t['loralint_confirmed']:>19.2%}")
+    print("by (file, line, column): " + "; ".join(
+        f"{rid} {t['findings_exact']['agree']} agree, {t['findings_exact']['eslint_only']} ESLint only, "
+        f"{t['findings_exact']['loralint_only']} loralint only" for rid, t in table.items()))
     out = {
         "what": "loralint oracles vs ESLint, findings compared by (file, line) per rule",
         "eslint": eslint_ref.ESLINT_VERSION, "typescript_eslint_parser": eslint_ref.TS_PARSER_VERSION,
