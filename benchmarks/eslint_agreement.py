@@ -199,8 +199,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-#: the remaining differences, categorised by reading them (filled in from the last full run; see README)
-CATEGORIES: dict[str, list[str]] = {}
+#: the differences, categorised by reading them (the compared files of the 2026-12-02 runs showed none)
+CATEGORIES: dict[str, list[str]] = {
+    "left out of the comparison (counted in left_out)": [
+        "files ESLint cannot parse: TypeScript syntax newer than typescript-estree reads "
+        "(graphql NotSupportedTSVersion.d.ts, written to fail on old TS versions)",
+        "files tree-sitter parses with error nodes (mostly .d.ts files with recent TypeScript syntax): loralint still "
+        "reports on the recovered tree (findings flagged `recovered`), but they are not compared",
+    ],
+    "known differences, built by hand, not met in the compared files": [
+        "line terminators: ESLint counts a lone CR and U+2028/U+2029 (inside strings or comments too) as line "
+        "breaks, tree-sitter and loralint only LF (and CRLF): the lines after one shift by one",
+        "ESLint inline rule configuration (`/* eslint camelcase: off */`) and `/* eslint-disable */` for one rule "
+        "only change ESLint's run: loralint has its own suppression comments (the benchmark keeps messages "
+        "ESLint's disable comments silence, and renames `/* eslint-env */`, which ESLint 10 refuses)",
+    ],
+}
 
 if __name__ == "__main__":
     raise SystemExit(main())
