@@ -219,7 +219,7 @@ case("3 check: 200k lines, 3.4 MB (JSON report)", 180)(
 @case("3 scan: 8k nested do...while (window cuts)", 120)
 def _c(work):
     from loralint.backends import FunctionBackend
-    from loralint.scan import scan
+    from loralint import scan
     from tiny_scan import oracle_answer
 
     f = work / "in" / "do.js"
@@ -302,7 +302,7 @@ def _cache_case(work: Path, body: str | None):
     import signal
 
     from loralint.backends import FunctionBackend
-    from loralint.scan import scan
+    from loralint import scan
     from tiny_scan import oracle_answer
 
     proj = work / "in" / "proj"

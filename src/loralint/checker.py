@@ -65,8 +65,21 @@ class RunResult:
         }
 
 
+def split_rule_ids(ids: Iterable[str] | None) -> list[str]:
+    """Rule ids from options that may each hold a comma-separated list (``--rule naming,else-return``)."""
+    out: list[str] = []
+    for item in ids or ():
+        for i in item.split(","):
+            if i.strip() and i.strip() not in out:
+                out.append(i.strip())
+    return out
+
+
 def resolve_rules(ids: Iterable[str] | None) -> list[Rule]:
-    return [get_rule(i) for i in ids] if ids is not None else list(all_rules().values())
+    """The rules of ``ids`` (each item may be a comma list); ``None``: every rule; an empty list: none."""
+    if ids is None:
+        return list(all_rules().values())
+    return [get_rule(i) for i in split_rule_ids(ids)]
 
 
 def _tree_findings(tree, src: SourceFile, rules: list[Rule]) -> list[Finding]:

@@ -51,7 +51,14 @@ class Finding:
 
 
 def default_message(f: Finding) -> str:
-    return f"{f.kind} ({f.text}) - should be a predicate function." if f.rule == "predicate" else f.text
+    """The message of a finding that carries none (a model's verified finding): the rule's own."""
+    if f.rule == "predicate":
+        return f"{f.kind} ({f.text}) - should be a predicate function."
+    if f.rule == "naming":
+        return f"Identifier '{f.text}' is not in camel case."
+    if f.rule == "else-return":
+        return "Unnecessary 'else' after 'return'."
+    return f.text
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:

@@ -195,13 +195,21 @@ def balanced(text: str) -> bool:
     return not stack
 
 
+def _rule(rule_id: str):
+    from .rules import all_rules
+
+    return all_rules().get(rule_id)
+
+
 def verify(claims: list[Claim], doc: FileText, first_row: int, end_row: int, path: str, rule: str,
            recovered: bool = False) -> Verified:
     """Keep the claims that hold in the window of rows [first_row, end_row) and turn them into findings."""
     out = Verified()
-    seen: set[tuple[int, str]] = set()
+    the_rule = _rule(rule)
+    seen: set[tuple] = set()
     for c in claims:
-        if (c.line, c.kind) in seen:
+        key = the_rule.claim_key(c) if the_rule else (c.line, c.kind)
+        if key in seen:
             out.duplicates += 1
             continue
         row = c.line - 1
@@ -212,11 +220,12 @@ def verify(claims: list[Claim], doc: FileText, first_row: int, end_row: int, pat
         if not balanced(c.text):
             out.rejected.append(Rejected(c.line, c.kind, c.text, "brackets do not balance (a cut-off condition)"))
             continue
-        hit = doc.find(c.text, row, end_row - 1)
+        hit = the_rule.locate(c, doc, row, end_row - 1) if the_rule else doc.find(c.text, row, end_row - 1)
         if hit is None:
-            out.rejected.append(Rejected(c.line, c.kind, c.text, f"the condition is not in the file at line {c.line}"))
+            what = "the condition" if rule == "predicate" else repr(c.text)
+            out.rejected.append(Rejected(c.line, c.kind, c.text, f"{what} is not in the file at line {c.line}"))
             continue
-        seen.add((c.line, c.kind))
+        seen.add(key)
         r1, c1, r2, c2, skipped = hit
         out.findings.append(Finding(path=path, line=r1 + 1, column=c1 + 1, end_line=r2 + 1, end_column=c2 + 1,
                                     rule=rule, kind=c.kind, text=doc.text_between(r1, c1, r2, c2, skipped),

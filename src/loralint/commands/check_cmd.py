@@ -16,7 +16,8 @@ from . import (ExcludeOpt, FormatOpt, NoGitignoreOpt, QuietOpt, StatisticsOpt, S
 def check_command(
     paths: List[Path] = typer.Argument(..., help="Files and folders to check (`-`: stdin)."),
     fmt: str = FormatOpt,
-    rule: Optional[List[str]] = typer.Option(None, "--rule", "-r", help="Rule ids to run (default: all)."),
+    rule: Optional[List[str]] = typer.Option(None, "--rule", "-r",
+                                             help="Rule ids to run, comma-separated or repeated (default: all)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file."),
     stats: Optional[Path] = typer.Option(None, "--stats", help="Write run statistics (skips, errors) as JSON."),
     max_bytes: int = typer.Option(4 * 1024 * 1024, help="Skip files larger than this."),
@@ -32,9 +33,16 @@ def check_command(
 
     Skipped files and folders (binary, not UTF-8, minified, links...) are listed with --verbose and in
     --stats; a file that fails to check is reported and the run goes on (exit code 2)."""
-    from ..checker import check
+    from ..checker import check, split_rule_ids
+    from ..rules import all_rules
 
     check_format(fmt)
+    known = all_rules()
+    unknown = [r for r in split_rule_ids(rule) if r not in known]
+    if unknown:
+        raise typer.BadParameter(f"unknown rule {', '.join(map(repr, unknown))}; "
+                                 f"known rules: {', '.join(sorted(known))}", param_hint="--rule")
+    rule = split_rule_ids(rule) or None
     missing = [str(p) for p in paths if str(p) != "-" and not p.exists() and not p.is_symlink()]
     if missing:
         raise typer.BadParameter(f"no such file or directory: {', '.join(missing)}", param_hint="PATHS")

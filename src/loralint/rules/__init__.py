@@ -90,6 +90,17 @@ class Rule:
         """What a model's answer claims (not verified: :mod:`loralint.verify` checks claims against the file)."""
         raise NotImplementedError
 
+    # --- verification of a model's claims (see :mod:`loralint.verify`) ---
+    def claim_key(self, claim: Claim) -> tuple:
+        """Claims with the same key are one finding (by default: one kind on one line)."""
+        return (claim.line, claim.kind)
+
+    def locate(self, claim: Claim, doc, row: int, last_row: int) -> tuple[int, int, int, int, bool] | None:
+        """Where the claim's text is in the file: (row, col, end_row, end_col exclusive, comments skipped),
+        0-based, starting on ``row`` and ending by ``last_row``; None when it is not there. By default the text,
+        whitespace-insensitively (:meth:`loralint.verify.FileText.find`)."""
+        return doc.find(claim.text, row, last_row)
+
     def messages(self, numbered_code: str, fence: str, answer: str | None = None) -> list[dict]:
         msgs = [{"role": "user", "content": self.user_prompt(numbered_code, fence)}]
         if answer is not None:
@@ -117,7 +128,7 @@ def register(rule: Rule) -> Rule:
 
 
 def all_rules() -> dict[str, Rule]:
-    from . import predicate  # noqa: F401  (registers itself)
+    from . import else_return, naming, predicate  # noqa: F401  (each registers itself)
 
     return dict(_REGISTRY)
 

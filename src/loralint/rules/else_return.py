@@ -1,0 +1,267 @@
+"""else-return: an `else` block after an `if` whose branches all end in `return`.
+
+## What it does
+Flags the final `else` of an `if` / `else if` chain when every branch before it returns, so the `else` is
+unnecessary: its body can follow the `if` unindented. Exactly what ESLint's core `no-else-return` reports with
+`{ allowElseIf: true }`: a branch "returns" when it is a `return`, or a block holding a `return` (or an
+`if`/`else` whose two branches end in `return`) among its statements; an `else if` chain is flagged only when
+it ends in a plain `else`, and an `if` that is not in a statement list (the body of a loop or a label without
+braces, a TypeScript namespace) is not flagged. The finding is at the `else` block, where ESLint reports it.
+
+## Why is this bad?
+The `else` adds a level of nesting and hides the function's main path: after a branch that returns, the
+reader has to check that nothing follows the `if` to know that the `else` body always runs. Early returns
+read as guard clauses; the code after them is the normal case.
+
+## Example
+```js
+function price(item) {
+  if (item.free) {
+    return 0;
+  } else {
+    return item.cost * item.quantity;
+  }
+}
+```
+
+## Use instead
+```js
+function price(item) {
+  if (item.free) {
+    return 0;
+  }
+  return item.cost * item.quantity;
+}
+```
+
+This module owns the rule's oracle (a tree-sitter query; see ESLint's `lib/rules/no-else-return.js`, whose
+`checkIfWithoutElse` it ports), its prompt and its answer format: one line `LINE: else` a finding, LINE being
+the line the `else` block starts on (ESLint's line).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from tree_sitter import Node, Query, QueryCursor, Tree
+
+from ..findings import Finding
+from ..languages import language
+from . import Claim, ParsedAnswer, Rule, register, strip_think
+
+KIND = "else"
+KINDS = (KIND,)
+
+_IFS = "(if_statement) @if"
+#: ESLint's STATEMENT_LIST_PARENTS (Program, BlockStatement, StaticBlock, SwitchCase) in tree-sitter's terms;
+#: a TypeScript namespace body (TSModuleBlock) is a statement_block in tree-sitter, but not in ESLint's list
+_LIST_PARENTS = {"program", "statement_block", "switch_case", "switch_default"}
+_NOT_BLOCKS = {"internal_module", "module", "ambient_declaration"}
+_COMMENTS = {"comment", "html_comment"}
+
+_ELSE_WORD = re.compile(r"(?<![\w$])else(?![\w$])")
+_ANSWER_LINE = re.compile(r"^\s*(?:[-*]\s*)?L?(\d+)\s*[:|]\s*(else)\s*\.?\s*$", re.I)
+
+
+@lru_cache(maxsize=None)
+def _query(grammar: str) -> Query:
+    return Query(language(grammar), _IFS)
+
+
+def _statements(block: Node) -> list[Node]:
+    return [c for c in block.named_children if c.type not in _COMMENTS]
+
+
+def _else_body(if_node: Node) -> Node | None:
+    """The statement after `else` (None: no else)."""
+    clause = if_node.child_by_field_name("alternative")
+    if clause is None:
+        return None
+    body = [c for c in clause.named_children if c.type not in _COMMENTS]
+    return body[-1] if body else None
+
+
+def _is_return(node: Node) -> bool:
+    return node.type == "return_statement"
+
+
+def _naive_has_return(node: Node) -> bool:
+    """ESLint's naiveHasReturn: a return, or a block whose last statement is one."""
+    if node.type == "statement_block":
+        body = _statements(node)
+        return bool(body) and _is_return(body[-1])
+    return _is_return(node)
+
+
+def _if_returns_both_ways(node: Node) -> bool:
+    """ESLint's checkForIf: an if/else whose consequent and alternate both end in return (naively)."""
+    if node.type != "if_statement":
+        return False
+    alt = _else_body(node)
+    cons = node.child_by_field_name("consequence")
+    return alt is not None and cons is not None and _naive_has_return(alt) and _naive_has_return(cons)
+
+
+def _return_or_if(node: Node) -> bool:
+    return _is_return(node) or _if_returns_both_ways(node)
+
+
+def _always_returns(node: Node) -> bool:
+    """ESLint's alwaysReturns: a block with a return (or an if returning both ways) among its statements."""
+    if node.type == "statement_block":
+        return any(_return_or_if(s) for s in _statements(node))
+    return _return_or_if(node)
+
+
+def _in_statement_list(node: Node) -> bool:
+    parent = node.parent
+    if parent is None or parent.type not in _LIST_PARENTS:
+        return False
+    if parent.type == "statement_block":
+        up = parent.parent
+        return up is None or up.type not in _NOT_BLOCKS
+    return True
+
+
+def unnecessary_else(if_node: Node) -> Node | None:
+    """The final `else` body of the chain starting at ``if_node`` when ESLint's no-else-return (allowElseIf)
+    reports it, else None."""
+    if not _in_statement_list(if_node):
+        return None
+    node, consequents, alternate = if_node, [], None
+    while node.type == "if_statement":
+        alternate = _else_body(node)
+        cons = node.child_by_field_name("consequence")
+        if alternate is None or cons is None:
+            return None
+        consequents.append(cons)
+        node = alternate
+    if alternate is not None and all(_always_returns(c) for c in consequents):
+        return alternate
+    return None
+
+
+def _else_keyword(body: Node) -> Node | None:
+    clause = body.parent
+    if clause is not None and clause.type == "else_clause":
+        for c in clause.children:
+            if c.type == "else":
+                return c
+    return None
+
+
+def _char_col(source: bytes, node_byte: int, point_col: int) -> int:
+    row_start = node_byte - point_col
+    return len(source[row_start:node_byte].decode("utf-8", "replace")) + 1
+
+
+class ElseReturnRule(Rule):
+    id = "else-return"
+    name = "no-else-return"
+    summary = "An else block after an if whose branches all return is unnecessary: drop the else."
+    doc = __doc__ or ""
+    kinds = KINDS
+
+    def _chains(self, tree: Tree, grammar: str) -> list[tuple[Node, Node | None]]:
+        """Every if that starts a chain in a statement list, with its reported else body (or None)."""
+        out = []
+        for n in QueryCursor(_query(grammar)).captures(tree.root_node).get("if", ()):
+            if _in_statement_list(n):
+                out.append((n, unnecessary_else(n)))
+        out.sort(key=lambda x: x[0].start_byte)
+        return out
+
+    def check_tree(self, tree: Tree, source: bytes, path: str, grammar: str = "javascript") -> list[Finding]:
+        if b"else" not in source:
+            return []
+        recovered = tree.root_node.has_error
+        findings = []
+        for _if, body in self._chains(tree, grammar):
+            if body is None:
+                continue
+            (sr, sc), (er, ec) = body.start_point, body.end_point
+            findings.append(Finding(
+                path=path, line=sr + 1, column=_char_col(source, body.start_byte, sc),
+                end_line=er + 1, end_column=_char_col(source, body.end_byte, ec),
+                rule=self.id, kind=KIND, text=KIND, recovered=recovered,
+                message="Unnecessary 'else' after 'return'."))
+        findings.sort(key=lambda f: (f.line, f.column))
+        return findings
+
+    def clean_sites(self, tree: Tree, source: bytes, grammar: str = "javascript") -> list[tuple[int, int]]:
+        """if/else chains that look alike but comply: an else after a branch that does not always return."""
+        sites = []
+        if b"else" not in source:
+            return sites
+        for if_node, body in self._chains(tree, grammar):
+            if body is None and if_node.child_by_field_name("alternative") is not None:
+                sites.append((if_node.start_point[0], if_node.end_point[0]))
+        return sites
+
+    # ---------------------------------------------------------- verification
+    def locate(self, claim: Claim, doc, row: int, last_row: int):
+        """The word `else` on the claim's line, outside comments; or, when the block starts a line below its
+        `else` (`} else` then `{`), the block's first character on the claim's line, `else` being the last word
+        before it. (row, col, row, end col, False), 0-based."""
+        lines = doc.lines
+        if row >= len(lines):
+            return None
+        for m in _ELSE_WORD.finditer(lines[row]):
+            if not doc._in_comment(row, m.start()):
+                return row, m.start(), row, m.end(), False
+        text = lines[row]
+        col = len(text) - len(text.lstrip())
+        if col >= len(text):
+            return None
+        r = row - 1
+        while r >= 0 and r >= row - 3:
+            code = "".join(ch for c, ch in enumerate(lines[r]) if not doc._in_comment(r, c)).strip()
+            if code:
+                return (row, col, row, col + 1, False) if _ELSE_WORD.search(code) and code.endswith("else") else None
+            r -= 1
+        return None
+
+    # ---------------------------------------------------------- prompt / answer
+    def user_prompt(self, numbered_code: str, fence: str) -> str:
+        return (
+            "Review this code for unnecessary else blocks: an else after an if (or an if / else if chain) "
+            "whose branches all end in return. "
+            "Answer one violation per line as `LINE: else`, LINE being the line where the else block starts, "
+            "or `No violations found.`\n"
+            f"```{fence}\n{numbered_code}\n```"
+        )
+
+    def render_answer(self, findings: list[Finding]) -> str:
+        if not findings:
+            return self.no_findings_answer
+        return "\n".join(f"{f.line}: {KIND}" for f in findings)
+
+    def parse_answer(self, text: str) -> ParsedAnswer:
+        body = strip_think(text).strip()
+        claims: list[Claim] = []
+        malformed: list[str] = []
+        seen: set[int] = set()
+        dups = 0
+        clean = False
+        for raw in body.splitlines():
+            line = raw.strip().strip("`")
+            if not line:
+                continue
+            if line.rstrip(".").lower() == self.no_findings_answer.rstrip(".").lower():
+                clean = True
+                continue
+            m = _ANSWER_LINE.match(line)
+            if not m:
+                malformed.append(raw)
+                continue
+            n = int(m.group(1))
+            if n in seen:
+                dups += 1
+                continue
+            seen.add(n)
+            claims.append(Claim(n, KIND, KIND))
+        return ParsedAnswer(claims=claims, malformed=malformed, clean=clean and not claims, duplicates=dups)
+
+
+RULE = register(ElseReturnRule())

@@ -1,0 +1,122 @@
+"""The else-return rule (ESLint no-else-return {allowElseIf: true}): exact findings on fixtures whose
+expectations are ESLint's own (pinned by tests/test_eslint_reference.py), the answer format and verification."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loralint.checker import check_source
+from loralint.languages import parse
+from loralint.rules import Claim
+from loralint.rules.else_return import RULE
+from loralint.sources import load
+from loralint.verify import FileText, comment_spans, verify
+from loralint.windows import file_lines
+
+RULES = Path(__file__).parent / "fixtures" / "rules"
+
+#: fixture -> findings as (line, column, end_line, end_column): the final else's body, as ESLint reports it
+EXPECTED: dict[str, list[tuple[int, int, int, int]]] = {
+    "else_return.js": [
+        (5, 10, 7, 4),  # basic
+        (12, 8, 12, 17),  # `else return 2;` without braces: the return statement
+        (20, 10, 22, 4),  # an else-if chain whose branches all return: its final else
+        # a chain ending in `else if`, or with a branch that does not return: nothing
+        (47, 10, 49, 4),  # a return anywhere in the block counts (not only the last statement)
+        (56, 12, 58, 6),  # the nested if/else returning both ways (line 53) ...
+        (59, 10, 61, 4),  # ... makes its enclosing branch return too
+        # nested if / else if (naively: not both ways), return inside try/finally, throw: nothing
+        # an if that is a loop's or a label's body without braces: nothing
+        (109, 3, 111, 4),  # `else` on its own line, block on the next: the block's line
+        (117, 10, 123, 4),  # an else holding an if/else: both
+        (120, 12, 122, 6),
+        (130, 12, 130, 21),  # switch case bodies are statement lists
+        (132, 32, 132, 41),
+        (139, 26, 141, 4),  # comments between the branches
+    ],
+    "else_return.ts": [
+        (5, 12, 7, 6),  # a class static block
+        (12, 12, 14, 6),
+        # a namespace body (TSModuleBlock) is no statement list for ESLint: nothing at line 20
+        (25, 29, 25, 42),
+    ],
+}
+
+
+def findings_of(name: str):
+    return check_source(load(str(RULES / name)), [RULE]).findings
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_exact_findings(name):
+    got = findings_of(name)
+    assert [(f.line, f.column, f.end_line, f.end_column) for f in got] == EXPECTED[name]
+    assert {(f.rule, f.kind, f.text) for f in got} == {("else-return", "else", "else")}
+    assert got[0].message == "Unnecessary 'else' after 'return'."
+
+
+def test_clean_sites_are_if_else_that_comply():
+    data = (RULES / "else_return.js").read_bytes()
+    tree = parse(data, "javascript")
+    sites = RULE.clean_sites(tree, data, "javascript")
+    reported = {f.line for f in findings_of("else_return.js")}
+    lines = data.decode().splitlines()
+    assert sites
+    for s, e in sites:
+        assert lines[s].lstrip().startswith("if") and "else" in "\n".join(lines[s:e + 1])
+    assert (33, 39) in sites  # chainWithoutReturn
+    assert all(not (s <= r - 1 <= e) for s, e in sites for r in reported if (s, e) == (33, 39))
+
+
+def test_render_and_parse_round_trip():
+    found = findings_of("else_return.js")
+    answer = RULE.render_answer(found)
+    assert answer.splitlines()[:2] == ["5: else", "12: else"]
+    parsed = RULE.parse_answer(answer)
+    assert [(c.line, c.kind, c.text) for c in parsed.claims] == [(f.line, "else", "else") for f in found]
+    assert not parsed.malformed and parsed.duplicates == 0
+    assert RULE.parse_answer("No violations found.").clean
+    p = RULE.parse_answer("- 3: else\nL4 | else.\n3: else\n5: if: a && b\nelse\n")
+    assert [c.line for c in p.claims] == [3, 4] and p.duplicates == 1 and len(p.malformed) == 2
+
+
+SRC = """\
+function f(a) {
+  if (a) {
+    return 1;
+  } else { // else
+    return 2;
+  }
+  if (a)
+    return 3;
+  else
+  {
+    return 4;
+  }
+  // else
+}
+"""
+
+
+def _verify(claims):
+    data = SRC.encode()
+    lines = file_lines(data)
+    doc = FileText(lines, comment_spans(parse(data, "javascript"), data, "javascript"))
+    return verify(claims, doc, 0, len(lines), "f.js", "else-return")
+
+
+def test_verify_finds_the_else_word_or_the_block_after_it():
+    v = _verify([Claim(4, "else", "else"), Claim(10, "else", "else"), Claim(13, "else", "else"),
+                 Claim(3, "else", "else")])
+    assert [(f.line, f.column, f.end_column) for f in v.findings] == [(4, 5, 9), (10, 3, 4)]
+    assert [r.line for r in v.rejected] == [13, 3]  # only in a comment; no else at all
+
+
+def test_the_oracle_agrees_with_verification_on_its_own_lines():
+    data = SRC.encode()
+    found = RULE.check_tree(parse(data, "javascript"), data, "f.js")
+    assert [f.line for f in found] == [4, 10]
+    v = _verify([Claim(f.line, "else", "else") for f in found])
+    assert [f.line for f in v.findings] == [4, 10] and not v.rejected
