@@ -246,7 +246,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
          concurrency: int = 8, timeout: float = 120.0, retries: int = 2, batch_tokens: int | None = None,
          max_batch: int | None = None, gguf: str | None = None, cache: bool = True,
          cache_dir: str | os.PathLike | None = None, diff: str | None = None, max_bytes: int | None = None,
-         window_lines: int = DEFAULT_TARGET, chunk: int = 4096,
+         window_lines: int = DEFAULT_TARGET, chunk: int = 4096, constrained: bool | None = None,
          progress: Callable[[int], None] | None = None,
          on_total: Callable[[int], None] | None = None) -> ScanResult:
     """Review ``paths`` with a model; returns a :class:`ScanResult` (a ``RunResult``) with model findings.
@@ -254,7 +254,9 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     ``backend``: a :class:`~loralint.backends.Backend` instance, or ``"transformers"`` (default),
     ``"openai"`` (with ``api=``) or ``"llamacpp"``. ``adapter``: the adapter folder (default: the one
     shipped for ``rule``). ``cache``: reuse answers for unchanged files. ``diff``: a git ref; only files
-    and lines changed since it. Never raises for a bad file or a failed window; raises
+    and lines changed since it. ``constrained``: constrained decoding (:mod:`loralint.decoding`: an answer can
+    only name the window's lines, the rule's kinds and code of the file); None: on where the engine supports
+    it (the in-process transformers engine). Never raises for a bad file or a failed window; raises
     :class:`~loralint.backends.AdapterNotFound` / ``BackendUnavailable`` when no model can run at all."""
     t0 = time.perf_counter()
     the_rule = get_rule(rule)
@@ -281,7 +283,10 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
                                                             resolve_adapter(adapter, rule, base))
         ident = model_identity(ad, base) if kind == "transformers" else {
             "backend": "llamacpp", "adapter": ad.digest if ad else None, "gguf": _fingerprint(gguf), "base": base}
-    settings = settings_key(ident, the_rule, {"target": window_lines}, DECODING)
+    can_constrain = (engine_obj.supports_constraints if engine_obj is not None else kind == "transformers")
+    use_constraints = bool(can_constrain and (constrained is None or constrained))
+    decoding = DECODING | {"constrained": True} if use_constraints else DECODING
+    settings = settings_key(ident, the_rule, {"target": window_lines}, decoding)
     store = ScanCache(settings, cache_dir, enabled=cache, describe={"model": ident, "rule": rule})
 
     results: dict[str, FileResult] = {}
@@ -335,7 +340,10 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
             caps = [max_new_tokens_for(f.lines[w.start:w.end]) for f, w in part]
             g0 = time.perf_counter()
             try:
-                outs = engine_obj.generate(prompts, caps, progress=progress)
+                kw = {}
+                if use_constraints:
+                    kw["constraints"] = window_constraints(the_rule, engine_obj, part)
+                outs = engine_obj.generate(prompts, caps, progress=progress, **kw)
             except Exception as e:  # noqa: BLE001 - the engine broke: every window of this chunk fails
                 outs = [BackendError(f"{type(e).__name__}: {e}")] * len(part)
             gen_seconds += time.perf_counter() - g0
@@ -361,6 +369,18 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
         engine_obj.close()  # an engine made here is let go; one passed in belongs to the caller
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Window]]) -> list | None:
+    """One :class:`loralint.decoding.TokenConstraint` a window (the file's comments shifted to the window's
+    rows), or None when the rule declares no answer grammar."""
+    from .decoding import constraints_for
+
+    if rule.answer_grammar([""], 1) is None:
+        return None
+    wins = [(f.lines[w.start:w.end], w.start + 1) for f, w in part]
+    comments = [{r - w.start: v for r, v in f.doc.comments.items() if w.start <= r < w.end} for f, w in part]
+    return constraints_for(rule, engine.tok, wins, comments=comments, end_ids=getattr(engine, "eos_ids", None))
 
 
 # ------------------------------------------------------------------------------------------------ oracle

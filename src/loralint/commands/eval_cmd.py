@@ -11,7 +11,7 @@ import typer
 
 from ..cli import UserError, app
 from . import QuietOpt, stderr
-from .scan_cmd import (AdapterOpt, ApiOpt, BackendOpt, BaseOpt, BatchTokensOpt, CacheDirOpt, ConcurrencyOpt,
+from .scan_cmd import (AdapterOpt, ApiOpt, BackendOpt, BaseOpt, BatchTokensOpt, CacheDirOpt, ConcurrencyOpt, ConstrainedOpt,
                        DeviceOpt, EngineOpt, GgufOpt, MaxBatchOpt, ModelOpt, NoCacheOpt, RetriesOpt, RuleOpt,
                        TimeoutOpt, WindowOpt, backend_kwargs, run_scan)
 
@@ -36,6 +36,7 @@ def eval_command(
     cache_dir: Optional[Path] = CacheDirOpt,
     no_cache: bool = NoCacheOpt,
     window: int = WindowOpt,
+    constrained: Optional[bool] = ConstrainedOpt,
     fmt: str = typer.Option("text", "--format", "-f", help="text (a table) or json."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the figures as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart of recall and precision per kind."),
@@ -49,7 +50,7 @@ def eval_command(
     if fmt not in ("text", "json"):
         raise typer.BadParameter(f"unknown format {fmt!r}; choose text or json", param_hint="--format")
     kw = backend_kwargs(adapter, base, api, model, backend, gguf, device, engine, concurrency, timeout, retries,
-                        batch_tokens, max_batch, rule, cache_dir, no_cache, window)
+                        batch_tokens, max_batch, rule, cache_dir, no_cache, window, constrained)
     result = run_scan(paths, kw, quiet)
     meta = {"paths": [str(p) for p in paths], "adapter": str(adapter) if adapter else ("api:" + api if api else
                                                                                         "shipped")}

@@ -31,12 +31,15 @@ MaxBatchOpt = typer.Option(None, "--max-batch", help="Most prompts in one batch.
 RuleOpt = typer.Option("predicate", "--rule", "-r", help="The rule the adapter checks.")
 CacheDirOpt = typer.Option(None, "--cache-dir", help="Answer cache folder (default ~/.cache/loralint/scan).")
 NoCacheOpt = typer.Option(False, "--no-cache", help="Ask the model again even for unchanged files.")
+ConstrainedOpt = typer.Option(None, "--constrained/--no-constrained",
+                              help="Constrained decoding: answers can only name the window's lines, the rule's kinds "
+                              "and code of the file (default: on for the in-process transformers engine).")
 WindowOpt = typer.Option(30, "--window", help="Lines per window (the adapter was trained on this size).")
 
 
 def backend_kwargs(adapter, base, api, model, backend, gguf, device, engine, concurrency, timeout, retries,
-                   batch_tokens, max_batch, rule, cache_dir, no_cache, window) -> dict:
-    return dict(adapter=str(adapter) if adapter else None, base=base, api=api, model=model, backend=backend,
+                   batch_tokens, max_batch, rule, cache_dir, no_cache, window, constrained=None) -> dict:
+    return dict(constrained=constrained, adapter=str(adapter) if adapter else None, base=base, api=api, model=model, backend=backend,
                 gguf=str(gguf) if gguf else None, device=device, engine=engine, concurrency=concurrency,
                 timeout=timeout, retries=retries, batch_tokens=batch_tokens, max_batch=max_batch, rule=rule,
                 cache_dir=str(cache_dir) if cache_dir else None, cache=not no_cache, window_lines=window)
@@ -155,6 +158,7 @@ def scan_command(
     cache_dir: Optional[Path] = CacheDirOpt,
     no_cache: bool = NoCacheOpt,
     window: int = WindowOpt,
+    constrained: Optional[bool] = ConstrainedOpt,
     diff: Optional[str] = typer.Option(None, "--diff", help="Only files and lines changed since this git ref."),
     compare: bool = typer.Option(False, "--compare", help="Show model and oracle findings side by side."),
     fmt: str = FormatOpt,
@@ -168,7 +172,7 @@ def scan_command(
     if compare and fmt not in ("text", "json"):
         raise typer.BadParameter("--compare prints text or json", param_hint="--format")
     kw = backend_kwargs(adapter, base, api, model, backend, gguf, device, engine, concurrency, timeout, retries,
-                        batch_tokens, max_batch, rule, cache_dir, no_cache, window)
+                        batch_tokens, max_batch, rule, cache_dir, no_cache, window, constrained)
     result = run_scan(paths, kw, quiet, diff)
     if compare:
         print_comparison(result, rule, fmt, output)
