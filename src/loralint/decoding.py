@@ -29,6 +29,7 @@ answer; the end-of-turn token only where the answer may end. One :class:`TokenCo
 from __future__ import annotations
 
 import re
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -591,6 +592,10 @@ def vocabulary(tokenizer, end_ids: Sequence[int] | None = None) -> Vocabulary:
 
 
 # ------------------------------------------------------------------------------------------ per prompt
+#: process-wide counters (benchmarks read them): allowed() calls, seconds spent in them, dead ends met
+STATS = {"allowed_calls": 0, "allowed_seconds": 0.0, "dead_ends": 0}
+
+
 class TokenConstraint:
     """The allowed next tokens of one prompt's answer under its :class:`AnswerGrammar`."""
 
@@ -611,16 +616,20 @@ class TokenConstraint:
     def allowed(self) -> list[int] | None:
         if self.broken or self._finished:
             return None
+        t0 = time.perf_counter()
         key = (self.state, self.pending)
         got = self._cache.get(key)
         if got is None:
             got = self._walk(self.state, self.pending)
-            if not got:
+            if not got:  # (the spec's checks and verification's disagree somewhere: end the answer)
                 self.dead_ends += 1
+                STATS["dead_ends"] += 1
                 got = list(self.vocab.end_ids)
             if len(self._cache) > 4096:
                 self._cache.clear()
             self._cache[key] = got
+        STATS["allowed_calls"] += 1
+        STATS["allowed_seconds"] += time.perf_counter() - t0
         return got
 
     def _walk(self, state, pending: bytes) -> list[int]:

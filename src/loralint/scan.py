@@ -50,6 +50,8 @@ class FileScan:
     truncated: int = 0
     unverified: list[Rejected] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: the windows, 0-based rows [start, end) (evaluation groups violations by window)
+    spans: list[tuple[int, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"path": self.path, "windows": self.windows, "scanned": self.scanned, "cached": self.cached,
@@ -192,7 +194,8 @@ def _prepare(src: SourceFile, target: int, changed: set[int] | None) -> _File:
     lines, wins = file_windows(src.data, src.grammar, target=target, tree=tree)
     doc = FileText(lines, comment_spans(tree, src.data, src.grammar))
     return _File(src, lines, wins, doc, file_hash(src.data), tree.root_node.has_error, changed,
-                 parse_suppressions(src.data, tree), detail=FileScan(src.path, windows=len(wins)))
+                 parse_suppressions(src.data, tree), detail=FileScan(src.path, windows=len(wins),
+                                                                 spans=[(w.start, w.end) for w in wins]))
 
 
 def _finish(f: _File, rule: Rule) -> FileResult:
