@@ -733,11 +733,13 @@ def mask_logits(logits, constraints: Sequence[TokenConstraint | None]):
         cols.extend(ids)
     if not masked:
         return logits
-    keep = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
-    keep[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)] = True
-    free = torch.ones(logits.shape[0], dtype=torch.bool)
-    free[masked] = False
-    keep[free.to(logits.device)] = True
+    dev = logits.device
+    keep = torch.zeros(logits.shape, dtype=torch.bool, device=dev)
+    keep[torch.tensor(rows, dtype=torch.long, device=dev), torch.tensor(cols, dtype=torch.long, device=dev)] = True
+    if len(masked) < logits.shape[0]:
+        free = torch.ones(logits.shape[0], dtype=torch.bool)
+        free[masked] = False
+        keep[free.to(dev)] = True
     return logits.masked_fill_(~keep, float("-inf"))
 
 

@@ -379,11 +379,12 @@ def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Wind
     rows), or None when the rule declares no answer grammar."""
     from .decoding import constraints_for
 
-    if rule.answer_grammar([""], 1) is None:
+    tok = getattr(engine, "tok", None) or getattr(engine, "tokenizer", None)
+    if tok is None or rule.answer_grammar([""], 1) is None:
         return None
     wins = [(f.lines[w.start:w.end], w.start + 1) for f, w in part]
     comments = [{r - w.start: v for r, v in f.doc.comments.items() if w.start <= r < w.end} for f, w in part]
-    return constraints_for(rule, engine.tok, wins, comments=comments, end_ids=getattr(engine, "eos_ids", None))
+    return constraints_for(rule, tok, wins, comments=comments, end_ids=getattr(engine, "eos_ids", None))
 
 
 # ------------------------------------------------------------------------------------------------ oracle
