@@ -88,7 +88,6 @@ class AnswerGrammar:
 
 
 # ------------------------------------------------------------------------------------------ the copy text
-_WORD = re.compile(r"[\w$]")
 
 
 def _word(ch: str) -> bool:
