@@ -88,6 +88,8 @@ class ForcedAnswers(TransformersBackend):
         ids = self.tok(answers, add_special_tokens=False)["input_ids"] if answers else []
         self.answers = {m[-1]["content"]: i for m, i in zip(prompts, ids)}
 
+    supports_constraints = False  # forced answers (padded with line breaks) are not constrained
+
     def generate(self, prompts, max_new_tokens, progress=None):
         eos = self.eos_ids[0]
         nl = self.tok("\n", add_special_tokens=False)["input_ids"]

@@ -112,3 +112,78 @@ def test_cli_eval_with_the_tiny_model_updates_its_card(tmp_path, capsys):
     meta = json.loads((ad / "loralint.json").read_text())
     if (ad / "README.md").exists():
         assert meta["eval"]["recall"] == 1.0 and meta["eval"]["precision"] == 1.0
+
+
+# ------------------------------------------------------------------------------ evaluation that explains itself
+EXPLAIN = {
+    "causes.js": ("function f() {\n  if (a && b) {\n    g(c || d);\n  }\n  while (p && q) {}\n"
+                  "  const t = m || n ? 1 : 2;\n}\n",
+                  # the if miscopied, the while named a line early, the ternary called an if
+                  "2: if: a && bb\n4: while: p && q\n6: if: m || n"),
+    "broken.js": ("if (x || y) {}\n", "25: ternary: KEY: Format.KEY, ternary: y = null; }"),  # not the format
+    "silent.js": ("if (u && v) {}\nwhile (s || t) {}\n", "2: while: s || t"),  # the if is simply not said
+}
+
+
+def explained(tmp_path):
+    for name, (code, _) in EXPLAIN.items():
+        (tmp_path / name).write_text(code)
+
+    def answer(messages, cap):
+        body = messages[-1]["content"]
+        return next(a for code, a in EXPLAIN.values() if code.splitlines()[0] in body)
+
+    res = scan([str(tmp_path)], backend=FunctionBackend(answer), cache=False)
+    return score(res)
+
+
+def test_misses_by_cause_and_by_density(tmp_path):
+    from loralint.evaluate import CAUSES
+
+    ev = explained(tmp_path)
+    assert ev.overall.fn == 5 and ev.overall.tp == 1
+    assert ev.misses.counts == {"window failed": 1, "unverified copy": 1, "wrong kind": 1, "wrong line": 1,
+                                "no claim near the line": 1}
+    ex = {c: ev.misses.examples[c][0] for c in CAUSES}
+    assert ex["unverified copy"]["line"] == 2 and "a && bb" in ex["unverified copy"]["model"]
+    assert ex["wrong line"]["line"] == 5 and ex["wrong line"]["model"].startswith("4: while")
+    assert ex["wrong kind"]["line"] == 6 and ex["wrong kind"]["model"].startswith("6: if")
+    assert ex["window failed"]["path"].endswith("broken.js")
+    assert ex["no claim near the line"]["path"].endswith("silent.js") and ex["no claim near the line"]["line"] == 1
+    # windows: causes.js holds 3 violations (none found, one false positive), silent.js 2 (one found), broken.js 1
+    d = ev.by_density
+    assert (d["3"].tp, d["3"].fn, d["3"].fp) == (0, 3, 1)
+    assert (d["2"].tp, d["2"].fn) == (1, 1) and d["2"].recall == pytest.approx(0.5)
+    assert (d["1"].tp, d["1"].fn) == (0, 1) and d["0"].tp + d["0"].fn == 0
+    js = json.loads(json.dumps(ev.to_dict()))
+    assert js["misses_by_cause"]["wrong line"]["count"] == 1 and js["misses_by_cause"]["wrong line"]["hint"]
+    assert js["by_density"]["3"]["false_negatives"] == 3
+
+
+def test_explained_tables_and_chart(tmp_path):
+    from rich.console import Console
+
+    from loralint.evaluate import explained_tables
+
+    ev = explained(tmp_path)
+    console = Console(record=True, width=160)
+    for t in explained_tables(ev):
+        console.print(t)
+    text = console.export_text()
+    assert "missed violations by cause (5)" in text and "wrong line" in text and "violations / window" in text
+    png = plot(ev, tmp_path / "eval.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20000
+
+
+def test_each_cause_of_a_miss_on_crafted_findings():
+    from loralint.evaluate import miss_cause
+    from loralint.findings import Finding
+    from loralint.verify import Rejected
+
+    miss = Finding("f.js", 10, 3, 12, 4, "predicate", "if", "a && b")
+    assert miss_cause(miss, [], [], [(1, 30)])[0] == "window failed"
+    assert miss_cause(miss, [], [Rejected(10, "if", "a && c", "not in the file")], [])[0] == "unverified copy"
+    assert miss_cause(miss, [Finding("f.js", 10, 1, 10, 9, "predicate", "ternary", "a && b")], [], [])[0] == "wrong kind"
+    assert miss_cause(miss, [Finding("f.js", 12, 1, 12, 9, "predicate", "if", "a && b")], [], [])[0] == "wrong line"
+    assert miss_cause(miss, [Finding("f.js", 20, 1, 20, 9, "predicate", "if", "a && b")], [], [])[0] == \
+        "no claim near the line"

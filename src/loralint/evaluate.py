@@ -10,6 +10,7 @@ the figures: what the scanner could not answer, it missed.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -144,6 +145,10 @@ class Evaluation:
     false_negatives: list[Finding] = field(default_factory=list)
     per_file: list[dict] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    #: why each missed violation was missed (see :func:`explain_misses`)
+    misses: "Misses | None" = None
+    #: scores of the windows holding 0, 1, 2, 3, 4+ violations (see :func:`by_density`)
+    by_density: dict[str, Score] = field(default_factory=dict)
 
     def to_dict(self, examples: int = 50) -> dict:
         return {
@@ -159,6 +164,7 @@ class Evaluation:
             "false_positives": [f.to_dict() for f in self.false_positives[:examples]],
             "false_negatives": [f.to_dict() for f in self.false_negatives[:examples]],
             "per_file": self.per_file,
+            **explained_dict(self, examples),
         }
 
     def card_figures(self) -> dict:
@@ -212,7 +218,176 @@ def score(result: ScanResult, rule: str = "predicate", meta: dict | None = None)
         windows=result.stats()["windows"], unverified=result.unverified, wrong_kind=wrong_kind,
         errors=[{"path": r.path, "error": r.error} for r in result.errors], skipped=len(result.skipped),
         seconds=result.seconds, generate_seconds=result.generate_seconds, backend=result.backend,
-        false_positives=fps, false_negatives=fns, per_file=per_file, meta=dict(meta or {}))
+        false_positives=fps, false_negatives=fns, per_file=per_file, meta=dict(meta or {}),
+        misses=explain_misses(result, fns, fps), by_density=by_density(result, oracle, fps))
+
+
+# ------------------------------------------------------------------------------ evaluation that explains itself
+#: why a violation was missed, in the order they are tried
+CAUSES = ("window failed", "unverified copy", "wrong kind", "wrong line", "no claim near the line")
+#: what each cause usually means, for the table and the JSON
+CAUSE_HINTS = {
+    "window failed": "the window's answer was unusable (not the answer format, cut off, backend error): "
+                     "every violation in it is lost",
+    "unverified copy": "a claim on the line, dropped by verification (condition miscopied, cut off, unbalanced)",
+    "wrong kind": "a finding on the line with another kind",
+    "wrong line": "a claim of the kind a few lines away (often the enclosing statement's line)",
+    "no claim near the line": "the model said nothing about it (it stopped early or skipped it)",
+}
+#: how far (lines) a claim of the right kind counts as "near"
+NEAR_LINES = 3
+DENSITIES = ("0", "1", "2", "3", "4+")
+_WINDOW_ERROR = re.compile(r"^lines (\d+)-(\d+): ")
+
+
+@dataclass
+class Misses:
+    """Missed violations by cause, with a few examples each."""
+
+    counts: dict[str, int] = field(default_factory=lambda: {c: 0 for c in CAUSES})
+    examples: dict[str, list[dict]] = field(default_factory=lambda: {c: [] for c in CAUSES})
+
+    def to_dict(self, examples: int = 10) -> dict:
+        return {c: {"count": self.counts[c], "hint": CAUSE_HINTS[c], "examples": self.examples[c][:examples]}
+                for c in CAUSES}
+
+
+def miss_cause(miss: Finding, model_only: list[Finding], rejected: list, failed: list[tuple[int, int]]) -> tuple[str, str]:
+    """(cause, what the model said instead) for one missed oracle finding of a file: ``model_only`` are the
+    file's unmatched model findings, ``rejected`` its unverified claims, ``failed`` the 1-based line ranges of
+    its windows whose answer was unusable."""
+    if any(a <= miss.line <= b for a, b in failed):
+        return "window failed", ""
+    for r in rejected:
+        if r.line == miss.line:
+            return "unverified copy", f"{r.line}: {r.kind}: {r.text} ({r.reason})"
+    for m in model_only:
+        if m.line == miss.line and m.kind != miss.kind:
+            return "wrong kind", f"{m.line}: {m.kind}: {m.text}"
+
+    def near(line: int) -> bool:
+        return line != miss.line and (abs(line - miss.line) <= NEAR_LINES or miss.line <= line <= miss.end_line)
+
+    for c in [*model_only, *rejected]:
+        if c.kind == miss.kind and near(c.line):
+            return "wrong line", f"{c.line}: {c.kind}: {c.text}"
+    return "no claim near the line", ""
+
+
+def failed_windows(errors: list[str]) -> list[tuple[int, int]]:
+    """The 1-based line ranges of a file's failed windows, from its window errors (``lines A-B: ...``)."""
+    out = []
+    for e in errors:
+        m = _WINDOW_ERROR.match(e)
+        if m:
+            out.append((int(m.group(1)), int(m.group(2))))
+    return out
+
+
+def explain_misses(result: ScanResult, false_negatives: list[Finding], false_positives: list[Finding]) -> Misses:
+    """Each missed violation's cause (:data:`CAUSES`, tried in that order)."""
+    out = Misses()
+    fps: dict[str, list[Finding]] = {}
+    for f in false_positives:
+        fps.setdefault(f.path, []).append(f)
+    for miss in false_negatives:
+        d = result.details.get(miss.path)
+        rejected = d.unverified if d else []
+        cause, said = miss_cause(miss, fps.get(miss.path, []), rejected, failed_windows(d.errors) if d else [])
+        out.counts[cause] += 1
+        if len(out.examples[cause]) < 50:
+            out.examples[cause].append({"path": miss.path, "line": miss.line, "kind": miss.kind, "text": miss.text,
+                                        "model": said})
+    return out
+
+
+def density_of(n: int) -> str:
+    return DENSITIES[min(n, len(DENSITIES) - 1)]
+
+
+def by_density(result: ScanResult, oracle: dict, false_positives: list[Finding]) -> dict[str, Score]:
+    """Scores of the windows grouped by how many violations (oracle findings starting in them) they hold:
+    recall that falls with density means the model stops early. A file's windows come from its scan."""
+    out = {k: Score() for k in DENSITIES}
+    fps: dict[str, list[Finding]] = {}
+    for f in false_positives:
+        fps.setdefault(f.path, []).append(f)
+    for r in result.files:
+        d = result.details.get(r.path)
+        if r.skipped or r.path not in oracle or d is None or not d.spans:
+            continue
+        model = {(f.line, f.kind) for f in r.findings}
+        for start, end in d.spans:
+            truth = [o for o in oracle[r.path].findings if start < o.line <= end]
+            s = out[density_of(len(truth))]
+            for o in truth:
+                if (o.line, o.kind) in model:
+                    s.tp += 1
+                else:
+                    s.fn += 1
+            s.fp += sum(1 for f in fps.get(r.path, []) if start < f.line <= end)
+    return out
+
+
+def explained_dict(ev: "Evaluation", examples: int = 10) -> dict:
+    """The JSON of :func:`explain_misses` and :func:`by_density` (part of ``Evaluation.to_dict``)."""
+    out: dict = {}
+    if ev.misses is not None:
+        out["misses_by_cause"] = ev.misses.to_dict(examples)
+    if ev.by_density:
+        out["by_density"] = {k: {"windows_violations": k, **v.to_dict()} for k, v in ev.by_density.items()}
+    return out
+
+
+def explained_tables(ev: "Evaluation"):
+    """Two rich tables: misses by cause, and recall/precision by violations per window."""
+    from rich.table import Table
+
+    out = []
+    if ev.misses is not None:
+        total = sum(ev.misses.counts.values())
+        t = Table(title=f"missed violations by cause ({total})", title_justify="left")
+        for col, just in (("cause", "left"), ("missed", "right"), ("share", "right"), ("what it means", "left")):
+            t.add_column(col, justify=just)
+        for c in CAUSES:
+            n = ev.misses.counts[c]
+            t.add_row(c, str(n), _pct(n / total if total else None), CAUSE_HINTS[c])
+        out.append(t)
+    if ev.by_density:
+        t = Table(title="by violations per window", title_justify="left")
+        for col in ("violations / window", "oracle", "matched", "FP", "FN", "recall", "precision"):
+            t.add_column(col, justify="left" if col.startswith("violations") else "right")
+        for k, s in ev.by_density.items():
+            if s.tp + s.fp + s.fn:
+                t.add_row(k, str(s.tp + s.fn), str(s.tp), str(s.fp), str(s.fn), _pct(s.recall), _pct(s.precision))
+        out.append(t)
+    return out
+
+
+def plot_explained(ev: "Evaluation", axes) -> None:
+    """Misses by cause and recall by density, drawn on two matplotlib axes."""
+    ax1, ax2 = axes
+    if ev.misses is not None:
+        names = list(CAUSES)
+        vals = [ev.misses.counts[c] for c in names]
+        bars = ax1.barh(range(len(names)), vals, color="#c0504d")
+        ax1.set_yticks(range(len(names)))
+        ax1.set_yticklabels(names, fontsize=8)
+        ax1.invert_yaxis()
+        for b, v in zip(bars, vals):
+            ax1.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {v}", va="center", fontsize=8)
+        ax1.set_title(f"missed violations by cause ({sum(vals)})", fontsize=10)
+        ax1.set_xlabel("violations")
+    keys = [k for k, s in ev.by_density.items() if s.tp + s.fn]
+    rec = [ev.by_density[k].recall or 0.0 for k in keys]
+    bars = ax2.bar(range(len(keys)), rec, color="#3b7dd8")
+    for b, k, v in zip(bars, keys, rec):
+        ax2.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{100 * v:.0f}", ha="center", va="bottom", fontsize=8)
+    ax2.set_xticks(range(len(keys)))
+    ax2.set_xticklabels([f"{k}\n(n={ev.by_density[k].tp + ev.by_density[k].fn})" for k in keys], fontsize=8)
+    ax2.set_ylim(0, 1.12)
+    ax2.set_title("recall by violations per window", fontsize=10)
+    ax2.grid(axis="y", alpha=0.3)
 
 
 def evaluate(paths: Iterable[str | os.PathLike], adapter=None, *, rule: str = "predicate", **scan_kwargs) -> Evaluation:
@@ -270,7 +445,14 @@ def plot(ev: Evaluation, path: str | Path, title: str | None = None) -> Path:
     rec = [s.recall or 0.0 for _, s in groups]
     prec = [s.precision or 0.0 for _, s in groups]
     x = range(len(groups))
-    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    explained = ev.misses is not None or bool(ev.by_density)
+    if explained:
+        fig = plt.figure(figsize=(9, 7.6), dpi=110)
+        grid = fig.add_gridspec(2, 2, height_ratios=(1.1, 1))
+        ax = fig.add_subplot(grid[0, :])
+        plot_explained(ev, (fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])))
+    else:
+        fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
     w = 0.38
     b1 = ax.bar([i - w / 2 for i in x], rec, w, label="recall", color="#3b7dd8")
     b2 = ax.bar([i + w / 2 for i in x], prec, w, label="precision", color="#e08a2c")
@@ -300,5 +482,6 @@ def update_card(ev: Evaluation, adapter_dir: str | Path) -> Path:
     return write_model_card(Path(adapter_dir), {"eval": ev.card_figures()})
 
 
-__all__ = ["BUCKETS", "Comparison", "Evaluation", "Score", "bucket_of", "compare", "evaluate", "match", "oracle_results",
-           "plot", "score", "summary", "table", "update_card"]
+__all__ = ["BUCKETS", "CAUSES", "Comparison", "DENSITIES", "Evaluation", "Misses", "Score", "bucket_of", "by_density",
+           "compare", "evaluate", "explain_misses", "explained_tables", "match", "miss_cause", "oracle_results", "plot",
+           "score", "summary", "table", "update_card"]

@@ -48,6 +48,8 @@ class FileScan:
     truncated: int = 0
     unverified: list[Rejected] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: the windows, 0-based rows [start, end) (evaluation groups violations by window)
+    spans: list[tuple[int, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"path": self.path, "windows": self.windows, "scanned": self.scanned, "cached": self.cached,
@@ -204,7 +206,8 @@ def _prepare(src: SourceFile, target: int, changed: set[int] | None) -> _File:
     lines, wins = file_windows(src.data, src.grammar, target=target, tree=tree)
     doc = FileText(lines, comment_spans(tree, src.data, src.grammar))
     return _File(src, lines, wins, doc, file_hash(src.data), tree.root_node.has_error, changed,
-                 parse_suppressions(src.data, tree), detail=FileScan(src.path, windows=len(wins)))
+                 parse_suppressions(src.data, tree), detail=FileScan(src.path, windows=len(wins),
+                                                                 spans=[(w.start, w.end) for w in wins]))
 
 
 def _finish(f: _File, rule: Rule) -> FileResult:
@@ -256,7 +259,8 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
          rule: str = "predicate", backend: str | Backend | BackendOptions | None = None, cache: bool = True,
          cache_dir: str | os.PathLike | None = None, diff: str | None = None, max_bytes: int | None = None,
          window_lines: int = DEFAULT_TARGET, chunk: int = 4096, progress: Callable[[int], None] | None = None,
-         on_total: Callable[[int], None] | None = None, settings=None, **options) -> ScanResult:
+         on_total: Callable[[int], None] | None = None, settings=None, constrained: bool | None = None,
+         **options) -> ScanResult:
     """Review ``paths`` with a model; returns a :class:`ScanResult` (a ``RunResult``) with model findings.
 
     ``backend``: a :class:`~loralint.backends.Backend` instance, a
@@ -265,7 +269,9 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     ``api``, ``model``, ``gguf``, ``device``, ``engine``, ``concurrency``, ``timeout``, ``retries``,
     ``batch_tokens``, ``max_batch``). ``adapter``: the adapter folder (default: the one shipped for
     ``rule``). ``cache``: reuse answers for unchanged files. ``diff``: a git ref; only files and lines changed
-    since it. Never raises for a bad file or a failed window; raises
+    since it. ``constrained``: constrained decoding (:mod:`loralint.decoding`: an answer can only name the
+    window's lines, the rule's kinds and code of the file); None: on where the engine supports it. Never raises
+    for a bad file or a failed window; raises
     :class:`~loralint.backends.AdapterNotFound` / ``BackendUnavailable`` when no model can run at all."""
     t0 = time.perf_counter()
     the_rule = get_rule(rule)
@@ -294,7 +300,10 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
                                                                       resolve_adapter(opts.adapter, rule, base))
         ident = model_identity(ad, base) if kind == "transformers" else {
             "backend": "llamacpp", "adapter": ad.digest if ad else None, "gguf": _fingerprint(gguf), "base": base}
-    cache_key = settings_key(ident, the_rule, {"target": window_lines}, DECODING)
+    can_constrain = (engine_obj.supports_constraints if engine_obj is not None else kind == "transformers")
+    use_constraints = bool(can_constrain and (constrained is None or constrained))
+    decoding = DECODING | {"constrained": True} if use_constraints else DECODING
+    cache_key = settings_key(ident, the_rule, {"target": window_lines}, decoding)
     store = ScanCache(cache_key, cache_dir, enabled=cache, describe={"model": ident, "rule": rule})
 
     results: dict[str, FileResult] = {}
@@ -347,7 +356,10 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
             caps = [max_new_tokens_for(f.lines[w.start:w.end]) for f, w in part]
             g0 = time.perf_counter()
             try:
-                outs = engine_obj.generate(prompts, caps, progress=progress)
+                kw = {}
+                if use_constraints:
+                    kw["constraints"] = window_constraints(the_rule, engine_obj, part)
+                outs = engine_obj.generate(prompts, caps, progress=progress, **kw)
             except Exception as e:  # noqa: BLE001 - the engine broke: every window of this chunk fails
                 outs = [BackendError(f"{type(e).__name__}: {e}")] * len(part)
             gen_seconds += time.perf_counter() - g0
@@ -374,6 +386,19 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     out.cache_note = store.summary()
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Window]]) -> list | None:
+    """One :class:`loralint.decoding.TokenConstraint` a window (the file's comments shifted to the window's
+    rows), or None when the rule declares no answer grammar."""
+    from .decoding import constraints_for
+
+    tok = getattr(engine, "tok", None) or getattr(engine, "tokenizer", None)
+    if tok is None or rule.answer_grammar([""], 1) is None:
+        return None
+    wins = [(f.lines[w.start:w.end], w.start + 1) for f, w in part]
+    comments = [{r - w.start: v for r, v in f.doc.comments.items() if w.start <= r < w.end} for f, w in part]
+    return constraints_for(rule, tok, wins, comments=comments, end_ids=getattr(engine, "eos_ids", None))
 
 
 __all__ = ["FileScan", "ScanResult", "changed_lines", "parse_unified_diff", "scan"]

@@ -85,11 +85,16 @@ class Backend:
 
     name = "backend"
 
+    #: whether :meth:`generate` enforces ``constraints`` (constrained decoding, :mod:`loralint.decoding`)
+    supports_constraints = False
+
     def generate(self, prompts: Sequence[Messages], max_new_tokens: int | Sequence[int],
-                 progress: Progress | None = None) -> list[Result]:
+                 progress: Progress | None = None, constraints=None) -> list[Result]:
         """Greedy completions of chat ``prompts`` (one list of messages each), in order.
 
-        ``max_new_tokens`` is one limit for all or one a prompt; ``progress(k)`` is called as prompts finish."""
+        ``max_new_tokens`` is one limit for all or one a prompt; ``progress(k)`` is called as prompts finish.
+        ``constraints``: one :class:`loralint.decoding.TokenConstraint` (or None) a prompt; engines that
+        ``supports_constraints`` let a row pick only the tokens its constraint allows; others ignore them."""
         raise NotImplementedError
 
     def identity(self) -> dict:
@@ -127,7 +132,7 @@ class FunctionBackend(Backend):
         self.ident = ident
         self.calls = 0
 
-    def generate(self, prompts, max_new_tokens, progress=None):
+    def generate(self, prompts, max_new_tokens, progress=None, constraints=None):
         out: list[Result] = []
         for msgs, n in zip(prompts, limits(max_new_tokens, len(prompts))):
             self.calls += 1

@@ -86,7 +86,7 @@ class LlamaCppBackend(Backend):
         return {"backend": "llamacpp", "adapter": self.adapter.digest if self.adapter else None,
                 "gguf": str(self.model_path), "lora": str(self.lora_path) if self.lora_path else None}
 
-    def generate(self, prompts, max_new_tokens, progress=None) -> list[Result]:
+    def generate(self, prompts, max_new_tokens, progress=None, constraints=None) -> list[Result]:
         out: list[Result] = []
         for msgs, cap in zip(prompts, limits(max_new_tokens, len(prompts))):
             greedy = dict(max_tokens=cap, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)

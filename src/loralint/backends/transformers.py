@@ -18,6 +18,12 @@ Engines (``--engine``):
   worth a try on a GPU with many thousands of windows.
 
 All three give the same greedy answers (tested on CPU against one prompt at a time).
+
+Constrained decoding (``generate(..., constraints=[...])``, one :class:`loralint.decoding.TokenConstraint` or
+None a prompt): before each greedy pick the logits of the tokens a row's constraint does not allow are set
+to ``-inf`` (:func:`loralint.decoding.mask_logits`), then the constraint advances by the token picked. The
+``batched`` engine does it in its own loop, ``generate`` through a logits processor; transformers'
+continuous batching has no per-request logits hook, so there constrained prompts go through ``batched``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import models
+from ..decoding import mask_logits
 from . import Adapter, Backend, BackendError, Completion, Result, limits, model_identity
 
 ENGINES = ("batched", "generate", "continuous")
@@ -145,13 +152,19 @@ class TransformersBackend(Backend):
                                             **self.chat_template_kwargs)
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def generate(self, prompts, max_new_tokens, progress=None) -> list[Result]:
+    #: constrained decoding is available (``generate(..., constraints=...)``)
+    supports_constraints = True
+
+    def generate(self, prompts, max_new_tokens, progress=None, constraints=None) -> list[Result]:
         import torch
 
+        if constraints is not None and len(constraints) != len(prompts):
+            raise ValueError(f"{len(constraints)} constraints for {len(prompts)} prompts")
         with torch.inference_mode():
-            return self._generate(prompts, max_new_tokens, progress)
+            return self._generate(prompts, max_new_tokens, progress, constraints)
 
-    def _generate(self, prompts, max_new_tokens, progress=None) -> list[Result]:
+    def _generate(self, prompts, max_new_tokens, progress=None, constraints=None) -> list[Result]:
+        self._cons = constraints if constraints is not None and any(c is not None for c in constraints) else None
         caps = limits(max_new_tokens, len(prompts))
         out: list[Result | None] = [None] * len(prompts)
         texts: list[str] = []
@@ -165,7 +178,7 @@ class TransformersBackend(Backend):
         encoded: list[list[int]] = self.tok(texts, add_special_tokens=False)["input_ids"] if texts else []
         todo = [i for i in range(len(prompts)) if out[i] is None]
         self.prompt_tokens += sum(len(encoded[i]) for i in todo)
-        if self.engine == "continuous":
+        if self.engine == "continuous" and self._cons is None:
             self._continuous(todo, encoded, caps, out, progress)
         else:
             for batch in self._batches(todo, encoded, caps):
@@ -246,6 +259,7 @@ class TransformersBackend(Backend):
         return self.model(**kw, **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1)
 
     _cache_kw: str | None = None
+    _cons = None
 
     def _decode(self, batch: list[int], encoded, caps, out) -> None:
         """Greedy decoding of one left-padded batch; rows that have finished leave the batch (their KV cache
@@ -271,7 +285,14 @@ class TransformersBackend(Backend):
         while True:
             if self.steer is not None:
                 logits = self.steer(logits, rows, step)
+            if self._cons is not None:
+                cons = [self._cons[i] for i in rows]
+                logits = mask_logits(logits, cons)
             nxt = logits.argmax(-1)
+            if self._cons is not None:
+                for c, t in zip(cons, nxt.tolist()):
+                    if c is not None:
+                        c.advance(t)
             done |= torch.isin(nxt, eos) | (step + 1 >= limit)
             for r, t in enumerate(nxt.tolist()):
                 tokens[rows[r]].append(t)  # a finished row not yet dropped adds tokens that _finish cuts off
@@ -331,6 +352,7 @@ class TransformersBackend(Backend):
                                eos_token_id=self.eos_ids, pad_token_id=self.pad_id, num_beams=1,
                                temperature=None, top_p=None, top_k=None)
         kw = {}
+        procs = []
         if self.steer is not None:
             steer = self.steer
 
@@ -338,7 +360,21 @@ class TransformersBackend(Backend):
                 def __call__(self, input_ids, scores):
                     return steer(scores, batch, input_ids.shape[1] - width)
 
-            kw["logits_processor"] = LogitsProcessorList([Steer()])
+            procs.append(Steer())
+        if self._cons is not None:
+            cons = [self._cons[i] for i in batch]
+
+            class Constrain(LogitsProcessor):
+                def __call__(self, input_ids, scores):
+                    if input_ids.shape[1] > width:  # the token picked last step
+                        for c, t in zip(cons, input_ids[:, -1].tolist()):
+                            if c is not None:
+                                c.advance(t)
+                    return mask_logits(scores, cons)
+
+            procs.append(Constrain())
+        if procs:
+            kw["logits_processor"] = LogitsProcessorList(procs)
         gen = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg, **kw)
         new = gen[:, width:].tolist()
         for r, i in enumerate(batch):

@@ -44,6 +44,8 @@ def eval_command(
 
         console = Console(highlight=False)
         console.print(ev_mod.table(ev))
+        for t in ev_mod.explained_tables(ev):
+            console.print(t)
         console.print(ev_mod.summary(ev))
         if per_file:
             for row in data["per_file"]:

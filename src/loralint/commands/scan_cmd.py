@@ -37,6 +37,9 @@ MaxBatchOpt = typer.Option(None, "--max-batch", help="Most prompts in one batch.
 RuleOpt = typer.Option("predicate", "--rule", "-r", help="The rule the adapter checks.")
 CacheDirOpt = typer.Option(None, "--cache-dir", help="Answer cache folder (default ~/.cache/loralint/scan).")
 NoCacheOpt = typer.Option(False, "--no-cache", help="Ask the model again even for unchanged files.")
+ConstrainedOpt = typer.Option(None, "--constrained/--no-constrained",
+                              help="Constrained decoding: answers can only name the window's lines, the rule's kinds "
+                              "and code of the file (default: on for the in-process transformers engine).")
 WindowOpt = typer.Option(30, "--window", help="Lines per window (the adapter was trained on this size).")
 
 
@@ -48,14 +51,14 @@ MODEL_OPTIONS: dict[str, tuple[object, object]] = {
     "concurrency": (int, ConcurrencyOpt), "timeout": (float, TimeoutOpt), "retries": (int, RetriesOpt),
     "batch_tokens": (Optional[int], BatchTokensOpt), "max_batch": (Optional[int], MaxBatchOpt),
     "rule": (str, RuleOpt), "cache_dir": (Optional[Path], CacheDirOpt), "no_cache": (bool, NoCacheOpt),
-    "window": (int, WindowOpt),
+    "window": (int, WindowOpt), "constrained": (Optional[bool], ConstrainedOpt),
 }
 
 
 def backend_kwargs(adapter, base, api, api_key, model, backend, gguf, device, engine, concurrency, timeout, retries,
-                   batch_tokens, max_batch, rule, cache_dir, no_cache, window) -> dict:
+                   batch_tokens, max_batch, rule, cache_dir, no_cache, window, constrained=None) -> dict:
     """scan()'s keywords from the command line's model options (the backend's are a BackendOptions' fields)."""
-    return dict(adapter=str(adapter) if adapter else None, base=base, api=api, api_key=api_key, model=model, backend=backend,
+    return dict(constrained=constrained, adapter=str(adapter) if adapter else None, base=base, api=api, api_key=api_key, model=model, backend=backend,
                 gguf=str(gguf) if gguf else None, device=device, engine=engine, concurrency=concurrency,
                 timeout=timeout, retries=retries, batch_tokens=batch_tokens, max_batch=max_batch, rule=rule,
                 cache_dir=str(cache_dir) if cache_dir else None, cache=not no_cache, window_lines=window)

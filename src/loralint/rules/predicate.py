@@ -253,6 +253,16 @@ class PredicateRule(Rule):
             return self.no_findings_answer
         return "\n".join(f"{f.line}: {f.kind}: {f.text}" for f in findings)
 
+    def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None):
+        """`LINE: KIND: CONDITION` lines: a line of the window (ascending; one line again only with another
+        kind: an `if` and a ternary may start on one line), a kind, and a span of the code from that line that
+        holds && or || and that verification finds in the file; or `No violations found.`"""
+        from ..decoding import AnswerGrammar, Choice, Copy, Line, Lit
+
+        return AnswerGrammar(fields=(Line(), Lit(": "), Choice(KINDS), Lit(": "), Copy(require=("&&", "||"))),
+                             lines=lines, first_line=first_line, empty=self.no_findings_answer,
+                             repeat_line=True, comments=comments or {})
+
     def parse_answer(self, text: str) -> ParsedAnswer:
         body = strip_think(text).strip()
         claims: list[Claim] = []
@@ -261,7 +271,9 @@ class PredicateRule(Rule):
         dups = 0
         clean = False
         for raw in body.splitlines():
-            line = raw.strip().strip("`")
+            line = raw.strip()
+            if line.startswith("`"):  # a line wrapped in backticks (markdown); a condition may end with one
+                line = line.strip("`")
             if not line:
                 continue
             if line.rstrip(".").lower() == self.no_findings_answer.rstrip(".").lower():

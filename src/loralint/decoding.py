@@ -1,0 +1,746 @@
+"""Constrained decoding: a model can only say what the rule's answer format and the window allow.
+
+A rule declares its answer grammar (:meth:`loralint.rules.Rule.answer_grammar`) as a small spec: an answer
+is the rule's "nothing found" sentence, or answer lines joined by ``\\n``, each made of fields
+
+- :class:`Line`: a line number of the window shown, ascending (a line may come again only with other
+  choices, when the grammar says ``repeat_line``), optionally only lines that satisfy ``where``;
+- :class:`Lit`: a literal (``": "``);
+- :class:`Choice`: one of a list of strings (the rule's kinds), or of strings that depend on the named line
+  (the identifiers on it);
+- :class:`Copy`: a verbatim span of the window's code starting on the named line: the code with its line
+  breaks, indentation and comments written as a run of spaces (or none) and nothing else changed, that
+  starts and ends on whole tokens, whose brackets balance outside string literals and that holds one of
+  ``require`` (``&&`` or ``||``). That is what :mod:`loralint.verify` accepts (it compares without
+  whitespace, skipping the file's comments), so every finding of a constrained answer is in the file.
+
+The decoder enforces the spec on tokens: a trie of the vocabulary's byte strings (built once a tokenizer)
+is walked along the spec's character automaton, so a token is allowed when its whole string continues the
+answer; the end-of-turn token only where the answer may end. One :class:`TokenConstraint` a prompt:
+
+    cons = constraints_for(rule, tokenizer, [(window_lines, first_line_number), ...])
+    ids = cons[i].allowed()        # token ids allowed next (list), or None: unconstrained
+    cons[i].advance(token_id)      # after picking one
+    cons[i].finished               # the end-of-turn token was taken
+
+:func:`mask_logits` applies a batch of them to a ``[rows, vocab]`` logits tensor (``-inf`` elsewhere).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+from .verify import FileText
+
+# ---------------------------------------------------------------------------------------------- the spec
+
+
+@dataclass(frozen=True)
+class Line:
+    """A line number of the window; ``where(line_text)`` may restrict which lines can be named."""
+
+    where: Callable[[str], bool] | None = None
+
+
+@dataclass(frozen=True)
+class Lit:
+    text: str
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of ``options``: a tuple, or ``options(line_number, line_text) -> strings`` for the named line."""
+
+    options: tuple[str, ...] | Callable[[int, str], Iterable[str]]
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A verbatim span of the code starting on the named line (see the module's doc)."""
+
+    #: the span must hold one of these (empty: anything)
+    require: tuple[str, ...] = ()
+    #: the longest whitespace run written for one gap of the code
+    max_space: int = 16
+
+
+Field = Line | Lit | Choice | Copy
+
+
+@dataclass
+class AnswerGrammar:
+    """What a rule's answer to one window may be (see the module's doc)."""
+
+    fields: tuple[Field, ...]
+    #: the window's lines and the 1-based number of its first line
+    lines: list[str]
+    first_line: int
+    empty: str = "No violations found."
+    separator: str = "\n"
+    #: False: line numbers strictly ascend; True: a line may come again with other choices
+    repeat_line: bool = False
+    #: 0-based window row -> character intervals [start, end) of comments (skipped by a Copy)
+    comments: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ the copy text
+
+
+def _word(ch: str) -> bool:
+    return ch.isalnum() or ch in "_$"
+
+
+class _Code:
+    """The window's code as a Copy reads it: its characters without whitespace and comments (one stream, as
+    :meth:`loralint.verify.FileText.find` builds it), where each came from, and the spans that may be
+    copied from each start."""
+
+    def __init__(self, lines: list[str], comments: dict):
+        self.doc = FileText(lines, comments)
+        chars: list[str] = []
+        self.where: list[tuple[int, int]] = []
+        self.row_start: list[int] = []
+        for r in range(len(lines)):
+            self.row_start.append(len(chars))
+            s, cols = self.doc.row(r, True)
+            chars.extend(s)
+            self.where.extend((r, c) for c in cols)
+        self.row_start.append(len(chars))
+        self.text = "".join(chars)
+        n = len(chars)
+        # gap[i]: the code has whitespace, a line break or a comment between characters i-1 and i
+        self.gap = [False] * (n + 1)
+        for i in range(1, n):
+            (r0, c0), (r1, c1) = self.where[i - 1], self.where[i]
+            self.gap[i] = r0 != r1 or c1 != c0 + 1
+        self._close: dict[int, int | None] = {}
+        self._ends: dict[tuple[int, tuple[str, ...]], tuple[frozenset[int], int]] = {}
+        self._starts: dict[int, list[int]] = {}
+
+    def starts(self, row: int) -> list[int]:
+        """Stream positions on ``row`` where a copy may start (a whole token's first character)."""
+        got = self._starts.get(row)
+        if got is None:
+            got = []
+            for i in range(self.row_start[row], self.row_start[row + 1]):
+                r, c = self.where[i]
+                before = self.doc.lines[r][c - 1] if c > 0 else " "
+                if not (_word(before) and _word(self.text[i])):
+                    got.append(i)
+            self._starts[row] = got
+        return got
+
+    def _whole_end(self, i: int) -> bool:
+        r, c = self.where[i]
+        line = self.doc.lines[r]
+        after = line[c + 1] if c + 1 < len(line) else " "
+        return not (_word(after) and _word(self.text[i]))
+
+    def close(self, i: int) -> int | None:
+        """Where the string literal opened by the quote at ``i`` closes (verify's ``_STRINGS``), or None."""
+        if i in self._close:
+            return self._close[i]
+        t, q, j, n = self.text, self.text[i], i + 1, len(self.text)
+        out = None
+        while j < n:
+            ch = t[j]
+            if ch == "\\":
+                j += 2
+                continue
+            if ch == q:
+                out = j
+                break
+            j += 1
+        self._close[i] = out
+        return out
+
+    def _first_req_end(self, s: int, require: tuple[str, ...]) -> int:
+        """The least e such that stream[s:e] holds one of ``require`` (0 when nothing is required)."""
+        if not require:
+            return 0
+        hits = [i + len(r) for r in require if (i := self.text.find(r, s)) >= 0]
+        return min(hits) if hits else 1 << 62
+
+    def ends(self, s: int, require: tuple[str, ...], first_only: bool = False) -> tuple[frozenset[int], int]:
+        """(the ends e such that stream[s:e] is a span a Copy accepts, the largest or -1): brackets balance
+        outside string literals the way :func:`loralint.verify.balanced` reads them, the span ends on a whole
+        token and holds one of ``require``. ``first_only``: stop at the first (the line can be named)."""
+        key = (s, require)
+        got = self._ends.get(key)
+        if got is not None:
+            return got
+        t, n = self.text, len(self.text)
+        need = self._first_req_end(s, require)
+        out: list[int] = []
+        stack: list[str] = []
+        esc = False
+        i = s
+        pairs = {")": "(", "]": "[", "}": "{"}
+        while i < n:
+            ch = t[i]
+            if ch in "'\"`":
+                c = self.close(i)
+                if c is not None:  # a string literal: no bracket inside counts; no end falls inside
+                    esc = False
+                    i = c + 1
+                    if not stack and i >= need and self._whole_end(c):
+                        out.append(i)
+                        if first_only:
+                            break
+                    continue
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch in "([{":
+                stack.append(ch)
+            elif ch in pairs:
+                if not stack or stack.pop() != pairs[ch]:
+                    break  # no longer span from s balances
+            i += 1
+            if not stack and i >= need and self._whole_end(i - 1):
+                out.append(i)
+                if first_only:
+                    break
+        res = (frozenset(out), max(out) if out else -1)
+        if not first_only:
+            self._ends[key] = res
+        return res
+
+    def row_viable(self, row: int, require: tuple[str, ...]) -> bool:
+        for s in self.starts(row):
+            full = self._ends.get((s, require))
+            if full is not None:
+                if full[1] >= 0:
+                    return True
+                continue
+            if self.ends(s, require, first_only=True)[1] >= 0:
+                return True
+        return False
+
+
+# ------------------------------------------------------------------------------------- the char automaton
+# states are tuples (hashable; the allowed tokens of a state are cached):
+#   ("start",)                           nothing written yet
+#   ("empty", i)                         i characters of the "nothing found" sentence
+#   ("f", k, sub, claim, hist)           inside field k of an answer line
+#   ("eol", hist)                        an answer line is complete
+# claim = (line, choices so far); hist = (last line named, frozenset of choice tuples used on it)
+_START = ("start",)
+_DEAD = None
+
+
+class Automaton:
+    """The character automaton of one window's :class:`AnswerGrammar`."""
+
+    def __init__(self, g: AnswerGrammar):
+        self.g = g
+        self.fields = g.fields
+        if not g.fields or not isinstance(g.fields[0], Line) or sum(isinstance(f, Line) for f in g.fields) != 1:
+            raise ValueError("an answer line starts with its one Line field")
+        self.code = _Code(g.lines, g.comments) if any(isinstance(f, Copy) for f in g.fields) else None
+        self.n_lines = len(g.lines)
+        self._choice_idx = [k for k, f in enumerate(self.fields) if isinstance(f, Choice)]
+        self._last_choice = self._choice_idx[-1] if self._choice_idx else -1
+        self._options: dict[tuple[int, int], tuple[str, ...]] = {}
+        self._viable: dict[int, bool] = {}
+        self._after: dict = {}
+        self._req = max((len(r) for f in g.fields if isinstance(f, Copy) for r in f.require), default=1)
+        self.hist0 = (0, frozenset())
+
+    # --- per named line
+    def options(self, k: int, line: int) -> tuple[str, ...]:
+        key = (k, line)
+        got = self._options.get(key)
+        if got is None:
+            opts = self.fields[k].options
+            if callable(opts):
+                opts = opts(line, self.g.lines[line - self.g.first_line])
+            got = self._options[key] = tuple(dict.fromkeys(o for o in opts if o and "\n" not in o))
+        return got
+
+    def _line_ok(self, line: int) -> bool:
+        """Whether an answer line may name ``line`` at all (ignoring what was said before)."""
+        got = self._viable.get(line)
+        if got is None:
+            row = line - self.g.first_line
+            got = 0 <= row < self.n_lines
+            for k, f in enumerate(self.fields):
+                if not got:
+                    break
+                if isinstance(f, Line) and f.where is not None:
+                    got = bool(f.where(self.g.lines[row]))
+                elif isinstance(f, Copy):
+                    got = self.code.row_viable(row, f.require)
+                elif isinstance(f, Choice):
+                    got = bool(self.options(k, line))
+            self._viable[line] = got
+        return got
+
+    def _free_choices(self, line: int, hist) -> bool:
+        """Whether ``line`` can still be named after ``hist`` (another combination of choices is left)."""
+        last, used = hist
+        if line > last:
+            return True
+        if line < last or not self.g.repeat_line or not self._choice_idx:
+            return False
+        combos = 1
+        for k in self._choice_idx:
+            combos *= len(self.options(k, line))
+        return len(used) < combos
+
+    def lines_after(self, hist) -> tuple[int, ...]:
+        got = self._after.get(hist)
+        if got is None:
+            lo = max(hist[0], self.g.first_line)
+            got = self._after[hist] = tuple(ln for ln in range(lo, self.g.first_line + self.n_lines)
+                                            if self._line_ok(ln) and self._free_choices(ln, hist))
+        return got
+
+    def _free_options(self, k: int, claim, hist) -> list[str]:
+        opts = self.options(k, claim[0])
+        if k != self._last_choice or claim[0] != hist[0]:
+            return list(opts)
+        return [o for o in opts if claim[1] + (o,) not in hist[1]]
+
+    # --- stepping
+    def step(self, st, ch: str):
+        """The state after writing ``ch`` in ``st``, or None (not allowed)."""
+        kind = st[0]
+        if kind == "start":
+            if self.g.empty and ch == self.g.empty[0]:
+                return ("empty", 1)
+            return self._enter(0, (None, ()), self.hist0, ch)
+        if kind == "empty":
+            i = st[1]
+            return ("empty", i + 1) if i < len(self.g.empty) and self.g.empty[i] == ch else _DEAD
+        if kind == "sep":
+            i, hist = st[1], st[2]
+            sep = self.g.separator
+            if i >= len(sep):
+                return self._enter(0, (None, ()), hist, ch)
+            if sep[i] != ch:
+                return _DEAD
+            if i + 1 == len(sep) and not self.lines_after(hist):
+                return _DEAD
+            return ("sep", i + 1, hist)
+        _, k, sub, claim, hist = st
+        nxt = self._in_field(k, sub, claim, hist, ch)
+        if nxt is not _DEAD:
+            return nxt
+        # the field may be complete: then the character opens the next field, or the next answer line
+        done = self._field_done(k, sub, claim, hist)
+        if done is None:
+            return _DEAD
+        if k + 1 < len(self.fields):
+            return self._enter(k + 1, *done, ch)
+        return self.step(("sep", 0, done[1]), ch)
+
+    def _enter(self, k: int, claim, hist, ch: str):
+        """The first character of field ``k`` (no field may be empty)."""
+        f = self.fields[k]
+        if isinstance(f, Lit):
+            return ("f", k, 1, claim, hist) if f.text and f.text[0] == ch else _DEAD
+        return self._in_field(k, None if isinstance(f, Copy) else "", claim, hist, ch)
+
+    def _in_field(self, k: int, sub, claim, hist, ch: str):
+        f = self.fields[k]
+        if isinstance(f, Line):
+            if not ch.isdigit() or (sub == "" and ch == "0"):
+                return _DEAD
+            digits = sub + ch
+            if any(str(ln).startswith(digits) for ln in self.lines_after(hist)):
+                return ("f", k, digits, claim, hist)
+            return _DEAD
+        if isinstance(f, Lit):
+            return ("f", k, sub + 1, claim, hist) if sub < len(f.text) and f.text[sub] == ch else _DEAD
+        if isinstance(f, Choice):
+            typed = sub + ch
+            if any(o.startswith(typed) for o in self._free_options(k, claim, hist)):
+                return ("f", k, typed, claim, hist)
+            return _DEAD
+        return self._copy_step(k, f, sub, claim, hist, ch)
+
+    def _field_done(self, k: int, sub, claim, hist):
+        """(claim, hist) once field ``k`` is complete in ``sub``, else None."""
+        f = self.fields[k]
+        line, choices = claim
+        if isinstance(f, Line):
+            if not sub or int(sub) not in self.lines_after(hist):
+                return None
+            ln = int(sub)
+            if not self._choice_idx:  # no choices: the line itself is what may not come again
+                hist = (ln, frozenset([()]))
+            return (ln, ()), hist
+        if isinstance(f, Lit):
+            return (claim, hist) if sub == len(f.text) else None
+        if isinstance(f, Choice):
+            if sub not in self._free_options(k, claim, hist):
+                return None
+            claim2 = (line, choices + (sub,))
+            if k == self._last_choice:
+                used = hist[1] if hist[0] == line else frozenset()
+                hist = (line, used | {claim2[1]})
+            return claim2, hist
+        if sub is None:
+            return None
+        starts, kk, tail, run, have = sub
+        if run or not have:
+            return None
+        for s in starts:
+            if s + kk in self.code.ends(s, f.require)[0]:
+                return claim, hist
+        return None
+
+    def _copy_step(self, k: int, f: Copy, sub, claim, hist, ch: str):
+        code = self.code
+        t = code.text
+        if sub is None:  # the first character: every start on the line that can end
+            if ch in " \t\n":
+                return _DEAD
+            row = claim[0] - self.g.first_line
+            starts = frozenset(s for s in code.starts(row) if t[s] == ch and code.ends(s, f.require)[1] > s)
+            if not starts:
+                return _DEAD
+            return ("f", k, (starts, 1, ch, 0, self._holds(f, ch)), claim, hist)
+        starts, kk, tail, run, have = sub
+        if ch in " \t":  # whitespace only where the code has some (or a line break, or a comment)
+            if run >= f.max_space:
+                return _DEAD
+            keep = frozenset(s for s in starts if s + kk < len(t) and code.gap[s + kk]
+                             and code.ends(s, f.require)[1] > s + kk)  # and the code can go on after it
+            if not keep:
+                return _DEAD
+            return ("f", k, (keep, kk, (tail + ch)[-self._req:], run + 1, have), claim, hist)
+        keep = frozenset(s for s in starts if s + kk < len(t) and t[s + kk] == ch
+                         and code.ends(s, f.require)[1] > s + kk)
+        if not keep:
+            return _DEAD
+        tail = (tail + ch)[-self._req:]
+        return ("f", k, (keep, kk + 1, tail, 0, have or self._holds(f, tail)), claim, hist)
+
+    @staticmethod
+    def _holds(f: Copy, tail: str) -> bool:
+        return not f.require or any(tail.endswith(r) for r in f.require)
+
+    def next_chars(self, st) -> Iterable[str]:
+        """The characters that may follow in ``st`` (a superset: each is checked with :meth:`step`)."""
+        kind = st[0]
+        if kind == "start":
+            return set(self.g.empty[:1]) | self._first_chars(0, (None, ()), self.hist0)
+        if kind == "empty":
+            return self.g.empty[st[1]:st[1] + 1]
+        if kind == "sep":
+            i, hist = st[1], st[2]
+            sep = self.g.separator
+            return sep[i:i + 1] if i < len(sep) else self._first_chars(0, (None, ()), hist)
+        _, k, sub, claim, hist = st
+        out = self._inner_chars(k, sub, claim, hist)
+        done = self._field_done(k, sub, claim, hist)
+        if done is not None:
+            out = out | (self._first_chars(k + 1, *done) if k + 1 < len(self.fields) else set(self.g.separator[:1]))
+        return out
+
+    def _first_chars(self, k: int, claim, hist) -> set[str]:
+        f = self.fields[k]
+        if isinstance(f, Lit):
+            return set(f.text[:1])
+        return self._inner_chars(k, None if isinstance(f, Copy) else "", claim, hist)
+
+    def _inner_chars(self, k: int, sub, claim, hist) -> set[str]:
+        f = self.fields[k]
+        if isinstance(f, Line):
+            n = len(sub)
+            return {str(ln)[n] for ln in self.lines_after(hist) if len(str(ln)) > n and str(ln).startswith(sub)}
+        if isinstance(f, Lit):
+            return set(f.text[sub:sub + 1])
+        if isinstance(f, Choice):
+            n = len(sub)
+            return {o[n] for o in self._free_options(k, claim, hist) if len(o) > n and o.startswith(sub)}
+        t = self.code.text
+        if sub is None:
+            return {t[s] for s in self.code.starts(claim[0] - self.g.first_line)}
+        starts, kk = sub[0], sub[1]
+        out = {t[s + kk] for s in starts if s + kk < len(t)}
+        if any(s + kk < len(t) and self.code.gap[s + kk] and self.code.ends(s, self.fields[k].require)[1] > s + kk
+               for s in starts):
+            out.add(" ")
+        return out
+
+    def can_end(self, st) -> bool:
+        """Whether the answer may end in ``st``."""
+        if st[0] == "empty":
+            return st[1] == len(self.g.empty)
+        if st[0] == "f":
+            _, k, sub, claim, hist = st
+            return k == len(self.fields) - 1 and self._field_done(k, sub, claim, hist) is not None
+        return False
+
+    def accepts(self, text: str) -> bool:
+        """Whether ``text`` is a whole answer the grammar allows."""
+        st = _START
+        for ch in text:
+            st = self.step(st, ch)
+            if st is _DEAD:
+                return False
+        return self.can_end(st)
+
+
+# ---------------------------------------------------------------------------------------- the vocabulary
+class _Node:
+    __slots__ = ("kids", "ids")
+
+    def __init__(self):
+        self.kids: dict[int, _Node] = {}
+        self.ids: list[int] = []
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+class Vocabulary:
+    """A tokenizer's tokens as byte strings, in a trie (special tokens left out), and its end-of-turn ids."""
+
+    def __init__(self, tokenizer, end_ids: Sequence[int] | None = None):
+        self.size = len(tokenizer)
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+            if getattr(t, "special", True):
+                special.add(int(i))
+        self.pieces = self._pieces(tokenizer, special)
+        self.root = _Node()
+        for i, b in enumerate(self.pieces):
+            if b is None or not b:
+                continue
+            node = self.root
+            for byte in b:
+                nxt = node.kids.get(byte)
+                if nxt is None:
+                    nxt = node.kids[byte] = _Node()
+                node = nxt
+            node.ids.append(i)
+        ends: list[int] = list(end_ids or [])
+        if not ends:
+            for cand in (tokenizer.eos_token_id, *(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|eot_id|>")
+                                                   if t in tokenizer.get_vocab())):
+                if cand is not None and cand not in ends:
+                    ends.append(int(cand))
+        self.end_ids = ends
+
+    @staticmethod
+    def _pieces(tok, special: set[int]) -> list[bytes | None]:
+        n = len(tok)
+        toks: list[str | None] = [None] * n
+        for t, i in tok.get_vocab().items():
+            if 0 <= i < n:
+                toks[i] = t
+        b2u = _bytes_to_unicode()
+        u2b = {u: b for b, u in b2u.items()}
+        out: list[bytes | None] = []
+        byte_level = sum(1 for t in toks[:2000] if t and all(c in u2b for c in t)) > 0.9 * min(n, 2000)
+        byte_tok = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+        for i, t in enumerate(toks):
+            if i in special or t is None:
+                out.append(None)
+            elif byte_level:
+                try:
+                    out.append(bytes(u2b[c] for c in t))
+                except KeyError:
+                    out.append(None)
+            else:  # SentencePiece: "▁" is a space, <0xNN> a byte
+                m = byte_tok.match(t)
+                out.append(bytes([int(m.group(1), 16)]) if m else t.replace("\u2581", " ").encode("utf-8"))
+        return out
+
+
+_VOCABS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_VOCABS_BY_ID: dict[int, Vocabulary] = {}
+
+
+def vocabulary(tokenizer, end_ids: Sequence[int] | None = None) -> Vocabulary:
+    """The :class:`Vocabulary` of ``tokenizer``, built once."""
+    try:
+        v = _VOCABS.get(tokenizer)
+    except TypeError:
+        v = _VOCABS_BY_ID.get(id(tokenizer))
+    if v is None:
+        v = Vocabulary(tokenizer, end_ids)
+        try:
+            _VOCABS[tokenizer] = v
+        except TypeError:
+            _VOCABS_BY_ID[id(tokenizer)] = v
+    if end_ids and list(end_ids) != v.end_ids:
+        v2 = Vocabulary.__new__(Vocabulary)
+        v2.__dict__.update(v.__dict__)
+        v2.end_ids = list(end_ids)
+        return v2
+    return v
+
+
+# ------------------------------------------------------------------------------------------ per prompt
+#: process-wide counters (benchmarks read them): allowed() calls, seconds spent in them, dead ends met
+STATS = {"allowed_calls": 0, "allowed_seconds": 0.0, "dead_ends": 0}
+
+
+class TokenConstraint:
+    """The allowed next tokens of one prompt's answer under its :class:`AnswerGrammar`."""
+
+    def __init__(self, grammar: AnswerGrammar, vocab: Vocabulary):
+        self.auto = Automaton(grammar)
+        self.vocab = vocab
+        self.state = _START
+        self.pending = b""  # bytes of a character cut between two tokens
+        self._finished = False
+        self.broken = False  # a token outside the allowed set was taken: constraint off
+        self.dead_ends = 0  # states with no continuation (only the end of turn was left to allow)
+        self._cache: dict = {}
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def allowed(self) -> list[int] | None:
+        if self.broken or self._finished:
+            return None
+        t0 = time.perf_counter()
+        key = (self.state, self.pending)
+        got = self._cache.get(key)
+        if got is None:
+            got = self._walk(self.state, self.pending)
+            if not got:  # (the spec's checks and verification's disagree somewhere: end the answer)
+                self.dead_ends += 1
+                STATS["dead_ends"] += 1
+                got = list(self.vocab.end_ids)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = got
+        STATS["allowed_calls"] += 1
+        STATS["allowed_seconds"] += time.perf_counter() - t0
+        return got
+
+    def _walk(self, state, pending: bytes) -> list[int]:
+        """Token ids whose whole byte string continues the answer from ``state``: the vocabulary's trie
+        walked along the automaton (only the characters it allows are looked up)."""
+        auto = self.auto
+        out: list[int] = []
+        if not pending and auto.can_end(state):
+            out.extend(self.vocab.end_ids)
+        stack = [(self.vocab.root, state, pending)]
+        while stack:
+            node, st, pend = stack.pop()
+            for ch in auto.next_chars(st):
+                enc = ch.encode("utf-8")
+                if pend:
+                    if not enc.startswith(pend) or len(enc) == len(pend):
+                        continue
+                    enc = enc[len(pend):]
+                st2 = auto.step(st, ch)
+                if st2 is _DEAD:
+                    continue
+                n = node
+                for j, byte in enumerate(enc):
+                    n = n.kids.get(byte)
+                    if n is None:
+                        break
+                    if j < len(enc) - 1:
+                        out.extend(n.ids)  # a token that ends inside the character
+                else:
+                    out.extend(n.ids)
+                    if n.kids:
+                        stack.append((n, st2, b""))
+        return out
+
+    def advance(self, token_id: int) -> None:
+        if self.broken or self._finished:
+            return
+        if token_id in self.vocab.end_ids:
+            if not self.pending and self.auto.can_end(self.state):
+                self._finished = True
+            else:
+                self.broken = True
+                self._finished = True
+            return
+        piece = self.vocab.pieces[token_id] if 0 <= token_id < len(self.vocab.pieces) else None
+        if piece is None:
+            self.broken = True
+            return
+        data = self.pending + piece
+        st = self.state
+        i = 0
+        while i < len(data):
+            b = data[i]
+            size = 1 if b < 0x80 else 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4 if b >> 3 == 0b11110 else 0
+            if size == 0:
+                self.broken = True
+                return
+            if i + size > len(data):
+                break
+            ch = data[i:i + size].decode("utf-8", "replace")
+            st = self.auto.step(st, ch)
+            if st is _DEAD:
+                self.broken = True
+                return
+            i += size
+        self.state = st
+        self.pending = data[i:]
+
+
+def constraints_for(rule, tokenizer, windows: list[tuple[list[str], int]], *,
+                    comments: Sequence[dict | None] | None = None,
+                    end_ids: Sequence[int] | None = None) -> list[TokenConstraint]:
+    """One :class:`TokenConstraint` per window ``(lines, first line number)`` under ``rule``'s answer grammar.
+
+    ``comments``: per window, 0-based window row -> comment column intervals (the file's, as
+    :func:`loralint.verify.comment_spans` gives them); without them the window is parsed on its own.
+    ``end_ids``: the end-of-turn token ids (default: the tokenizer's eos and ``<|im_end|>``)."""
+    vocab = vocabulary(tokenizer, end_ids)
+    out = []
+    for i, (lines, first) in enumerate(windows):
+        com = comments[i] if comments is not None else None
+        out.append(TokenConstraint(rule.answer_grammar(lines, first, com), vocab))
+    return out
+
+
+def mask_logits(logits, constraints: Sequence[TokenConstraint | None]):
+    """``logits`` ``[rows, vocab]`` with every token a row's constraint does not allow set to ``-inf``
+    (rows without a constraint, or whose constraint is off, unchanged). Returns the same tensor."""
+    import torch
+
+    rows, cols = [], []
+    masked = []
+    for r, c in enumerate(constraints):
+        if c is None:
+            continue
+        ids = c.allowed()
+        if ids is None:
+            continue
+        masked.append(r)
+        rows.extend([r] * len(ids))
+        cols.extend(ids)
+    if not masked:
+        return logits
+    dev = logits.device
+    keep = torch.zeros(logits.shape, dtype=torch.bool, device=dev)
+    keep[torch.tensor(rows, dtype=torch.long, device=dev), torch.tensor(cols, dtype=torch.long, device=dev)] = True
+    if len(masked) < logits.shape[0]:
+        free = torch.ones(logits.shape[0], dtype=torch.bool)
+        free[masked] = False
+        keep[free.to(dev)] = True
+    return logits.masked_fill_(~keep, float("-inf"))
+
+
+__all__ = ["AnswerGrammar", "Automaton", "Choice", "Copy", "Line", "Lit", "TokenConstraint", "Vocabulary",
+           "constraints_for", "mask_logits", "vocabulary"]
