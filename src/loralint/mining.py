@@ -91,13 +91,26 @@ def mine_model(model, tokenizer, rows: list[dict], rule, device: str, windows: i
     """:func:`mine` with the model being trained; the tokenizer and the model's mode are restored afterwards."""
     side, pad = tokenizer.padding_side, tokenizer.pad_token
     was_training = model.training
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    attn = getattr(base.config, "_attn_implementation", None)
+    if attn == "flex_attention":  # decoding with a growing KV cache: a new compiled block mask every step
+        _set_attention(base, "sdpa")
     try:
         return mine(rows, rule, model_backend(model, tokenizer, device), windows=windows, seed=seed)
     finally:
         tokenizer.padding_side = side
         if pad is not None:
             tokenizer.pad_token = pad
+        if attn == "flex_attention":
+            _set_attention(base, attn)
         model.train(was_training)
+
+
+def _set_attention(model, name: str) -> None:
+    try:
+        model.set_attn_implementation(name)
+    except (AttributeError, ValueError, ImportError):
+        model.config._attn_implementation = name
 
 
 def round_rows(rows: list[dict], disagreements: list[int], weight: int = 4, replay: float = 1.0,
