@@ -553,7 +553,7 @@ def mine_round(trainer, s: dict, out: Path, r: int, rows: list[dict], rule, toke
         fix_shapes(nxt, rs)
     res = nxt.train()
     info |= {"rows": len(mixed), "steps": res.global_step, "train_seconds": round(time.perf_counter() - t0, 2),
-             "loss": round(res.training_loss, 6) if res.training_loss is not None else None}
+             "mean_loss": round(res.training_loss, 6) if res.training_loss is not None else None}
     logger.write(info)
     import shutil
 
