@@ -749,9 +749,7 @@ def train(data: str | Path, out: str | Path, settings: dict | None = None, *, pr
             rows, sampled = oversample(rows, rule, s["oversample"], seed=int(s["seed"]))
         except SpecError as e:
             raise TrainError(str(e)) from None
-        if sampled["spec"]:
-            say(f"oversampled {sampled['spec']}: {sampled['rows_in']} rows -> {sampled['rows_out']}")
-        else:
+        if not sampled["spec"]:
             sampled = None
     if int(s.get("mine_rounds") or 0) > 0 and s["processes"] > 1:
         raise TrainError("--mine scans with one process; run it without accelerate launch (or --mine 0)")
@@ -793,7 +791,8 @@ def train(data: str | Path, out: str | Path, settings: dict | None = None, *, pr
         f"examples, {sum(lengths)} tokens ({dropped} dropped over cutoff_len {s['cutoff_len']}); "
         f"{s['device']} x{s['processes']}, batch {s['effective_batch_size']}, attention {s['attn_implementation']}"
         + (f", packed into {len(trainer.train_dataset)} rows of {s['pack_length']} tokens" if s["packing"]
-           else ", padding-free" if s["padding_free"] else ", length-grouped" if s["group_by_length"] else ""))
+           else ", padding-free" if s["padding_free"] else ", length-grouped" if s["group_by_length"] else "")
+        + (f"; oversampled {sampled['spec']} ({sampled['rows_in']} rows -> {sampled['rows_out']})" if sampled else ""))
 
     # 6. train
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
