@@ -491,12 +491,12 @@ def make_trainer(s: dict, model, tokenizer, args, train_ds, eval_ds, peft_config
 # ---------------------------------------------------------------------------------------------- packing
 def pack_length_for(s: dict, lengths: list[int]) -> int:
     """Tokens a packed row holds: ``pack_length``, or (auto) the per-device batch of examples at their mean length,
-    a multiple of 64; never below the longest example (a row holds whole examples)."""
+    a multiple of 128 (FlexAttention's block); never below the longest example (a row holds whole examples)."""
     longest = max(lengths)
     if s["pack_length"] not in (None, "auto"):
         return max(int(s["pack_length"]), longest)
     per = int(s["per_device_train_batch_size"])
-    return max(64 * math.ceil(per * statistics.fmean(lengths) / 64), 64 * math.ceil(longest / 64))
+    return max(128 * math.ceil(per * statistics.fmean(lengths) / 128), 128 * math.ceil(longest / 128))
 
 
 def pack_rows(dataset, length: int, seed: int = 0):
