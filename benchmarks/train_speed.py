@@ -309,6 +309,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device: {name} ({device}); base {a.base}; {len(rows)} rows, mean {sum(lens) / len(lens):.0f} tokens, "
               f"max {max(lens)}, ctx {ctx:.0f}; batch {a.batch_size}; {a.warmup} + {a.steps} steps a mode",
               file=sys.stderr)
+        def save() -> dict:  # after every mode: a run cut short by a timeout keeps what it measured
+            report = {
+                "benchmark": "train_speed", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "device": name, "device_type": device, "peak_bf16_tflops": peak / 1e12 if peak else None,
+                "base": a.base, "train_mode": a.mode, "lora_r": a.rank, "batch_size": a.batch_size,
+                "warmup_steps": a.warmup, "timed_steps": a.steps, "data": str(a.data) if a.data else "synthetic",
+                "rows": len(rows), "mean_tokens": round(sum(lens) / len(lens), 1), "ctx_eff": round(ctx, 1),
+                "flops_per_token": model_flops_per_token(cfg, a.mode, ctx),
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                             "trl": trl.__version__, "python": platform.python_version(), "cpus": os.cpu_count()},
+                "results": results,
+            }
+            if a.out is None:
+                slug = next((g.lower() for g in ("H200", "H100", "A100") if gpu and g in name), device)
+                a.out = ROOT / "benchmarks" / "results" / f"train_speed_{slug}.json"
+            packed = next((r for r in results if r["mode"] == "packed" and "tokens_per_s" in r), None)
+            padded = next((r for r in results if r["mode"] == "padded" and "tokens_per_s" in r), None)
+            if packed and padded:
+                report["packed_speedup"] = round(packed["tokens_per_s"] / padded["tokens_per_s"], 2)
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(report, indent=2) + "\n")
+            return report
+
         results = []
         started = time.perf_counter()
         for m in wanted:
@@ -335,27 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                 r["mfu"] = round(r["model_tflops_per_s"] * 1e12 / peak, 4)
             results.append(r)
             print(f"    {json.dumps(r)}", file=sys.stderr, flush=True)
+            save()
+        report = save()
 
-    report = {
-        "benchmark": "train_speed", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": name, "device_type": device, "peak_bf16_tflops": peak / 1e12 if peak else None,
-        "base": a.base, "train_mode": a.mode, "lora_r": a.rank, "batch_size": a.batch_size,
-        "warmup_steps": a.warmup, "timed_steps": a.steps, "data": str(a.data) if a.data else "synthetic",
-        "rows": len(rows), "mean_tokens": round(sum(lens) / len(lens), 1), "ctx_eff": round(ctx, 1),
-        "flops_per_token": model_flops_per_token(cfg, a.mode, ctx),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-                     "python": platform.python_version(), "cpus": os.cpu_count()},
-        "results": results,
-    }
-    if a.out is None:
-        slug = next((g.lower() for g in ("H200", "H100", "A100") if gpu and g in name), device)
-        a.out = ROOT / "benchmarks" / "results" / f"train_speed_{slug}.json"
-    packed = next((r for r in results if r["mode"] == "packed" and "tokens_per_s" in r), None)
-    padded = next((r for r in results if r["mode"] == "padded" and "tokens_per_s" in r), None)
-    if packed and padded:
-        report["packed_speedup"] = round(packed["tokens_per_s"] / padded["tokens_per_s"], 2)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
     print(f"\nwrote {a.out}")
     return 0 if any("tokens_per_s" in r for r in results) else 1
