@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see loralint.commands.sca
 from loralint import corpus  # noqa: E402
 from loralint.backends import AdapterNotFound, BackendUnavailable  # noqa: E402
 from loralint.evaluate import Score, plot, score, summary, table  # noqa: E402
-from loralint.scan import scan  # noqa: E402
+from loralint.scanner import scan  # noqa: E402
 from loralint.sources import discover  # noqa: E402
 
 EVAL_LIST = ROOT / "src" / "loralint" / "data" / "corpus" / "eval.txt"

@@ -42,15 +42,15 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see loralint.commands.scan_cmd.cpu_threads_yield
 
 from loralint import models  # noqa: E402
-from loralint.backends import BackendError, resolve_adapter  # noqa: E402
+from loralint.backends import Backend, BackendError, resolve_adapter  # noqa: E402
 from loralint.backends.transformers import TransformersBackend  # noqa: E402
-from loralint.scan import scan  # noqa: E402
+from loralint.scanner import scan  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------- the forced answers
 def oracle_answer(messages: list[dict]) -> str:
     """The oracle's answer for a window prompt (its lines are numbered ``N| code``)."""
-    from loralint.check import oracle_findings
+    from loralint.checker import oracle_findings
     from loralint.rules import get_rule
     from loralint.sources import SourceFile
 
@@ -275,6 +275,201 @@ def measure(label: str, paths: list[str], **kw) -> dict:
             "_keys": sorted((f.path, f.line, f.kind, f.column, f.end_line, f.end_column) for f in res.findings)}
 
 
+# ------------------------------------------------------------------------ gpu engine vs the reference engine
+class Recorder(Backend):
+    """A backend that passes prompts to ``inner`` and keeps every answer (keyed by the prompt's text); past
+    ``deadline`` (time.monotonic()), chunks are answered with an error without asking the model."""
+
+    def __init__(self, inner, deadline: float):
+        self.inner, self.deadline = inner, deadline
+        self.answers: dict[str, object] = {}
+        self.name = getattr(inner, "name", "backend")
+        self.timed_out = False
+
+    def identity(self):
+        return self.inner.identity()
+
+    def close(self):
+        pass
+
+    def generate(self, prompts, max_new_tokens, progress=None):
+        if time.monotonic() > self.deadline:
+            self.timed_out = True
+            return [BackendError("benchmark phase timed out")] * len(prompts)
+        outs = self.inner.generate(prompts, max_new_tokens, progress)
+        for m, o in zip(prompts, outs):
+            self.answers[m[-1]["content"]] = o
+        return outs
+
+    @property
+    def generated_tokens(self):
+        return getattr(self.inner, "generated_tokens", 0)
+
+
+def corpus_files_all(corpus: Path, limit: int) -> list[str]:
+    """Readable files of the corpus packages (eval list, then train list), in order, at most ``limit``;
+    packages not unpacked under ``corpus`` are left out (a GPU machine has no network)."""
+    from loralint import corpus as corpus_mod
+    from loralint.sources import SourceFile, discover, load
+
+    lists = ROOT / "src" / "loralint" / "data" / "corpus"
+    out: list[str] = []
+    for lst in ("eval.txt", "train.txt"):
+        for p in corpus_mod.read_list(lists / lst):
+            d = corpus / p.folder
+            if not d.is_dir():
+                continue
+            files, _ = discover([str(d)])
+            for f in files:
+                if isinstance(load(f), SourceFile):
+                    out.append(f)
+                if len(out) >= limit:
+                    return out
+    return out
+
+
+def engine_phase(label: str, make, paths: list[str], budget_s: float, chunk: int) -> tuple[dict, Recorder | None]:
+    """Build an engine (timed: model load included) and scan ``paths`` with it, answer cache off."""
+    import gc
+
+    import torch
+
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + budget_s
+    try:
+        engine = make()
+    except Exception as e:  # noqa: BLE001 - the phase says why and the benchmark goes on
+        return {"label": label, "error": f"{type(e).__name__}: {e}"}, None
+    load_s = time.perf_counter() - t0
+    rec = Recorder(engine, deadline)
+    res = scan(paths, backend=rec, cache=False, chunk=chunk)
+    wall = time.perf_counter() - t0
+    st = res.stats()
+    prof = engine.profile() if hasattr(engine, "profile") else {}
+    prompt_tokens = getattr(engine, "prompt_tokens", 0)
+    row = {
+        "label": label, "engine": type(engine).__name__,
+        "settings": engine.settings() if hasattr(engine, "settings") else {
+            "engine": getattr(engine, "engine", None), "batch_tokens": getattr(engine, "batch_tokens", None),
+            "max_batch": getattr(engine, "max_batch", None), "device": getattr(engine, "device", None)},
+        "timed_out": rec.timed_out, "files": st["files_checked"], "windows": st["windows"],
+        "windows_answered": len(rec.answers), "seconds": round(wall, 2), "load_seconds": round(load_s, 2),
+        "scan_seconds": round(res.seconds, 2), "generate_seconds": round(res.generate_seconds, 2),
+        "files_per_min": round(60 * st["files_checked"] / wall, 1), "windows_per_s": round(st["windows"] / wall, 1),
+        "prompt_tokens": prompt_tokens, "prompt_tokens_per_s": round(prompt_tokens / wall) if prompt_tokens else None,
+        "generated_tokens": res.generated_tokens, "findings": st["findings"], "errors": st["files_with_errors"],
+        "profile": {"load": round(load_s, 2), "cpu_side": round(res.seconds - res.generate_seconds, 2),
+                    "generate": round(res.generate_seconds, 2)} | prof,
+    }
+    if prompt_tokens and prof.get("prefill"):
+        row["prefill_tokens_per_s"] = round((prompt_tokens - prof.get("prefix_tokens_saved", 0)) / prof["prefill"])
+    rec.inner = None  # the next phase gets the GPU memory back
+    if hasattr(engine, "_shapes"):
+        engine._shapes.clear()
+    del engine
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return row, rec
+
+
+def compare_engines(a) -> int:
+    """The gpu engine and the reference engine on the same files, same run: speed and identical answers."""
+    import threading
+
+    import torch
+
+    from loralint.backends import gpu_engine, shipped_adapter_dir
+
+    t_start = time.monotonic()
+    device = a.device or models.default_device()
+    gpu = device.startswith("cuda")
+    name = "h200" if gpu and "H200" in torch.cuda.get_device_name() else ("gpu" if gpu else "cpu")
+    out = Path(a.out or ROOT / "benchmarks" / "results" /
+               ("scan_speed_h200.json" if name == "h200" else f"scan_speed_engines_{name}.json"))
+    info: dict = {"benchmark": "scan_speed (engines)", "device": device,
+                  "gpu": torch.cuda.get_device_name() if gpu else None, "torch": torch.__version__,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "phases": {}}
+
+    def write(note: str | None = None) -> None:
+        if note:
+            info["note"] = note
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(info, indent=2) + "\n")
+
+    # whatever happens, the JSON is written before the caller's limit
+    def watchdog():
+        write(f"stopped by the watchdog after {a.total_budget:.0f}s; the phases above are those that finished")
+        print(f"watchdog: written {out}", file=sys.stderr)
+        os._exit(3)
+
+    timer = threading.Timer(a.total_budget, watchdog)
+    timer.daemon = True
+    timer.start()
+
+    import transformers
+
+    info["transformers"] = transformers.__version__
+    adapter = resolve_adapter(a.adapter or str(shipped_adapter_dir()))
+    base = None if a.base == models.EMBEDDED else a.base
+    n = a.limit_files or (2000 if gpu else 8)
+    paths = corpus_files_all(Path(a.corpus), n)
+    info["files_asked"] = len(paths)
+    info["adapter"] = str(adapter.path)
+    print(f"{len(paths)} files from {a.corpus}; adapter {adapter.path}; {device}", file=sys.stderr)
+    write()
+    left = lambda: a.total_budget - (time.monotonic() - t_start) - 15  # noqa: E731
+
+    def make_gpu():
+        if gpu:
+            return gpu_engine.create(adapter, base=base, device=device, batch_tokens=a.batch_tokens,
+                                     max_batch=a.max_batch)
+        return gpu_engine.GpuEngine(adapter, base=base, device=device)  # a CPU: the same engine, no CUDA graphs
+
+    def make_ref():
+        return TransformersBackend(adapter, base=base, device=device, engine="batched")
+
+    # a short warm-up of nothing: the model load of each phase is timed, as a user's scan pays it
+    row_gpu, rec_gpu = engine_phase("gpu engine", make_gpu, paths, min(a.phase_budget, left() * 0.45), a.chunk)
+    info["phases"]["gpu"] = row_gpu
+    info.update({k: row_gpu.get(k) for k in ("files", "windows", "seconds", "files_per_min", "windows_per_s",
+                                              "prompt_tokens_per_s")})
+    info["engine"] = row_gpu.get("engine")
+    info["engine_settings"] = row_gpu.get("settings")
+    info["profile"] = row_gpu.get("profile")
+    write()
+    print(f"gpu engine: {row_gpu.get('files_per_min')} files/min", file=sys.stderr)
+    if not a.skip_reference:
+        row_ref, rec_ref = engine_phase("reference engine (transformers, batched)", make_ref, paths,
+                                        min(a.phase_budget, left()), a.ref_chunk)
+        info["phases"]["reference"] = row_ref
+        if rec_gpu is not None and rec_ref is not None:
+            both = [k for k in rec_ref.answers if k in rec_gpu.answers]
+            same = sum(getattr(rec_gpu.answers[k], "text", None) == getattr(rec_ref.answers[k], "text", None)
+                       and not isinstance(rec_ref.answers[k], BackendError) for k in both)
+            info["answers_compared"] = len(both)
+            info["answers_identical_fraction"] = round(same / len(both), 4) if both else None
+            if row_ref.get("seconds") and row_gpu.get("seconds") and not row_ref.get("timed_out"):
+                info["speedup_vs_reference"] = round(row_ref["seconds"] / row_gpu["seconds"], 2)
+            elif row_ref.get("windows_answered") and row_gpu.get("windows_per_s"):
+                ref_rate = row_ref["windows_answered"] / max(row_ref["seconds"], 1e-9)
+                info["speedup_vs_reference"] = round(row_gpu["windows_per_s"] / ref_rate, 2)
+                info["speedup_note"] = "the reference phase timed out: windows answered per second compared"
+    timer.cancel()
+    write()
+    cols = ("phase", "files", "windows", "seconds", "files/min", "windows/s", "prompt tok/s", "load s", "errors")
+    print(" | ".join(cols))
+    for r in info["phases"].values():
+        print(" | ".join(str(x) for x in (r.get("label"), r.get("files"), r.get("windows"), r.get("seconds"),
+                                          r.get("files_per_min"), r.get("windows_per_s"),
+                                          r.get("prompt_tokens_per_s"), r.get("load_seconds"),
+                                          r.get("errors", r.get("error")))))
+    print(f"answers identical: {info.get('answers_identical_fraction')} of {info.get('answers_compared')}; "
+          f"speedup {info.get('speedup_vs_reference')}x; profile {json.dumps(info.get('profile'))}")
+    print(f"written {out}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--adapter", help="A trained adapter folder (default: the shipped one; without one, --forced).")
@@ -283,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", default=models.EMBEDDED)
     ap.add_argument("--random-weights", action="store_true", help="The base's architecture, random weights.")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--engine", default="batched", choices=("batched", "generate", "continuous"))
+    ap.add_argument("--engine", default="batched", choices=("batched", "generate", "continuous"))  # (not --compare-engines)
     ap.add_argument("--files", type=int, default=None, help="Files for the in-process run (CPU 8, GPU 2000).")
     ap.add_argument("--server-files", type=int, default=None, help="Files for the server runs (CPU 6, GPU 400).")
     ap.add_argument("--packages", nargs="*", help="Held-out packages to take files from (default: all, in order).")
@@ -304,7 +499,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--answer-tokens", type=int, default=0,
                     help="Pad forced answers with blank lines to N tokens (decode-heavy, like the seed's min_tokens).")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--compare-engines", action="store_true",
+                    help="The gpu engine against the reference engine on the corpus packages' files (eval and "
+                         "train lists), model load included, answer cache off: benchmarks/results/"
+                         "scan_speed_<h200|gpu|cpu>.json. The options below apply to it.")
+    ap.add_argument("--limit-files", type=int, default=None, help="Files (default: GPU 2000, CPU 8).")
+    ap.add_argument("--chunk", type=int, default=4096, help="Windows per generate call (scan's chunk).")
+    ap.add_argument("--ref-chunk", type=int, default=1024,
+                    help="Windows per generate call of the reference engine (its phase stops within one chunk "
+                         "of its budget).")
+    ap.add_argument("--skip-reference", action="store_true", help="Only the gpu engine.")
+    ap.add_argument("--phase-budget", type=float, default=330.0, help="Seconds at most for one engine's phase.")
+    ap.add_argument("--total-budget", type=float, default=560.0,
+                    help="Seconds after which the JSON is written with what has finished, and the run stops.")
     a = ap.parse_args(argv)
+    if a.compare_engines:
+        return compare_engines(a)
 
     import torch
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -11,7 +12,7 @@ import pytest
 from loralint.backends import (AdapterNotFound, BackendError, BackendUnavailable, Completion, FunctionBackend,
                                create_backend, max_new_tokens_for, resolve_adapter)
 from loralint.backends.openai import OpenAIBackend
-from loralint.scan import scan
+from loralint.scanner import scan
 from tiny_scan import StubServer, oracle_answer, trained_fixture
 
 MSG = [{"role": "user", "content": "Review this code ...\n```js\n1| if (a && b) {}\n```"}]
@@ -125,7 +126,7 @@ def test_function_backend_turns_exceptions_into_errors():
 
 def test_max_new_tokens_never_cuts_a_real_answer():
     from loralint.rules import get_rule
-    from loralint.check import check
+    from loralint.checker import check
 
     assert max_new_tokens_for(["x = 1", "y()"]) == 32
     lines = ["if (aaaa && bbbb || cccc.dddd(eeee) && !ffff[gggg]) {",
@@ -248,3 +249,84 @@ def test_llamacpp_gives_the_transformers_findings(tmp_path):
     via_hf = scan([str(fixture)], adapter=str(adapter), window_lines=15, cache=False, device="cpu")
     assert [f.to_dict() for f in via_llama.findings] == [f.to_dict() for f in via_hf.findings]
     assert len(via_hf.findings) == 5 and via_llama.backend == "llamacpp"
+
+
+# ------------------------------------------------------------------------------------ API keys (#11)
+class _HeaderServer:
+    """A loopback OpenAI-compatible server that records each request's Authorization header."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+
+        self.auth: list[str | None] = []
+        srv = self
+
+        class H(BaseHTTPRequestHandler):
+            def _send(self, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802
+                srv.auth.append(self.headers.get("Authorization"))
+                self._send({"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+            def do_POST(self):  # noqa: N802
+                srv.auth.append(self.headers.get("Authorization"))
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self._send({"choices": [{"index": 0, "message": {"role": "assistant", "content":
+                           "No violations found."}, "finish_reason": "stop"}], "usage": {"completion_tokens": 3}})
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_api_key_is_sent_only_when_given_for_loralint(tmp_path, monkeypatch, capsys):
+    from loralint.backends.openai import OpenAIBackend
+    from loralint.cli import main
+
+    srv = _HeaderServer()
+    try:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-this-server")
+        monkeypatch.delenv("LORALINT_API_KEY", raising=False)
+        b = OpenAIBackend(srv.url)
+        b.generate([[{"role": "user", "content": "x"}]], [8])
+        assert srv.auth and set(srv.auth) == {None}  # OPENAI_API_KEY is not read
+        srv.auth.clear()
+        OpenAIBackend(srv.url, api_key="k1")
+        monkeypatch.setenv("LORALINT_API_KEY", "k2")
+        OpenAIBackend(srv.url)
+        assert srv.auth == ["Bearer k1", "Bearer k2"]
+        monkeypatch.delenv("LORALINT_API_KEY")
+        srv.auth.clear()
+        (tmp_path / "a.js").write_text("let a = 1;\n")
+        assert main(["scan", str(tmp_path / "a.js"), "--api", srv.url, "--api-key", "k3", "--no-cache", "-q"]) == 0
+        assert srv.auth and set(srv.auth) == {"Bearer k3"}
+        assert capsys.readouterr().err == ""  # loopback: no warning
+    finally:
+        srv.close()
+        os.environ.pop("LORALINT_API_KEY", None)  # set by --api-key for the process
+
+
+def test_a_key_over_plain_http_to_another_host_is_warned_about(capsys, monkeypatch):
+    from loralint.backends.openai import OpenAIBackend
+
+    monkeypatch.delenv("LORALINT_API_KEY", raising=False)
+    for api, key, warned in (("http://10.1.2.3:8080", "k", True), ("http://gpu-box.internal", "k", True),
+                             ("https://10.1.2.3", "k", False), ("http://localhost:8080", "k", False),
+                             ("http://[::1]:8080", "k", False), ("http://10.1.2.3:8080", None, False)):
+        b = OpenAIBackend(api, api_key=key, probe=False)
+        err = capsys.readouterr().err
+        assert bool(b.warnings) == warned and ("sent in clear text over http" in err) == warned, api

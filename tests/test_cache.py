@@ -7,7 +7,7 @@ import json
 from loralint.backends import BackendError, FunctionBackend, model_identity, resolve_adapter
 from loralint.cache import ScanCache, settings_key
 from loralint.rules import get_rule
-from loralint.scan import scan
+from loralint.scanner import scan
 from tiny_scan import oracle_answer
 
 
@@ -115,3 +115,71 @@ def test_unwritable_cache_is_not_fatal(tmp_path):
     c = ScanCache("k", ro)
     c.put("ab" * 32, {"0-1": {"text": "x"}})
     assert c.get("ab" * 32) == {}
+
+
+# ------------------------------------------------------------------------------------ hostile cache (#11)
+def _entries(cache):
+    return sorted(p for p in cache.rglob("*.json") if p.name != "settings.json")
+
+
+def test_a_bad_entry_is_a_miss_said_once(tmp_path):
+    """Entries with "tokens": "abc" / null / 1e400 / [] (and worse) aborted every scan with exit 2."""
+    src, cache = project(tmp_path), tmp_path / "cache"
+    first = scan([str(src)], backend=counting(), cache_dir=str(cache))
+    entries = _entries(cache)
+    assert len(entries) == 2
+    bodies = ['{"windows": {"0-1": {"text": "No violations found.", "tokens": %s}}}' % t
+              for t in ('"abc"', "null", "1e400", "[]", "-5", "true")]
+    bodies += ['{"windows": {"0-1": {"text": 7}}}', '{"windows": []}', "[1, 2]", "not json", '{"windows": ' * 5000]
+    for body in bodies:
+        for e in entries:
+            e.write_text(body)
+        again = counting()
+        res = scan([str(src)], backend=again, cache_dir=str(cache))
+        assert again.calls == 2 and not res.errors, body  # asked again, as a miss
+        assert [f.to_dict() for f in res.findings] == [f.to_dict() for f in first.findings]
+        assert res.cache_note and res.cache_note.startswith("cache entry ") and "(and 1 more bad entry)" in res.cache_note
+        # and rewritten: the next run hits
+        third = counting()
+        assert scan([str(src)], backend=third, cache_dir=str(cache)).cache_note is None and third.calls == 0
+
+
+def test_a_fifo_in_the_cache_does_not_hang_the_scan(tmp_path):
+    import os
+    import signal
+
+    src, cache = project(tmp_path), tmp_path / "cache"
+    scan([str(src)], backend=counting(), cache_dir=str(cache))
+    entries = _entries(cache)
+    for e in entries:
+        e.unlink()
+        os.mkfifo(e)
+    meta = next(cache.rglob("settings.json"))
+    meta.unlink()
+    os.mkfifo(meta)
+    signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError("the scan hung on a FIFO")))
+    signal.alarm(60)
+    try:
+        again = counting()
+        res = scan([str(src)], backend=again, cache_dir=str(cache))
+    finally:
+        signal.alarm(0)
+    assert again.calls == 2 and not res.errors and len(res.findings) == 2
+    assert "not a regular file" in res.cache_note
+    assert all(e.is_file() for e in entries)  # replaced by answers
+
+
+def test_cli_verbose_says_it_once(tmp_path, capsys):
+    from loralint.cli import main
+
+    from tiny_scan import StubServer
+
+    src, cache = project(tmp_path), tmp_path / "cache"
+    with StubServer(lambda body: oracle_answer(body["messages"])) as url:
+        args = ["scan", str(src), "--api", url, "--cache-dir", str(cache), "-q"]
+        assert main(args) == 1
+        for e in _entries(cache):
+            e.write_text('{"windows": {"0-1": {"text": "x", "tokens": 1e400}}}')
+        assert main(args[:-1] + ["--verbose"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("warning: cache entry ") == 1 and "(and 1 more bad entry)" in err

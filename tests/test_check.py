@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import loralint
-from loralint.check import FileResult, RunResult, check, check_source, count_lines
+from loralint.checker import FileResult, RunResult, check, check_source, count_lines
 from loralint.cli import main
 from loralint.report import FORMATS
 from loralint.rules import _REGISTRY, Rule, all_rules, register

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from loralint import sources, windows
-from loralint.check import oracle_findings
+from loralint.checker import oracle_findings
 from loralint.cli import main
-from loralint.dataset import (KINDS, DatasetError, PackageDir, TokenCounter, TokenKit, build, carve_val,
+from loralint.dataset import (KINDS, DatasetError, Package, TokenCounter, TokenKit, build, carve_val,
                               resolve_packages)
 from loralint.languages import fence_for
 from loralint.rules import get_rule
@@ -415,7 +415,7 @@ def test_val_split_by_package(packages, tok, cache, tmp_path, monkeypatch):
     cfg = yaml.safe_load((res.out / "predicate_lora.yaml").read_text())
     info = json.loads((res.out / "dataset_info.json").read_text())
     assert cfg["eval_dataset"] == "loralint_predicate_val" and cfg["eval_dataset"] in info
-    pk = [PackageDir(n, Path(n)) for n in ("a@1", "b@1", "c@1")]
+    pk = [Package.at(Path(n)) for n in ("a@1", "b@1", "c@1")]
     assert carve_val(pk, 1, 0) == carve_val(pk, 1, 0) and len(carve_val(pk, "2", 0)[1]) == 2
     with pytest.raises(DatasetError):
         carve_val(pk, 3, 0)

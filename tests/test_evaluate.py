@@ -9,7 +9,7 @@ import pytest
 from loralint.backends import FunctionBackend
 from loralint.cli import main
 from loralint.evaluate import bucket_of, plot, score, summary, table, update_card
-from loralint.scan import scan
+from loralint.scanner import scan
 from tiny_scan import StubServer, oracle_answer, trained_fixture
 
 CODE = """\

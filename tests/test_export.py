@@ -278,8 +278,9 @@ def test_default_gguf_goes_where_the_llamacpp_scan_backend_looks(tmp_path_factor
     shutil.copytree(kit(tmp_path_factory, "llama")["predicate"], ad)
     report = export(ad, gguf="q8_0")
     assert report["gguf"]["path"] == str(ad / "predicate-q8_0.gguf")
-    backends = pytest.importorskip("loralint.backends")
-    llamacpp = pytest.importorskip("loralint.backends.llamacpp")
+    from loralint import backends
+    from loralint.backends import llamacpp
+
     model, lora = llamacpp.find_gguf(backends.resolve_adapter(str(ad)), None, None)
     assert model == ad / "predicate-q8_0.gguf" and lora is None
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from tree_sitter import Node, Query, QueryCursor
 
-from loralint.check import check_source
+from loralint.checker import check_source
 from loralint.findings import Finding, fold
 from loralint.languages import grammar_for, language, parse
 from loralint.rules import get_rule
@@ -283,3 +283,90 @@ def test_agrees_with_the_seed_on_real_code():
         checked += 1
         findings += len(ours)
     assert checked >= 3 and findings > 0
+
+
+# ------------------------------------------------------------------------------------ hostile input (#11)
+def _chain(n: int) -> bytes:
+    """An ``if`` whose condition is one ``&&`` chain over ``n`` lines (a left-leaning tree ``n`` deep)."""
+    return ("if (a0\n" + "".join(f"  && a{i}\n" for i in range(1, n)) + ") { x(); }\n").encode()
+
+
+def _nested(n: int, opener: str = "if (x) {\n") -> bytes:
+    """A violation at the bottom of ``n`` nested blocks."""
+    return (opener * n + "if (a && b) {}\n" + "}\n" * n).encode()
+
+
+def _timed_check(data: bytes):
+    import time
+
+    t = time.perf_counter()
+    res = check_source(SourceFile("h.js", "/h.js", "javascript", data), [RULE])
+    return res, time.perf_counter() - t
+
+
+def test_a_long_and_chain_is_checked_in_linear_time():
+    """16k / 32k lines took 8 / 32 s in the query (quadratic); the cursor walk takes well under a second."""
+    for n in (16_000, 32_000):
+        res, secs = _timed_check(_chain(n))
+        assert res.error is None and res.skipped is None
+        assert [(f.line, f.kind, f.end_line) for f in res.findings] == [(1, "if", n)]
+        assert secs < 6, f"{n} lines took {secs:.1f} s"
+
+
+def test_deeply_nested_blocks_are_checked_or_skipped_never_missed(monkeypatch):
+    res, secs = _timed_check(_nested(20_000))  # 10k / 20k deep took 9 / 45 s
+    assert [(f.line, f.kind) for f in res.findings] == [(20_001, "if")] and secs < 6
+    do = _nested(5_000, "do {\n").replace(b"}\n", b"} while (y);\n")  # the condition comes after the body
+    res, secs = _timed_check(do)
+    assert [(f.line, f.kind) for f in res.findings] == [(5_001, "if")] and secs < 6
+    # 65,534 nested blocks: the query silently lost the violation; now the file is skipped with its reason
+    res, secs = _timed_check(_nested(65_534, "{\n"))
+    assert res.findings == [] and res.error is None and secs < 10
+    assert res.skipped and res.skipped.startswith("nested too deeply (syntax tree deeper than 50,000 levels")
+    # the depth budget is a setting, and a time budget skips the file the same way
+    from loralint import budget
+
+    monkeypatch.setattr(budget, "MAX_DEPTH", 100)
+    assert _timed_check(_nested(200))[0].skipped.startswith("nested too deeply (syntax tree deeper than 100 ")
+    monkeypatch.setattr(budget, "MAX_DEPTH", 50_000)
+    monkeypatch.setattr(budget, "MAX_SECONDS", 0.0)
+    res = _timed_check(_chain(20_000))[0]
+    assert res.skipped.startswith("took too long (over 0 s for one file") and res.findings == []
+
+
+def test_the_walk_matches_the_query_it_replaces():
+    """The cursor walk captures what the former tree-sitter query did, on every fixture (and, in
+    benchmarks/hostile_inputs.py, on a few thousand corpus files)."""
+    from loralint.rules.predicate import _walk
+
+    q = """[(if_statement condition: (_) @c) (while_statement condition: (_) @c) (do_statement condition: (_) @c)
+            (for_statement condition: (_) @c) (ternary_expression condition: (_) @c)]
+           (binary_expression operator: ["&&" "||"] @op)"""
+    for path in sorted(FIXTURES.rglob("*")):
+        grammar = grammar_for(path.name)
+        if grammar is None or not path.is_file():
+            continue
+        tree = parse(path.read_bytes(), grammar)
+        caps = QueryCursor(Query(language(grammar), q)).captures(tree.root_node)
+        got = _walk(tree, grammar)
+        assert sorted((n.start_byte, n.end_byte) for _, n, _ in got["conds"]) == \
+            sorted((n.start_byte, n.end_byte) for n in caps.get("c", ())), path
+        assert got["ops"] == sorted(n.start_byte for n in caps.get("op", ())), path
+        assert all(n.parent == stmt for _, n, stmt in got["conds"]), path
+
+
+def test_window_spans_are_linear_on_nested_do_while():
+    """scan cuts windows with windows.protected_spans: its do...while pattern was quadratic (8k nested: 25 s)."""
+    import time
+
+    from loralint.windows import protected_spans
+
+    data = _nested(8_000, "do {\n").replace(b"}\n", b"} while (y &&\n z);\n")
+    tree = parse(data, "javascript")
+    t = time.perf_counter()
+    spans = protected_spans(tree, "javascript")
+    assert time.perf_counter() - t < 3
+    assert sorted(spans) == sorted(RULE.window_spans(tree, "javascript"))  # the oracle's walk agrees
+    for path in sorted(JS.glob("*.js")):
+        tree = parse(path.read_bytes(), "javascript")
+        assert sorted(protected_spans(tree, "javascript")) == sorted(RULE.window_spans(tree, "javascript")), path

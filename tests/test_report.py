@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from loralint import __version__
-from loralint.check import FileResult, RunResult, check
+from loralint.checker import FileResult, RunResult, check
 from loralint.findings import Finding
 from loralint.report import FORMATS, github, json_stats, render, sarif, text
 from loralint.rules import all_rules
@@ -220,3 +220,47 @@ def test_github_escapes_properties_and_messages():
 
 def test_github_is_empty_without_findings():
     assert github(_result([])) == ""
+
+
+# ------------------------------------------------------------------------------------ odd file names (#11)
+def test_a_file_name_that_is_not_utf8_is_reported_in_every_format(tmp_path, sarif_schema):
+    """A real file named with the byte 0xFF: check (and scan, which reports the same way) exited 2 on it."""
+    import os
+    import subprocess
+    import sys
+    from urllib.parse import unquote_to_bytes
+
+    from loralint.report import path_from_shown
+
+    bad = os.fsdecode(b"caf\xff.js")
+    (tmp_path / bad).write_text("if (a && b) {}\n")
+    (tmp_path / "ok.js").write_text("if (c || d) {}\n")
+    env = dict(os.environ, PYTHONIOENCODING="utf-8:strict", LC_ALL="C.UTF-8",
+               PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    outs = {}
+    for fmt in FORMATS:
+        for to_file in (False, True):
+            out = tmp_path / f"report.{fmt}"
+            args = [sys.executable, "-m", "loralint", "check", ".", "-f", fmt] + (["-o", str(out)] if to_file else [])
+            proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, timeout=120)
+            assert proc.returncode == 1, (fmt, proc.stderr.decode(errors="replace"))
+            outs[fmt] = out.read_bytes().decode("utf-8") if to_file else proc.stdout.decode("utf-8")
+    log = json.loads(outs["sarif"])
+    _validate(log, sarif_schema)
+    uris = sorted(r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in log["runs"][0]["results"])
+    assert uris == ["caf%FF.js", "ok.js"] and unquote_to_bytes(uris[0]) == b"caf\xff.js"
+    assert "caf\\xff.js:1:5: predicate:" in outs["text"] and "ok.js:1:5: predicate:" in outs["text"]
+    assert "::warning file=caf\\xff.js,line=1," in outs["github"]
+    assert os.fsencode(path_from_shown("caf\\xff.js")) == b"caf\xff.js"
+    # scan writes the same reports
+    from tiny_scan import StubServer, oracle_answer
+
+    with StubServer(lambda body: oracle_answer(body["messages"])) as url:
+        for fmt in ("sarif", "text"):
+            proc = subprocess.run([sys.executable, "-m", "loralint", "scan", ".", "--api", url, "--no-cache", "-q",
+                                   "-f", fmt], cwd=tmp_path, env=env, capture_output=True, timeout=120)
+            assert proc.returncode == 1, (fmt, proc.stderr.decode(errors="replace"))
+            out = proc.stdout.decode("utf-8")
+            assert ("caf%FF.js" if fmt == "sarif" else "caf\\xff.js:1:5: predicate:") in out
+    shown = text(_result([], skipped=[Skipped(bad, f"link leads out of the tree (/x/{bad})")]), verbose=True)
+    assert shown.splitlines()[0] == "caf\\xff.js: skipped: link leads out of the tree (/x/caf\\xff.js)"

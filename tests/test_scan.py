@@ -10,9 +10,10 @@ import pytest
 
 import loralint
 from loralint.backends import BackendError, Completion, FunctionBackend, model_identity, resolve_adapter
-from loralint.check import check
+from loralint.checker import check
 from loralint.cli import main
-from loralint.scan import changed_lines, compare, parse_unified_diff, scan
+from loralint.evaluate import compare
+from loralint.scanner import changed_lines, parse_unified_diff, scan
 from tiny_scan import FIXTURE, StubServer, oracle_answer, trained_fixture
 
 ORACLE = FunctionBackend(oracle_answer, "oracle")
@@ -117,6 +118,23 @@ def test_python_api_can_be_called_twice(tmp_path):
     for _ in range(2):
         res = loralint.scan([str(p)], backend=ORACLE, cache=False)
         assert len(res.findings) == 1
+
+
+def test_python_api_is_plain_functions_and_backend_options_are_one_record(tmp_path):
+    import types
+
+    import loralint.scanner  # importing the implementation leaves the API function alone
+    from loralint.backends import BackendOptions, BackendUnavailable
+
+    assert isinstance(loralint.scan, types.FunctionType) and isinstance(loralint.check, types.FunctionType)
+    p = tmp_path / "a.js"
+    p.write_text("if (a && b) {}\n")
+    assert BackendOptions().kind == "transformers" and BackendOptions(api="http://h").kind == "openai"
+    assert BackendOptions(gguf="m.gguf").kind == "llamacpp"
+    with pytest.raises(BackendUnavailable, match="--api"):
+        loralint.scan([str(p)], backend=BackendOptions(backend="openai"), cache=False)
+    with pytest.raises(TypeError):
+        loralint.scan([str(p)], backend=ORACLE, colour="red")
 
 
 def test_compare_pairs_model_and_oracle(tmp_path):
@@ -243,3 +261,25 @@ def test_tiny_model_same_findings_in_process_and_through_a_server(tmp_path):
     assert model_keys(direct) == model_keys(served)
     assert len(direct.findings) == 5
     assert model_identity(resolve_adapter(str(adapter)), None) == engine.identity()
+
+
+def test_diff_ref_is_never_an_option_or_a_path(tmp_path, capsys):
+    """#11: ``--diff=--output=FILE`` made git overwrite FILE and scan exit 0."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.js").write_text("if (a && b) {}\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "one")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    for bad in (f"--output={victim}", "-R", "--"):
+        with pytest.raises(ValueError, match="--diff takes a git ref"):
+            scan([str(repo)], backend=ORACLE, diff=bad, cache=False)
+    for not_a_commit in ("a.js", "HEAD:a.js", "no-such-branch", "HEAD..HEAD"):
+        with pytest.raises(ValueError, match="no such commit"):
+            changed_lines(not_a_commit, [str(repo)])
+    assert main(["scan", str(repo), "--no-cache", "--api", "http://127.0.0.1:9/v1", f"--diff=--output={victim}"]) == 2
+    assert "--diff takes a git ref" in capsys.readouterr().err
+    assert victim.read_text() == "keep me\n"
+    assert changed_lines("HEAD~0", [str(repo)]) == {}  # a real ref still works

@@ -31,7 +31,7 @@ def test_parse_chat_request():
     assert parse_chat_request({"model": "m", "messages": parts})[1][0]["content"] == "ab"
     assert parse_chat_request({"model": "m", "messages": MESSAGES, "max_completion_tokens": 7})[2]["max_tokens"] == 7
     for bad, param in [({"messages": MESSAGES}, "model"), ({"model": "m"}, "messages"),
-                       ({"model": "m", "messages": MESSAGES, "stream": True}, "stream"),
+                       ({"model": "m", "messages": MESSAGES, "stream": "yes"}, "stream"),
                        ({"model": "m", "messages": MESSAGES, "temperature": "hot"}, "temperature"),
                        ({"model": "m", "messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
                        ({"model": "m", "messages": MESSAGES, "n": 2}, "n"),
@@ -85,7 +85,7 @@ def _call(port, method, path, body=None, raw=None, headers=None):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     c.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
     r = c.getresponse()
-    out = r.status, json.loads(r.read() or b"null"), dict(r.getheaders())
+    out = r.status, json.loads(r.read() or b"null"), r.headers  # (header names are case-insensitive)
     c.close()
     return out
 
@@ -225,3 +225,252 @@ def test_scan_client_speaks_to_it(live):
     finally:
         client.close()
     assert [r.text for r in res] == [want, want]
+
+
+def test_stream_sends_openai_chunks(live):
+    """stream: true -> server-sent events of chat.completion.chunk objects, as OpenAI sends them: the role, the
+    content in pieces that add up to the non-streamed answer, the finish reason, a usage chunk when asked for,
+    then [DONE]."""
+    port = live["port"]
+    want = _chat(port, "predicate")[1]["choices"][0]
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request("POST", "/v1/chat/completions", json.dumps(
+        {"model": "predicate", "messages": MESSAGES, "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True,
+         "stream_options": {"include_usage": True}}), {"Content-Type": "application/json"})
+    r = c.getresponse()
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+    events = [e.removeprefix("data: ") for e in r.read().decode().split("\n\n") if e]
+    c.close()
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(ch["object"] == "chat.completion.chunk" and ch["model"] == "predicate" for ch in chunks)
+    assert len({ch["id"] for ch in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks if ch["choices"]) == \
+        want["message"]["content"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == want["finish_reason"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
+
+
+# ------------------------------------------------------------------ hostile clients (issue #11)
+
+LONG = 1900  # tokens: seconds of generation on the tiny model at n_ctx 2048 (a whole one takes > 10 s here)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """A base-only engine with a 2048-token context (long generations to abandon) behind three servers: one
+    with small limits, one with a 1 s deadline, one with an API key."""
+    need_llama_cpp()
+    from loralint import serve
+
+    k = kit(tmp_path_factory, "llama")
+    engine = serve.Engine(k["base_f32"], {}, n_ctx=2048, n_threads=1)
+    engine.warmup()
+    servers = {
+        "plain": serve.make_server(engine, "127.0.0.1", 0, max_queue=2, default_max_tokens=16,
+                                   max_tokens_limit=LONG, request_timeout=None),
+        "deadline": serve.make_server(engine, "127.0.0.1", 0, max_queue=2, max_tokens_limit=LONG,
+                                      request_timeout=1.0),
+        "key": serve.make_server(engine, "127.0.0.1", 0, api_key="sesame"),
+    }
+    for s in servers.values():
+        serve.serve_in_thread(s)
+    yield {"engine": engine, **{n: (s, s.server_address[1]) for n, s in servers.items()}}
+    for s in servers.values():
+        s.shutdown()
+        s.server_close()
+    engine.close()
+
+
+def _long(**kw):
+    return {"model": "base", "messages": MESSAGES, "max_tokens": LONG, "min_tokens": LONG, **kw}
+
+
+def _send_raw(port, body: dict, path="/v1/chat/completions"):
+    """A request sent on a bare socket that is then never read: the caller abandons it by closing the socket."""
+    import socket
+
+    data = json.dumps(body).encode()
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return s
+
+
+def _wait(cond, timeout=10.0):
+    deadline = time.time() + timeout
+    while not cond() and time.time() < deadline:
+        time.sleep(0.02)
+    return cond()
+
+
+def test_abandoned_queued_requests_free_their_places(hostile):
+    """The attack: fill the queue with requests and hang up. Before, they held their places (every other client
+    got 503) until the engine had answered each one; now each leaves the queue when its client goes."""
+    server, port = hostile["plain"]
+    engine = hostile["engine"]
+    before = dict(server.stats)
+    with engine.lock:  # the engine is busy with something else
+        socks = [_send_raw(port, _long()) for _ in range(2)]
+        assert _wait(lambda: server.stats["in_flight"] == 2)
+        assert _call(port, "POST", "/v1/chat/completions", _long())[0] == 503  # full
+        for s in socks:
+            s.close()
+        t = time.time()
+        assert _wait(lambda: server.stats["in_flight"] == 0, 5), "abandoned requests kept their places"
+        print(f"places freed {time.time() - t:.2f}s after the clients hung up")
+    assert server.stats["cancelled"] - before["cancelled"] == 2
+    assert server.stats["generated_tokens"] == before["generated_tokens"]  # they never ran
+    status, body, _ = _call(port, "POST", "/v1/chat/completions", {"model": "base", "messages": MESSAGES})
+    assert status == 200
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_disconnect_stops_generation(hostile, stream):
+    """A client that hangs up mid-answer stops the generation at the next token (it used to run to the end)."""
+    server, port = hostile["plain"]
+    before = dict(server.stats)
+    s = _send_raw(port, _long(stream=stream))
+    if stream:
+        assert s.recv(1 << 16).startswith(b"HTTP/1.1 200")  # the stream has begun
+    assert _wait(lambda: server.stats["in_flight"] == 1 and any(j.tokens > 0 for j in server.state.jobs))
+    t = time.time()
+    s.close()
+    assert _wait(lambda: server.stats["in_flight"] == 0, 5), "generation went on for a client that was gone"
+    spent = server.stats["generated_tokens"] - before["generated_tokens"]
+    print(f"stopped {time.time() - t:.2f}s after the hang-up, {spent} of {LONG} tokens generated")
+    assert 0 < spent < LONG and server.stats["cancelled"] == before["cancelled"] + 1
+
+
+def test_max_tokens_default_and_limit(hostile):
+    """No max_tokens used to mean 'up to the context window' (4,066 tokens, 201 s); now a default applies and
+    a request for more than the limit is turned down."""
+    server, port = hostile["plain"]
+    status, body, _ = _call(port, "POST", "/v1/chat/completions",
+                            {"model": "base", "messages": MESSAGES, "min_tokens": 100})
+    assert status == 200 and body["usage"]["completion_tokens"] == 16 and body["choices"][0]["finish_reason"] == "length"
+    status, body, _ = _call(port, "POST", "/v1/chat/completions", _long(max_tokens=LONG + 1))
+    assert status == 400 and body["error"]["param"] == "max_tokens"
+
+
+def test_deadline(hostile):
+    """Every request has a deadline: a long answer is cut there (finish_reason "length"), and a request still
+    waiting for the engine at its deadline gets 503."""
+    server, port = hostile["deadline"]
+    t = time.time()
+    status, body, _ = _call(port, "POST", "/v1/chat/completions", _long())
+    took = time.time() - t
+    assert status == 200 and body["choices"][0]["finish_reason"] == "length", body
+    assert 0 < body["usage"]["completion_tokens"] < LONG and took < 5, took
+    with hostile["engine"].lock:
+        t = time.time()
+        status, body, headers = _call(port, "POST", "/v1/chat/completions", _long())
+        assert status == 503 and body["error"]["code"] == "server_busy" and headers["Retry-After"] == "1"
+        assert 0.9 < time.time() - t < 5
+    assert server.stats["timed_out"] == 2 and server.stats["in_flight"] == 0
+
+
+def test_hostile_bodies_get_400(hostile):
+    """NaN sampling parameters (were 200 with garbage), 100k-deep JSON, a non-string content part and a lone
+    surrogate (were 500) are each a 400 naming the fault; the server goes on serving."""
+    server, port = hostile["plain"]
+    ok = {"model": "base", "messages": MESSAGES, "max_tokens": 2}
+    msg = lambda content: {**ok, "messages": [{"role": "user", "content": content}]}  # noqa: E731
+    cases = {
+        "NaN temperature": json.dumps({**ok, "temperature": float("nan")}).encode(),
+        "Infinity top_p": json.dumps({**ok, "top_p": float("inf")}).encode(),
+        "100k-deep JSON": b'{"model": "base", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "non-string content part": json.dumps(msg([{"type": "text", "text": 5}])).encode(),
+        "content part that is no object": json.dumps(msg([7])).encode(),
+        "image content part": json.dumps(msg([{"type": "image_url", "image_url": {"url": "x"}}])).encode(),
+        "lone surrogate": json.dumps(msg("a \ud800 b")).encode(),
+        "lone surrogate in a stop string": json.dumps({**ok, "stop": ["\udc00"]}).encode(),
+        "string temperature": json.dumps({**ok, "temperature": "0.5"}).encode(),
+        "not an object": b"[1, 2]",
+    }
+    for name, raw in cases.items():
+        status, body, _ = _call(port, "POST", "/v1/chat/completions", raw=raw)
+        assert status == 400 and body["error"]["type"] == "invalid_request_error", (name, status, body)
+        print(f"{name}: {body['error']['message'][:100]}")
+    assert server.stats["errors"] == 0
+    assert _call(port, "POST", "/v1/chat/completions", ok)[0] == 200
+
+
+def test_bad_content_length_closes_the_connection(hostile):
+    """Content-Length: -1 used to let the bytes after the headers pass for a second request on the same
+    connection; now the request is refused and the connection closed."""
+    import socket
+
+    _, port = hostile["plain"]
+    smuggled = f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    for length in ("-1", "1, 2", "0x10", "+5"):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json"
+                  f"\r\nContent-Length: {length}\r\n\r\n{smuggled}".encode())
+        got = b""
+        while chunk := s.recv(1 << 16):
+            got += chunk
+        s.close()
+        assert got.startswith(b"HTTP/1.1 400") and got.count(b"HTTP/1.1 ") == 1, (length, got[:300])
+
+
+def test_host_origin_and_content_type(hostile):
+    """A loopback server answers only loopback Host names (no DNS rebinding), refuses requests from web pages
+    of another origin, and takes JSON bodies only (no cross-site form posts)."""
+    _, port = hostile["plain"]
+    body = {"model": "base", "messages": MESSAGES, "max_tokens": 2}
+    status, err, _ = _call(port, "GET", "/v1/models", headers={"Host": "attacker.example"})
+    assert status == 400 and err["error"]["code"] == "invalid_host"
+    status, err, _ = _call(port, "POST", "/v1/chat/completions", body, headers={"Origin": "http://attacker.example"})
+    assert status == 403 and err["error"]["code"] == "origin_not_allowed"
+    status, err, _ = _call(port, "POST", "/v1/chat/completions", body, headers={"Content-Type": "text/plain"})
+    assert status == 415
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert _call(port, "POST", "/v1/chat/completions", body,
+                     headers={"Host": host, "Origin": f"http://{host}"})[0] == 200
+
+
+def test_api_key(hostile):
+    server, port = hostile["key"]
+    body = {"model": "base", "messages": MESSAGES, "max_tokens": 2}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sesame"}):
+        status, err, h = _call(port, "POST", "/v1/chat/completions", body, headers=headers)
+        assert status == 401 and err["error"]["code"] == "invalid_api_key" and h["WWW-Authenticate"] == "Bearer"
+    assert _call(port, "GET", "/v1/models")[0] == 401
+    assert _call(port, "GET", "/health")[0] == 200
+    assert _call(port, "POST", "/v1/chat/completions", body, headers={"Authorization": "Bearer sesame"})[0] == 200
+    openai = pytest.importorskip("loralint.backends.openai")
+    client = openai.OpenAIBackend(f"http://127.0.0.1:{port}", api_key="sesame", concurrency=1)
+    try:
+        assert client.model == "base" and client.generate([MESSAGES], 2)[0].text is not None
+    finally:
+        client.close()
+
+
+def test_public_host_needs_a_flag(capsys):
+    from loralint.cli import main
+
+    rc = main(["serve", "--host", "0.0.0.0", "--port", "0"])
+    assert rc != 0 and "--allow-remote" in capsys.readouterr().err
+
+
+def test_chunked_body_is_counted_against_the_limit(live):
+    """A body sent without a Content-Length (chunked) is counted as it arrives: past --max-body it is a 413."""
+    import socket
+
+    port = live["port"]
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+              "Transfer-Encoding: chunked\r\n\r\n".encode())
+    try:
+        for _ in range(8):  # 8 x 4 KiB > 16 KiB
+            s.sendall(b"1000\r\n" + b" " * 4096 + b"\r\n")
+        s.sendall(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered and closed before the end: fine
+    r = http.client.HTTPResponse(s)
+    r.begin()
+    status, body = r.status, json.loads(r.read())
+    s.close()
+    assert status == 413 and body["error"]["code"] == "request_too_large"

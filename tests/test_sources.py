@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loralint.check import check
+from loralint.checker import check
 from loralint.cli import main
 from loralint.sources import MINIFIED_LINE, SourceFile, Skipped, discover, iter_sources, load, minified_reason
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loralint.check import check, check_source
+from loralint.checker import check, check_source
 from loralint.cli import main
 from loralint.languages import parse
 from loralint.rules.predicate import RULE

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from loralint import cli
+from loralint import cli, train
 from loralint.rules import get_rule
 from loralint.windows import Window, window_messages
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import smollm2_tokenizer, tiny_model_dir  # noqa: E402
-
-train = pytest.importorskip("loralint.train")
 
 JS = """function grant(user, opts) {
   if (user && user.active && !user.banned) {
@@ -121,7 +119,7 @@ def test_outputs_are_a_peft_adapter_with_card_metadata_log_and_plot(trained, wor
     stored = json.loads((out / "loralint.json").read_text())
     assert stored["base"]["spec"] == str(qwen3.resolve())
     assert stored["rule"]["id"] == "predicate" and stored["rule"]["summary"] == get_rule("predicate").summary
-    assert stored["prompt"]["fingerprint"] == train.prompt_fingerprint(get_rule("predicate"))
+    assert stored["prompt"]["fingerprint"] == get_rule("predicate").fingerprint()
     sha = hashlib.sha256()
     data = work / "data-with-val" / "train.jsonl"
     sha.update(f"{data.stat().st_size}:".encode() + data.read_bytes())
@@ -381,3 +379,46 @@ def test_base_spec_in_metadata_finds_the_base_again(tmp_path):
     local = models.Base("rel/dir", "dir", str(tmp_path))
     assert train.base_spec("rel/dir", local) == str(Path("rel/dir").resolve())
     assert train.base_spec("Qwen/Qwen3-1.7B", models.resolve("Qwen/Qwen3-1.7B")) == "Qwen/Qwen3-1.7B"
+
+
+def test_resume_falls_back_to_the_newest_complete_checkpoint(work, qwen3):
+    """#11: a run killed while saving leaves a truncated safetensors or no trainer_state.json in its newest
+    checkpoint; --resume took it and failed."""
+    out = work / "resume-incomplete"
+    s = _settings(qwen3, max_steps=5, save_steps=1, save_total_limit=3)
+    with pytest.raises(_Kill):
+        train.train(work / "data", out, s, progress=False, callbacks=[_killer(4)])  # (killed before saving 4)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    w = out / "checkpoint-3" / "adapter_model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])  # killed while writing the weights
+    (out / "checkpoint-2" / "trainer_state.json").unlink()  # killed before the state
+    assert train.checkpoint_problem(out / "checkpoint-3").startswith("adapter_model.safetensors is truncated")
+    assert train.checkpoint_problem(out / "checkpoint-2") == "no trainer_state.json"
+    assert train.checkpoint_problem(out / "checkpoint-1") is None
+
+    said: list[str] = []
+    meta = train.train(work / "data", out, s, resume=True, progress=False, log=said.append)
+    assert meta["train"]["resumed_from"] == "checkpoint-1" and meta["train"]["steps"] == 5
+    told = "\n".join(said)
+    assert "checkpoint-3 is incomplete (adapter_model.safetensors is truncated" in told
+    assert "checkpoint-2 is incomplete (no trainer_state.json)" in told
+    assert "resuming from checkpoint-1, the newest complete checkpoint" in told
+    assert (out / "incomplete-checkpoint-3").is_dir() and (out / "checkpoint-5").is_dir()
+    assert [r["step"] for r in _log(out) if "loss" in r] == [1, 2, 3, 4, 5]
+
+
+def test_resume_with_no_complete_checkpoint_says_so(tmp_path):
+    (tmp_path / "checkpoint-7").mkdir()
+    with pytest.raises(train.TrainError, match="no complete checkpoint"):
+        train.check_output_dir(tmp_path, resume=True, overwrite=False)
+
+
+# --------------------------------------------------------------------------------------- experiment trackers
+def test_report_to_tensorboard_writes_event_files(work, qwen3, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tb"
+    meta = train.train(work / "data", out, _settings(qwen3, max_steps=2, logging_steps=1, report_to="tensorboard"),
+                       progress=False)
+    assert meta["hyperparameters"]["report_to"] == ["tensorboard"]
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert events and sum(e.stat().st_size for e in events) > 100, list(out.rglob("*"))

@@ -39,7 +39,7 @@ def tiny_base(tmp_path: Path, seed: int = 0) -> Path:
 
 def window_examples(tok, files: list[Path], window_lines: int) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, answer ids + end of turn) for every window of ``files``, as the scanner will build them."""
-    from loralint.check import oracle_findings
+    from loralint.checker import oracle_findings
     from loralint.languages import fence_for, grammar_for
     from loralint.rules import get_rule
     from loralint.sources import SourceFile
@@ -207,7 +207,7 @@ def prompt_code(messages: list[dict]) -> tuple[int, list[str]]:
 
 def oracle_answer(messages: list[dict], max_new_tokens: int = 0) -> str:
     """What a perfect model would answer for a window prompt (the oracle run on the window's lines)."""
-    from loralint.check import oracle_findings
+    from loralint.checker import oracle_findings
     from loralint.rules import get_rule
     from loralint.sources import SourceFile
 

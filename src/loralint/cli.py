@@ -27,6 +27,21 @@ class UserError(Exception):
     """An error with a message meant for the user (no traceback)."""
 
 
+#: what `pip install 'loralint[model]'` adds (scan, eval, train, export, serve); `check` needs none of it
+MODEL_PACKAGES = {"torch", "transformers", "peft", "trl", "datasets", "accelerate", "gguf", "safetensors",
+                  "matplotlib", "huggingface_hub", "tokenizers"}
+MODEL_HINT = "pip install 'loralint[model]'"
+
+
+def _missing_model_stack(e: BaseException, argv: list[str]) -> str | None:
+    """The one line for a model command run on the base install (a library of the model stack missing)."""
+    if not isinstance(e, ModuleNotFoundError) or not e.name or e.name.split(".")[0] not in MODEL_PACKAGES:
+        return None
+    cmd = next((a for a in argv if not a.startswith("-")), "this command")
+    return (f"`loralint {cmd}` needs the model stack ({e.name.split('.')[0]} is not installed): "
+            f"{MODEL_HINT}")
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"loralint {__version__}")
@@ -43,17 +58,18 @@ def _root(
 
 def _register() -> None:
     # each module adds its subcommands to `app`; they import heavy libraries (torch) only when run
-    for optional in ("check_cmd", "corpus_cmd", "dataset_cmd", "train_cmd", "scan_cmd", "eval_cmd",
-                     "export_cmd", "serve_cmd"):
-        try:
-            __import__(f"loralint.commands.{optional}")
-        except ModuleNotFoundError as e:
-            if e.name != f"loralint.commands.{optional}":
-                raise
+    for command in ("check_cmd", "rules_cmd", "corpus_cmd", "dataset_cmd", "train_cmd", "scan_cmd", "eval_cmd",
+                    "export_cmd", "serve_cmd"):
+        __import__(f"loralint.commands.{command}")
 
 
 def main(argv: list[str] | None = None) -> int:
     _register()
+    given = list(sys.argv[1:] if argv is None else argv)
+    from .models import quiet_libraries  # before any model library is imported
+
+    quiet_libraries(verbose=any(a in ("-v", "--verbose") for a in given),
+                    quiet=any(a in ("-q", "--quiet") for a in given))
     try:
         rc = app(args=argv, standalone_mode=False)
         return rc if isinstance(rc, int) else 0
@@ -68,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(e, "show") and hasattr(e, "exit_code"):  # click/typer usage errors
             e.show()
             return 2
-        if state["debug"] or "--debug" in (argv or sys.argv):
+        args = list(sys.argv[1:] if argv is None else argv)
+        missing = _missing_model_stack(e, args)
+        if missing and not (state["debug"] or "--debug" in args):
+            typer.echo(f"loralint: error: {missing}", err=True)
+            return 2
+        if state["debug"] or "--debug" in args:
             raise
         if isinstance(e, KeyError) and e.args:
             msg = str(e.args[0])  # str(KeyError) quotes its message

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .findings import Finding
+from .checker import FileResult, check_source
+from .findings import Finding, sort_findings
 from .rules import get_rule
-from .scan import ScanResult, match, oracle_results, scan
+from .scanner import ScanResult, _whole, scan
+from .sources import Skipped, load
 
 #: file-length buckets (lines): label, lowest, highest
 BUCKETS = (("<100", 0, 99), ("100-300", 100, 299), ("300-1000", 300, 999), (">1000", 1000, 1 << 62))
@@ -24,6 +26,69 @@ BUCKETS = (("<100", 0, 99), ("100-300", 100, 299), ("300-1000", 300, 999), (">10
 
 def bucket_of(lines: int) -> str:
     return next(label for label, lo, hi in BUCKETS if lo <= lines <= hi)
+
+
+# ------------------------------------------------------------------------------- model vs oracle, per file
+@dataclass
+class Comparison:
+    """Model and oracle findings of one file, matched by (line, kind)."""
+
+    path: str
+    matched: list[tuple[Finding, Finding]]  # (model, oracle)
+    model_only: list[Finding]
+    oracle_only: list[Finding]
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "matched": [m.to_dict() for m, _ in self.matched],
+                "model_only": [f.to_dict() for f in self.model_only],
+                "oracle_only": [f.to_dict() for f in self.oracle_only]}
+
+
+def oracle_results(result: ScanResult, rule: str = "predicate") -> dict[str, FileResult]:
+    """The oracle's findings for every file the scan read (suppressions and --diff lines applied alike)."""
+    the_rule = get_rule(rule)
+    out: dict[str, FileResult] = {}
+    for r in result.files:
+        if r.skipped:
+            continue
+        src = load(r.path, _whole(r.path))
+        if isinstance(src, Skipped):
+            continue
+        res = check_source(src, [the_rule])
+        changed = (result.changed or {}).get(r.path) if result.changed is not None else None
+        if changed is not None:
+            res.findings = [x for x in res.findings if any(ln in changed for ln in range(x.line, x.end_line + 1))]
+        out[r.path] = res
+    return out
+
+
+def match(model: list[Finding], oracle: list[Finding]) -> tuple[list[tuple[Finding, Finding]], list[Finding],
+                                                                list[Finding]]:
+    """Pair findings by (path, line, kind); returns (matched pairs, model only, oracle only)."""
+    index: dict[tuple, list[Finding]] = {}
+    for o in oracle:
+        index.setdefault(o.key, []).append(o)
+    matched, model_only = [], []
+    for m in model:
+        bucket = index.get(m.key)
+        if bucket:
+            matched.append((m, bucket.pop(0)))
+        else:
+            model_only.append(m)
+    oracle_only = [o for bucket in index.values() for o in bucket]
+    return matched, model_only, sort_findings(oracle_only)
+
+
+def compare(result: ScanResult, rule: str = "predicate") -> list[Comparison]:
+    """Per file: what the model and the oracle agree on, and what only one of them found."""
+    oracle = oracle_results(result, rule)
+    out = []
+    for r in result.files:
+        if r.skipped or r.path not in oracle:
+            continue
+        m, mo, oo = match(r.findings, oracle[r.path].findings)
+        out.append(Comparison(r.path, m, mo, oo))
+    return out
 
 
 @dataclass
@@ -151,7 +216,7 @@ def score(result: ScanResult, rule: str = "predicate", meta: dict | None = None)
 
 
 def evaluate(paths: Iterable[str | os.PathLike], adapter=None, *, rule: str = "predicate", **scan_kwargs) -> Evaluation:
-    """Scan ``paths`` with the model (see :func:`loralint.scan.scan` for the options) and score it."""
+    """Scan ``paths`` with the model (see :func:`loralint.scanner.scan` for the options) and score it."""
     paths = [str(p) for p in paths]
     result = scan(paths, adapter, rule=rule, **scan_kwargs)
     return score(result, rule, meta={"paths": paths})
@@ -228,14 +293,12 @@ def plot(ev: Evaluation, path: str | Path, title: str | None = None) -> Path:
     return path
 
 
-def update_card(ev: Evaluation, adapter_dir: str | Path) -> Path | None:
-    """Merge the figures into the adapter's ``loralint.json`` and model card (when loralint.modelcard exists)."""
-    try:
-        from .modelcard import write_model_card
-    except ImportError:
-        return None
+def update_card(ev: Evaluation, adapter_dir: str | Path) -> Path:
+    """Merge the figures into the adapter's ``loralint.json`` and model card."""
+    from .modelcard import write_model_card
+
     return write_model_card(Path(adapter_dir), {"eval": ev.card_figures()})
 
 
-__all__ = ["BUCKETS", "Evaluation", "Score", "bucket_of", "evaluate", "plot", "score", "summary", "table",
-           "update_card"]
+__all__ = ["BUCKETS", "Comparison", "Evaluation", "Score", "bucket_of", "compare", "evaluate", "match", "oracle_results",
+           "plot", "score", "summary", "table", "update_card"]

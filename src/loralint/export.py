@@ -16,50 +16,18 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import models
+from .backends import Adapter, adapter_layout, meta_base, meta_rule
 from .gguf_export import GGUF_TYPES, ExportError, lora_to_gguf, model_to_gguf
 
 __all__ = ["Adapter", "ExportError", "GGUF_TYPES", "read_adapter", "is_adapter_dir", "resolve_base", "merge",
            "export", "base_config"]
 
-LLAMAFACTORY_FILES = ("trainer_state.json", "training_args.bin", "all_results.json", "train_results.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                     "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-@dataclass
-class Adapter:
-    path: Path
-    config: dict  # adapter_config.json
-    meta: dict = field(default_factory=dict)  # loralint.json, {} when absent
-    layout: str = "peft"  # loralint | llamafactory | peft
-
-    @property
-    def name(self) -> str:
-        """The rule id the adapter serves (loralint.json ``rule``), else the folder's name."""
-        rule = self.meta.get("rule")
-        if isinstance(rule, dict):  # {"id": ..., "name": ...} as `loralint train` writes it
-            rule = rule.get("id")
-        return str(rule or self.path.resolve().name)
-
-    @property
-    def base_spec(self) -> str | None:
-        base = self.meta.get("base")
-        if isinstance(base, dict):  # {"spec": ..., "name": ..., "kind": ...} as `loralint train` writes it
-            base = base.get("spec")
-        return base or self.config.get("base_model_name_or_path") or None
-
-    @property
-    def has_tokenizer(self) -> bool:
-        return (self.path / "tokenizer.json").is_file() or (self.path / "tokenizer_config.json").is_file()
-
-    @property
-    def rank(self) -> int:
-        return int(self.config.get("r", 8))
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -74,8 +42,8 @@ def read_adapter(path: str | Path) -> Adapter:
         raise ExportError(f"{p} has no adapter_config.json: not a PEFT adapter folder")
     config = json.loads((p / "adapter_config.json").read_text())
     meta = json.loads((p / "loralint.json").read_text()) if (p / "loralint.json").is_file() else {}
-    layout = "loralint" if meta else ("llamafactory" if any((p / f).exists() for f in LLAMAFACTORY_FILES) else "peft")
-    return Adapter(p, config, meta, layout)
+    return Adapter(p, meta_base(meta) or config.get("base_model_name_or_path") or None,
+                   meta_rule(meta) or p.resolve().name, meta=meta, config=config, layout=adapter_layout(p, meta))
 
 
 def resolve_base(adapter: Adapter, override: str | None = None) -> models.Base:

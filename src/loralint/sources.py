@@ -5,6 +5,15 @@ an extension no grammar reads are ignored silently. Every other file or folder t
 reported as a :class:`Skipped` with a reason: a dependency or hidden folder, a hidden file, unreadable,
 not a regular file, binary, not UTF-8, too large, minified, a broken link, a link loop, a link leading out
 of the tree or one to a file or folder of the tree (read at its own path). Nothing here raises for a bad file.
+
+Given :class:`~loralint.config.Settings` (the command line does), the walk also honours the project's
+configuration: ``exclude``/``--exclude`` patterns and ``.gitignore`` files (with ``.git/info/exclude``, from
+the repository's top down to each folder) skip a folder or file with the reason, ``include`` and
+``per-file-ignores`` (for `scan`'s rule) leave files out silently. A folder named on the command line is
+walked even when a pattern matches it (no exclude pattern applies inside it then, and only the .gitignore
+files inside it count); a file named there is skipped
+when one matches it, as ruff's ``--force-exclude`` does, so that pre-commit's file lists obey the
+configuration.
 """
 
 from __future__ import annotations
@@ -14,9 +23,12 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from .languages import grammar_for
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 #: a line longer than this in the first lines of a file marks it as minified (the seed used 500)
@@ -61,7 +73,60 @@ def _inside(real: str, root: str) -> bool:
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def discover(paths: Iterable[str | os.PathLike]) -> tuple[list[str], list[Skipped]]:
+def _git_top(folder: str) -> str | None:
+    """The top folder of the git work tree holding ``folder`` (where ``.git`` is), or None."""
+    for d in (folder, *map(str, Path(folder).parents)):
+        if os.path.exists(os.path.join(d, ".git")):
+            return d
+    return None
+
+
+class GitIgnore:
+    """``.gitignore`` files (and ``.git/info/exclude``) as git reads them: the deepest file with a matching
+    pattern decides, a later pattern in one file overrides an earlier one, ``!`` re-includes."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, object] = {}
+
+    def _spec(self, folder: str, top: bool):
+        key = f"{folder}\0{top}"
+        if key not in self._specs:
+            from pathspec import GitIgnoreSpec
+
+            lines: list[str] = []
+            for name in ((".git/info/exclude", ".gitignore") if top else (".gitignore",)):
+                try:
+                    with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as fh:
+                        lines += fh.read().splitlines()
+                except OSError:
+                    pass
+            self._specs[key] = GitIgnoreSpec.from_lines(lines) if lines else None
+        return self._specs[key]
+
+    def ignored(self, path: str, is_dir: bool, floor: str) -> bool:
+        """Whether ``path`` is ignored, reading ignore files from the repository's top (or ``floor``, the
+        walk's root, outside a repository or when the root itself is ignored) down to its folder."""
+        real = os.path.abspath(path)
+        parent = os.path.dirname(real)
+        folders = [parent]
+        while folders[-1] != floor and os.path.dirname(folders[-1]) != folders[-1]:
+            if not _inside(folders[-1], floor):
+                return False
+            folders.append(os.path.dirname(folders[-1]))
+        top = folders[-1]
+        for d in folders:  # the deepest first
+            spec = self._spec(d, d == top)
+            if spec is None:
+                continue
+            rel = os.path.relpath(real, d).replace(os.sep, "/") + ("/" if is_dir else "")
+            res = spec.check_file(rel)  # type: ignore[attr-defined]
+            if res.include is not None:
+                return bool(res.include)
+        return False
+
+
+def discover(paths: Iterable[str | os.PathLike],
+             settings: "Settings | None" = None) -> tuple[list[str], list[Skipped]]:
     """Files to read under ``paths`` (sorted, each once) and the files and folders skipped, with reasons.
 
     A path given explicitly is read whatever its name (hidden, inside node_modules) if a grammar
@@ -71,6 +136,25 @@ def discover(paths: Iterable[str | os.PathLike]) -> tuple[list[str], list[Skippe
     files: list[str] = []
     skipped: list[Skipped] = []
     seen: set[str] = set()
+    gitignore = GitIgnore() if settings is not None and settings.respect_gitignore else None
+
+    def floor_of(p: Path) -> str:
+        """Where ignore files start to count for a walk from ``p`` (see :meth:`GitIgnore.ignored`)."""
+        real = os.path.abspath(p)
+        top = _git_top(real if p.is_dir() else os.path.dirname(real)) or (real if p.is_dir() else os.path.dirname(real))
+        if p.is_dir() and real != top and gitignore is not None and gitignore.ignored(real, True, top):
+            return real  # a folder named on the command line is read even if ignored: only its own files count
+        return top
+
+    def left_out(p: Path, is_dir: bool, floor: str, use_excludes: bool = True) -> str | None:
+        if settings is None:
+            return None
+        why = settings.excluded(p, is_dir) if use_excludes else None
+        if why:
+            return why
+        if gitignore is not None and gitignore.ignored(str(p), is_dir, floor):
+            return "ignored by .gitignore (--no-respect-gitignore reads it)"
+        return None
 
     def add(path: Path) -> None:
         real = os.path.realpath(path)
@@ -86,13 +170,22 @@ def discover(paths: Iterable[str | os.PathLike]) -> tuple[list[str], list[Skippe
         if p.is_file():
             if grammar_for(p.name) is None:
                 skipped.append(Skipped(_display(p), f"unsupported file type {p.suffix or '(none)'}"))
+            elif settings is not None and not settings.included(p):
+                pass
             else:
-                add(p)
+                why = left_out(p, False, floor_of(p))
+                if why:
+                    skipped.append(Skipped(_display(p), why))
+                else:
+                    add(p)
             continue
         if not p.is_dir():
             skipped.append(Skipped(_display(p), _link_problem(p) or "not a regular file or directory"))
             continue
         root = os.path.realpath(p)
+        floor = floor_of(p) if settings is not None else ""
+        # patterns that match the folder named on the command line do not apply inside it
+        use_excludes = settings is not None and not settings.excluded(p, True)
 
         def unreadable(e: OSError) -> None:
             skipped.append(Skipped(_display(Path(e.filename or "?")) + "/", f"unreadable folder: {e.strerror}"))
@@ -108,6 +201,8 @@ def discover(paths: Iterable[str | os.PathLike]) -> tuple[list[str], list[Skippe
                     skipped.append(Skipped(shown, "hidden folder"))
                 elif os.path.islink(full):
                     skipped.append(Skipped(shown, _link_reason(full, dirpath, root)))
+                elif why := left_out(full, True, floor, use_excludes):
+                    skipped.append(Skipped(shown, why))
                 else:
                     keep.append(d)
             dirnames[:] = keep
@@ -119,6 +214,10 @@ def discover(paths: Iterable[str | os.PathLike]) -> tuple[list[str], list[Skippe
                     skipped.append(Skipped(_display(full), "hidden file"))
                 elif os.path.islink(full):
                     skipped.append(Skipped(_display(full), _link_reason(full, dirpath, root)))
+                elif settings is not None and not settings.included(full):
+                    continue
+                elif why := left_out(full, False, floor, use_excludes):
+                    skipped.append(Skipped(_display(full), why))
                 else:
                     add(full)
     return files, skipped
@@ -205,8 +304,9 @@ def read(path: str, max_bytes: int = DEFAULT_MAX_BYTES, name: str | None = None)
     return data
 
 
-def iter_sources(paths: Iterable[str], max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[SourceFile | Skipped]:
-    files, skipped = discover(paths)
+def iter_sources(paths: Iterable[str], max_bytes: int = DEFAULT_MAX_BYTES,
+                 settings: "Settings | None" = None) -> Iterator[SourceFile | Skipped]:
+    files, skipped = discover(paths, settings)
     yield from skipped
     for f in files:
         yield load(f, max_bytes)

@@ -42,6 +42,7 @@ import yaml
 from transformers import TrainerCallback
 
 from . import models
+from .dataset.packages import DatasetError  # a dataset file that cannot be trained on (the message names file and line)
 from .modelcard import LOSS_PLOT, METADATA, write_model_card
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -89,15 +90,15 @@ SFT_DEFAULTS: dict[str, Any] = {
 }
 #: SFTConfig fields the recipe sets itself (an override would break it)
 FIXED_FIELDS = ("output_dir", "max_length", "completion_only_loss", "assistant_only_loss", "packing",
-                "train_sampling_strategy", "report_to", "disable_tqdm", "resume_from_checkpoint")
+                "train_sampling_strategy", "disable_tqdm", "resume_from_checkpoint")
+#: experiment trackers ``report_to`` may name (transformers' integrations), with the module each needs;
+#: logs go where the tracker puts them (tensorboard: OUT/runs/, wandb: its project, offline with WANDB_MODE)
+REPORTERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+             "trackio": ("trackio",), "comet_ml": ("comet_ml",), "clearml": ("clearml",)}
 
 
 class TrainError(ValueError):
     """A problem with the request (settings, output folder, machine) that the user can fix; one line."""
-
-
-class DatasetError(TrainError):
-    """A dataset file that cannot be trained on; the message names the file and line."""
 
 
 # ------------------------------------------------------------------------------------------------ 1. settings
@@ -181,7 +182,23 @@ def load_settings(preset: str | None = None, overrides: dict | None = None) -> d
     settings["preset"] = path.stem
     if settings["mode"] not in MODES:
         raise TrainError(f"mode {settings['mode']!r}: choose one of {', '.join(MODES)}")
+    settings["report_to"] = report_targets(settings.get("report_to"))
     return settings
+
+
+def report_targets(value: Any) -> list[str]:
+    """``report_to`` as a list of installed trackers (``none`` or nothing: []); one line of error otherwise."""
+    import importlib.util
+
+    names = value if isinstance(value, list) else str(value or "none").split(",")
+    names = [str(n).strip() for n in names if str(n).strip() and str(n).strip() != "none"]
+    for n in names:
+        if n not in REPORTERS:
+            raise TrainError(f"report_to: unknown tracker {n!r}; choose none or {', '.join(REPORTERS)} "
+                             "(a comma list)")
+        if not any(importlib.util.find_spec(m) is not None for m in REPORTERS[n]):
+            raise TrainError(f"report_to={n} needs the {REPORTERS[n][0]} package: pip install {REPORTERS[n][0]}")
+    return names
 
 
 def _flag(name: str) -> bool:
@@ -436,7 +453,7 @@ def sft_config(s: dict, out: Path, has_eval: bool, n_rows: int = 0):
         packing=False,  # packing would change what a batch is; padding-free removes the padding instead
         padding_free=bool(s["padding_free"]),
         train_sampling_strategy="group_by_length" if s["group_by_length"] else "random",
-        report_to="none",
+        report_to=report_targets(s.get("report_to")) or "none",
         disable_tqdm=True,  # the progress display is ours, on stderr
         ddp_find_unused_parameters=False,  # every trainable parameter takes part in every step
         save_strategy="steps",
@@ -673,13 +690,75 @@ def last_checkpoint(out: Path) -> Path | None:
     return Path(found) if found else None
 
 
-def check_output_dir(out: Path, resume: bool, overwrite: bool) -> Path | None:
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why a ``checkpoint-*`` folder cannot be resumed from (a run killed while saving it), or None: its
+    ``trainer_state.json`` must parse, its weights be there, each safetensors file hold all the bytes its header
+    names, and each torch pickle (optimizer, scheduler, RNG state) be a whole zip archive."""
+    import struct
+    import zipfile
+
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+            return "trainer_state.json has no global_step"
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (OSError, ValueError) as e:
+        return f"trainer_state.json unreadable ({type(e).__name__})"
+    weights = sorted(ckpt.glob("*.safetensors"))
+    if not weights and not any(ckpt.glob("*.bin")):
+        return "no weights (*.safetensors)"
+    for f in weights:
+        try:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if f.stat().st_size != 8 + n + end:
+                return f"{f.name} is truncated ({f.stat().st_size:,} of {8 + n + end:,} bytes)"
+        except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError):
+            return f"{f.name} is not a whole safetensors file"
+    for f in [*ckpt.glob("*.pt"), *ckpt.glob("*.pth"), *ckpt.glob("*.bin")]:
+        if not zipfile.is_zipfile(f):
+            return f"{f.name} is truncated"
+    return None
+
+
+def resume_checkpoint(out: Path, say: Callable[[str], None] = lambda msg: None) -> Path | None:
+    """The newest complete checkpoint of ``out``; each newer incomplete one is passed over, and said so."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    found = []
+    for p in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if out.is_dir() else ():
+        step = p.name.rsplit("-", 1)[-1]
+        if p.is_dir() and step.isdigit():
+            found.append((int(step), p))
+    for _step, p in sorted(found, reverse=True):
+        problem = checkpoint_problem(p)
+        if problem is None:
+            return p
+        aside = p.with_name(f"incomplete-{p.name}")
+        if _is_main() and not aside.exists():
+            p.rename(aside)  # not picked again, nor overwritten half-way when training saves that step anew
+        say(f"--resume: {p.name} is incomplete ({problem}); set aside as {aside.name}, falling back to the one "
+            f"before it")
+    return None
+
+
+def check_output_dir(out: Path, resume: bool, overwrite: bool,
+                     say: Callable[[str], None] = lambda msg: None) -> Path | None:
     """The checkpoint to resume from; refuses to mix a new run into an earlier run's folder."""
     ckpt = last_checkpoint(out)
     if resume:
         if ckpt is None:
             raise TrainError(f"--resume: no checkpoint-* folder in {out} to resume from")
-        return ckpt
+        good = resume_checkpoint(out, say)
+        if good is None:
+            raise TrainError(f"--resume: no complete checkpoint-* folder in {out} to resume from "
+                             f"(start over with --overwrite)")
+        if good != ckpt:
+            say(f"--resume: resuming from {good.name}, the newest complete checkpoint")
+        return good
     earlier = ckpt or next((p for p in (out / "adapter_config.json", out / METADATA) if p.exists()), None)
     if earlier and not overwrite:
         raise TrainError(f"{out} holds an earlier run ({earlier.name}): pass --resume to continue it, --overwrite to "
@@ -728,7 +807,7 @@ def train(data: str | Path, out: str | Path, settings: dict | None = None, *, pr
     # 1. settings, decided for this machine
     s = resolve_settings(settings if settings is not None else load_settings(preset, overrides))
     out = Path(out).expanduser()
-    ckpt = check_output_dir(out, resume, overwrite)
+    ckpt = check_output_dir(out, resume, overwrite, log if main else (lambda msg: None))
 
     # 2. data: checked line by line before anything heavy loads
     files = data_files(data)
@@ -862,12 +941,6 @@ def base_spec(spec: str, base) -> str:
     return str(Path(spec).expanduser().resolve()) if base.kind in ("dir", "gguf") else str(spec)
 
 
-def prompt_fingerprint(rule) -> str:
-    """A short hash of the rule's prompt and answer format: an adapter is only good for the format it learned."""
-    text = rule.user_prompt("<CODE>", "<FENCE>") + "\x00" + rule.no_findings_answer
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def _metadata(s, base, rule, files, eval_files, n_train, dropped, lengths, result, final_eval, rows, trainer,
               ckpt) -> dict[str, Any]:
     import peft
@@ -889,7 +962,7 @@ def _metadata(s, base, rule, files, eval_files, n_train, dropped, lengths, resul
         "base": {"spec": base_spec(s["base"], base), "name": base.name, "kind": base.kind, "given": str(s["base"]),
                  "load_dir": str(models.model_dir(base)) if base.kind != "hub" else base.load_dir},
         "rule": {"id": rule.id, "name": rule.name, "summary": rule.summary},
-        "prompt": {"version": getattr(rule, "prompt_version", 1), "fingerprint": prompt_fingerprint(rule)},
+        "prompt": {"version": getattr(rule, "prompt_version", 1), "fingerprint": rule.fingerprint()},
         "mode": s["mode"],
         "hyperparameters": hyper,
         "dataset": {"files": [str(f) for f in files], "sha256": dataset_sha256(files), "examples": n_train,

@@ -9,6 +9,7 @@ Dataset building and scanning cut with the same function, so the model is traine
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,21 +20,30 @@ from tree_sitter import Node, Query, QueryCursor, Tree
 
 from .languages import language
 
-_PROTECT = """[
+#: The one query of the spans a window boundary must not cut (dataset and scanner both cut with it): an ``@c``
+#: node spans its own rows; an ``@for`` statement spans its head, from its first row to its body's.
+PROTECT = """[
   (if_statement condition: (_) @c)
   (while_statement condition: (_) @c)
-  (do_statement condition: (_) @c)
+  (do_statement) @do
   (switch_statement value: (_) @c)
-  (for_statement body: (_) @body) @for
+  (for_statement body: (_)) @for
   (ternary_expression) @c
   (binary_expression) @c
   (template_string) @c
 ]"""
 
 
+def protect_patterns(prefix: str) -> str:
+    """:data:`PROTECT` with its captures renamed ``@<prefix>c`` and ``@<prefix>for``, for a rule that joins it to
+    its own query so that its oracle and the windows' spans come from one pass over the tree (see
+    :meth:`loralint.rules.Rule.window_spans`); :func:`spans_from_captures` turns the captures into spans."""
+    return re.sub(r"@(c|for)\b", lambda m: f"@{prefix}{m.group(1)}", PROTECT)
+
+
 @lru_cache(maxsize=None)
 def _query(grammar: str) -> Query:
-    return Query(language(grammar), _PROTECT)
+    return Query(language(grammar), PROTECT)
 
 
 @dataclass(frozen=True)
@@ -48,11 +58,13 @@ class Window:
 def protected_spans(tree: Tree, grammar: str) -> list[tuple[int, int]]:
     """0-based inclusive row spans (multi-line only) that no window boundary may cut."""
     caps = QueryCursor(_query(grammar)).captures(tree.root_node)
-    return spans_from_captures(caps.get("c", ()), caps.get("for", ()))
+    # a do...while's condition comes after its body: matched in the query, nested loops cost quadratic time
+    dos = [c for c in (d.child_by_field_name("condition") for d in caps.get("do", ())) if c is not None and c.is_named]
+    return spans_from_captures([*caps.get("c", ()), *dos], caps.get("for", ()))
 
 
 def spans_from_captures(nodes: Iterable[Node], fors: Iterable[Node]) -> list[tuple[int, int]]:
-    """Protected spans from the nodes :data:`_PROTECT` captures: ``nodes`` (``@c``: conditions, switch values,
+    """Protected spans from the nodes :data:`PROTECT` captures: ``nodes`` (``@c``: conditions, switch values,
     ternaries, binary expressions, template strings) and ``fors`` (``@for``: a ``for`` statement's head, from
     its first row to its body's). Their order, and duplicates, do not matter to :func:`forbidden_cuts`."""
     spans = []
@@ -146,8 +158,12 @@ def file_lines(data: bytes) -> list[str]:
     return lines
 
 
-def window_messages(rule, lines: list[str], window: Window, fence: str, answer: str | None = None) -> list[dict]:
-    """The chat messages for one window: the rule's prompt over the window's lines, numbered as in the file."""
-    from .rules import number_lines
+def number_lines(lines: list[str], first_line: int) -> str:
+    """The code as the model sees it: every line prefixed with its real 1-based line number."""
+    return "\n".join(f"{first_line + i}| {line}" for i, line in enumerate(lines))
 
+
+def window_messages(rule, lines: list[str], window: Window, fence: str, answer: str | None = None) -> list[dict]:
+    """The chat messages for one window: the rule's prompt over the window's lines, numbered as in the file
+    (``rule``: a :class:`loralint.rules.Rule`; dataset building, the scanner and the token counts all call this)."""
     return rule.messages(number_lines(lines[window.start:window.end], window.start + 1), fence, answer)

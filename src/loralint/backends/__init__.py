@@ -16,6 +16,7 @@ A failure on one prompt (a timeout, a reply that is no chat completion) comes ba
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -31,6 +32,8 @@ Progress = Callable[[int], None]
 DEFAULT_BACKEND = "transformers"
 BACKENDS = ("transformers", "openai", "llamacpp")
 ADAPTER_META = "loralint.json"
+#: files LlamaFactory writes next to an adapter (and loralint does not)
+LLAMAFACTORY_FILES = ("trainer_state.json", "training_args.bin", "all_results.json", "train_results.json")
 #: a hint printed wherever an adapter is missing
 TRAIN_HINT = ("train one (`loralint dataset ...` then `loralint train ...`) and pass its folder with --adapter DIR, "
               "or point --api URL at a server that serves one")
@@ -143,20 +146,66 @@ class FunctionBackend(Backend):
 # ---------------------------------------------------------------------------------------------- adapters
 @dataclass(frozen=True)
 class Adapter:
-    """A trained adapter folder: PEFT files (or a full model), ``loralint.json``, perhaps GGUF exports."""
+    """A trained adapter folder: PEFT files (loralint's own with ``loralint.json``, or LlamaFactory's), or a full
+    model, perhaps GGUF exports. The one adapter record of scan, eval, export and serve: :func:`resolve_adapter`
+    finds one for a rule, :func:`loralint.export.read_adapter` reads a PEFT folder as it is."""
 
     path: Path
     base: str | None  # base model spec (models.resolve understands it); None for a full model folder
-    rule: str
-    digest: str  # content hash of the weights and settings: part of the scan cache's key
-    meta: dict = field(default_factory=dict, compare=False)
+    rule: str  # the rule it serves (loralint.json ``rule``; else the rule asked for, or the folder's name)
+    meta: dict = field(default_factory=dict, compare=False)  # loralint.json, {} when absent
+    config: dict = field(default_factory=dict, compare=False)  # adapter_config.json, {} when absent
+    layout: str = "peft"  # loralint | llamafactory | peft
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """Content hash of the weights and settings: part of the scan cache's key."""
+        return _digest(self.path)
+
+    @property
+    def name(self) -> str:
+        """The name it is exported and served under: the rule's id."""
+        return self.rule
+
+    @property
+    def base_spec(self) -> str | None:
+        return self.base
 
     @property
     def is_peft(self) -> bool:
         return (self.path / "adapter_config.json").exists()
 
+    @property
+    def has_tokenizer(self) -> bool:
+        return (self.path / "tokenizer.json").is_file() or (self.path / "tokenizer_config.json").is_file()
+
+    @property
+    def rank(self) -> int:
+        return int(self.config.get("r", 8))
+
     def gguf_files(self) -> list[Path]:
         return sorted(self.path.glob("*.gguf"))
+
+
+def adapter_layout(path: Path, meta: dict) -> str:
+    """Who wrote an adapter folder: ``loralint`` (its ``loralint.json``), ``llamafactory`` or plain ``peft``."""
+    return "loralint" if meta else ("llamafactory" if any((path / f).exists() for f in LLAMAFACTORY_FILES) else "peft")
+
+
+def meta_base(meta: dict) -> str | None:
+    """The base model ``loralint.json`` names (``{"spec": ...}`` as `loralint train` writes it, or a plain spec)."""
+    base = meta.get("base")
+    if isinstance(base, dict):
+        base = base.get("spec")
+    return base or None
+
+
+def meta_rule(meta: dict) -> str | None:
+    """The rule ``loralint.json`` names (``{"id": ...}`` as `loralint train` writes it, or a plain id)."""
+    rule = meta.get("rule")
+    if isinstance(rule, dict):
+        rule = rule.get("id")
+    return str(rule) if rule else None
 
 
 def shipped_adapter_dir(rule: str = "predicate") -> Path:
@@ -205,22 +254,11 @@ def resolve_adapter(adapter: str | os.PathLike | None, rule: str = "predicate", 
     elif not (path / "config.json").exists() and not list(path.glob("*.gguf")):
         raise AdapterNotFound(f"{path} holds no adapter_config.json (PEFT adapter), config.json (full model) "
                               f"nor .gguf file: {TRAIN_HINT}")
-    meta_base = meta.get("base")
-    if isinstance(meta_base, dict):  # {"spec": ..., "name": ..., "kind": ...} as `loralint train` writes it
-        meta_base = meta_base.get("spec")
-    base_spec = base or meta_base or peft_cfg.get("base_model_name_or_path")
+    base_spec = base or meta_base(meta) or peft_cfg.get("base_model_name_or_path")
     if peft_cfg and not base_spec:
         raise AdapterNotFound(f"{path}: the base model is unknown ({ADAPTER_META} has no 'base'); pass --base")
-    meta_rule = meta.get("rule", rule)
-    if isinstance(meta_rule, dict):
-        meta_rule = meta_rule.get("id", rule)
-    return Adapter(path=path.resolve(), base=base_spec, rule=str(meta_rule), digest=_digest(path), meta=meta)
-
-
-def prompt_fingerprint(rule) -> str:
-    """The fingerprint `loralint train` records of the prompt an adapter learned (see train.prompt_fingerprint)."""
-    text = rule.user_prompt("<CODE>", "<FENCE>") + "\x00" + rule.no_findings_answer
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return Adapter(path=path.resolve(), base=base_spec, rule=meta_rule(meta) or rule, meta=meta, config=peft_cfg,
+                   layout=adapter_layout(path, meta))
 
 
 def adapter_warnings(adapter: Adapter, rule) -> list[str]:
@@ -229,9 +267,9 @@ def adapter_warnings(adapter: Adapter, rule) -> list[str]:
     if adapter.rule != rule.id:
         out.append(f"the adapter at {adapter.path} was trained for rule {adapter.rule!r}, not {rule.id!r}")
     want = (adapter.meta.get("prompt") or {}).get("fingerprint") if isinstance(adapter.meta.get("prompt"), dict) else None
-    if want and want != prompt_fingerprint(rule):
+    if want and want != rule.fingerprint():
         out.append(f"the adapter at {adapter.path} learned another prompt format (fingerprint {want}, this loralint's "
-                   f"is {prompt_fingerprint(rule)}): its answers may be poor; retrain it")
+                   f"is {rule.fingerprint()}): its answers may be poor; retrain it")
     return out
 
 
@@ -254,9 +292,48 @@ def max_new_tokens_for(lines: Sequence[str]) -> int:
     return min(n, 4096)
 
 
+def _default_device() -> str:
+    from .. import models
+
+    return models.default_device()
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Which model answers and how: the options of every backend in one record (``loralint scan`` and ``loralint
+    eval`` take them all; :func:`loralint.scan` takes them as keywords or as this record). Each backend reads its
+    own: ``transformers`` adapter, base, device, engine, batch_tokens, max_batch; ``openai`` api, model,
+    concurrency, timeout, retries; ``llamacpp`` gguf (or the adapter's own GGUF), base."""
+
+    backend: str | None = None  # transformers (default) | openai (implied by api) | llamacpp (implied by gguf)
+    adapter: str | os.PathLike | Adapter | None = None  # default: the one shipped for the rule
+    base: str | None = None
+    api: str | None = None
+    api_key: str | None = None  # sent to `api` only when given (or $LORALINT_API_KEY); never $OPENAI_API_KEY
+    model: str | None = None
+    gguf: str | None = None
+    device: str | None = None
+    engine: str | None = None
+    concurrency: int = 8
+    timeout: float = 120.0
+    retries: int = 2
+    batch_tokens: int | None = None
+    max_batch: int | None = None
+
+    @property
+    def kind(self) -> str:
+        """The backend these options select."""
+        return self.backend or ("openai" if self.api else None) or ("llamacpp" if self.gguf else None) or DEFAULT_BACKEND
+
+    def create(self, rule: str = "predicate", adapter: Adapter | None = None) -> "Backend":
+        """The backend (``adapter``: the one already resolved, if any)."""
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("backend", "adapter")}
+        return create_backend(self.kind, adapter=adapter or self.adapter, rule=rule, **fields)
+
+
 def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adapter | None = None,
-                   base: str | None = None, api: str | None = None, model: str | None = None,
-                   rule: str = "predicate", device: str | None = None, concurrency: int = 8,
+                   base: str | None = None, api: str | None = None, api_key: str | None = None,
+                   model: str | None = None, rule: str = "predicate", device: str | None = None, concurrency: int = 8,
                    timeout: float = 120.0, retries: int = 2, batch_tokens: int | None = None,
                    max_batch: int | None = None, engine: str | None = None, gguf: str | None = None,
                    **options) -> Backend:
@@ -268,11 +345,17 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
         from .openai import OpenAIBackend
 
         options.setdefault("prefer", rule)
-        return OpenAIBackend(api, model=model, concurrency=concurrency, timeout=timeout, retries=retries, **options)
+        return OpenAIBackend(api, model=model, concurrency=concurrency, timeout=timeout, retries=retries,
+                             api_key=api_key, **options)
     if kind == "transformers":
         from .transformers import TransformersBackend
 
         ad = adapter if isinstance(adapter, Adapter) else resolve_adapter(adapter, rule, base)
+        if engine == "gpu" or (engine is None and (device or _default_device()).startswith("cuda")):
+            from . import gpu_engine  # the engine for GPUs: default on CUDA, the reference engine elsewhere
+
+            return gpu_engine.create(ad, auto=engine is None, base=base, device=device, batch_tokens=batch_tokens,
+                                     max_batch=max_batch, **options)
         return TransformersBackend(ad, base=base, device=device, batch_tokens=batch_tokens, max_batch=max_batch,
                                    engine=engine, **options)
     if kind == "llamacpp":
@@ -286,6 +369,6 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
 
 
 __all__ = [
-    "Adapter", "adapter_warnings", "prompt_fingerprint", "AdapterNotFound", "Backend", "BackendError", "BackendUnavailable", "Completion", "FunctionBackend",
+    "Adapter", "adapter_warnings", "AdapterNotFound", "Backend", "BackendOptions", "BackendError", "BackendUnavailable", "Completion", "FunctionBackend",
     "Messages", "as_result", "create_backend", "max_new_tokens_for", "model_identity", "resolve_adapter", "shipped_adapter_dir",
 ]

@@ -22,16 +22,11 @@ INSTALL_HINT = "pip install 'llama-cpp-python>=0.3' (or `pip install 'loralint[l
 
 
 def _gguf_type(path: Path) -> str:
-    """'adapter' for a LoRA GGUF, 'model' otherwise (read from the file's metadata)."""
-    try:
-        from gguf import GGUFReader
+    """'adapter' for a LoRA GGUF, 'model' otherwise (serve's reader of ``general.type``; an unreadable file is
+    taken for an adapter when its name says lora)."""
+    from ..serve.engine import gguf_type
 
-        field = GGUFReader(str(path)).fields.get("general.type")
-        if field is not None:
-            return bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
-    except Exception:  # noqa: BLE001 - unreadable metadata: assume a whole model
-        pass
-    return "adapter" if "lora" in path.name.lower() else "model"
+    return gguf_type(path) or ("adapter" if "lora" in path.name.lower() else "model")
 
 
 def find_gguf(adapter: Adapter | None, gguf: str | None, base: str | None) -> tuple[Path, Path | None]:

@@ -5,14 +5,19 @@ Prompts go out as ``POST {api}/v1/chat/completions`` with ``temperature: 0`` and
 connection each): a server that batches concurrent requests answers many windows for the price of a few.
 Connection errors, HTTP 429 and 5xx are retried with backoff; a timeout or a reply that is no chat completion
 becomes that prompt's :class:`BackendError` and the scan goes on.
+
+An API key is sent only when one is given for loralint (``--api-key`` or ``$LORALINT_API_KEY``), never picked up
+from ``$OPENAI_API_KEY``; sending one over plain http to a host that is not loopback is warned about.
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -21,6 +26,16 @@ from urllib.parse import urlsplit
 from . import Backend, BackendError, BackendUnavailable, Completion, Result, limits
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _snippet(raw: bytes | str, n: int = 120) -> str:
@@ -51,7 +66,13 @@ class OpenAIBackend(Backend):
         self.concurrency = max(1, int(concurrency))
         self.timeout = float(timeout)
         self.retries = max(0, int(retries))
-        self.api_key = api_key or os.environ.get("LORALINT_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        # only a key meant for loralint: $OPENAI_API_KEY would go to whatever server --api names
+        self.api_key = api_key or os.environ.get("LORALINT_API_KEY") or None
+        self.warnings: list[str] = []
+        if self.api_key and self.scheme == "http" and not is_loopback(self.host):
+            self.warnings.append(f"the API key is sent in clear text over http to {self.host}; use https")
+        for w in self.warnings:
+            print(f"loralint: warning: {w}", file=sys.stderr)
         self.extra_body = extra_body or {}
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="loralint-api")

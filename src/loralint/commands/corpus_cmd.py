@@ -29,12 +29,18 @@ def fetch_command(
     lists: list[str] = typer.Argument(..., help="List files (name@version a line), or `train` / `eval`."),
     dest: Path = typer.Option(Path(".cache/corpus"), "--dest", "-d", help="Folder to unpack packages into."),
     offline: bool = typer.Option(False, help="Fail instead of fetching what is not there yet."),
+    max_mb: int = typer.Option(512, "--max-unpacked-mb", min=1, help="Refuse a package that unpacks to more."),
 ) -> None:
-    """Fetch pinned packages with `npm pack` (or HTTPS), check their checksums and unpack them."""
-    from ..corpus import fetch
+    """Fetch pinned packages with `npm pack` (or HTTPS), check their checksums and unpack them (nothing is
+    written outside --dest; a tarball with links out of its folder, devices or too much data is refused)."""
+    from ..corpus import UnsafePackage, fetch
 
     for name in lists:
-        fetch(list_path(name), dest, offline=offline, progress=lambda s, m: stderr.print(f"{s}: {m}", highlight=False))
+        try:
+            fetch(list_path(name), dest, offline=offline, max_bytes=max_mb * 1024 * 1024,
+                  progress=lambda s, m: stderr.print(f"{s}: {m}", highlight=False))
+        except UnsafePackage as e:
+            raise UserError(str(e)) from None
     stderr.print(f"corpus ready in {dest}")
 
 

@@ -11,31 +11,14 @@ import typer
 
 from ..cli import UserError, app
 from . import QuietOpt, stderr
-from .scan_cmd import (AdapterOpt, ApiOpt, BackendOpt, BaseOpt, BatchTokensOpt, CacheDirOpt, ConcurrencyOpt,
-                       DeviceOpt, EngineOpt, GgufOpt, MaxBatchOpt, ModelOpt, NoCacheOpt, RetriesOpt, RuleOpt,
-                       TimeoutOpt, WindowOpt, backend_kwargs, run_scan)
+from .scan_cmd import model_options, run_scan
 
 
 @app.command("eval")
+@model_options
 def eval_command(
+    kw: dict,
     paths: List[Path] = typer.Argument(..., help="Files and folders to evaluate on (held-out code)."),
-    adapter: Optional[Path] = AdapterOpt,
-    base: Optional[str] = BaseOpt,
-    api: Optional[str] = ApiOpt,
-    model: Optional[str] = ModelOpt,
-    backend: Optional[str] = BackendOpt,
-    gguf: Optional[Path] = GgufOpt,
-    device: Optional[str] = DeviceOpt,
-    engine: Optional[str] = EngineOpt,
-    concurrency: int = ConcurrencyOpt,
-    timeout: float = TimeoutOpt,
-    retries: int = RetriesOpt,
-    batch_tokens: Optional[int] = BatchTokensOpt,
-    max_batch: Optional[int] = MaxBatchOpt,
-    rule: str = RuleOpt,
-    cache_dir: Optional[Path] = CacheDirOpt,
-    no_cache: bool = NoCacheOpt,
-    window: int = WindowOpt,
     fmt: str = typer.Option("text", "--format", "-f", help="text (a table) or json."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the figures as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart of recall and precision per kind."),
@@ -48,8 +31,7 @@ def eval_command(
 
     if fmt not in ("text", "json"):
         raise typer.BadParameter(f"unknown format {fmt!r}; choose text or json", param_hint="--format")
-    kw = backend_kwargs(adapter, base, api, model, backend, gguf, device, engine, concurrency, timeout, retries,
-                        batch_tokens, max_batch, rule, cache_dir, no_cache, window)
+    adapter, api, gguf, rule, base = kw["adapter"], kw["api"], kw["gguf"], kw["rule"], kw["base"]
     result = run_scan(paths, kw, quiet)
     meta = {"paths": [str(p) for p in paths], "adapter": str(adapter) if adapter else ("api:" + api if api else
                                                                                         "shipped")}
@@ -81,8 +63,7 @@ def eval_command(
             raise UserError("--update-card needs the adapter folder (--adapter), not a server or GGUF file")
         from ..backends import resolve_adapter
 
-        card = ev_mod.update_card(ev, resolve_adapter(str(adapter) if adapter else None, rule, base).path)
+        card = ev_mod.update_card(ev, resolve_adapter(adapter, rule, base).path)
         if not quiet:
-            stderr.print(f"model card updated: {card}" if card else "no model card writer (loralint.modelcard) "
-                         "in this loralint: card left alone", highlight=False)
+            stderr.print(f"model card updated: {card}", highlight=False)
     raise typer.Exit(0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
@@ -11,17 +13,21 @@ from typing import List, Optional
 import typer
 
 from ..cli import UserError, app
-from . import FormatOpt, QuietOpt, VerboseOpt, emit_report, progress_bar, stderr
+from . import (ExcludeOpt, FormatOpt, NoGitignoreOpt, QuietOpt, StatisticsOpt, StdinNameOpt, VerboseOpt, emit_report,
+               load_run_settings, progress_bar, relabel, stderr, stdin_as_file)
 
 # the options that choose and drive the model (shared with `loralint eval`)
 AdapterOpt = typer.Option(None, "--adapter", "-a", help="Adapter folder (default: the one shipped for the rule).")
 BaseOpt = typer.Option(None, "--base", help="Base model (default: the one in the adapter's loralint.json).")
 ApiOpt = typer.Option(None, "--api", help="OpenAI-compatible server URL (selects the openai backend).")
+ApiKeyOpt = typer.Option(None, "--api-key", envvar="LORALINT_API_KEY", show_envvar=True,
+                         help="Key sent to --api as a bearer token (only when given; $OPENAI_API_KEY is not read).")
 ModelOpt = typer.Option(None, "--model", help="Model name to ask the server for (default: the one it lists).")
 BackendOpt = typer.Option(None, "--backend", help="transformers (default), openai (--api) or llamacpp.")
 GgufOpt = typer.Option(None, "--gguf", help="GGUF file for the llamacpp backend.")
 DeviceOpt = typer.Option(None, "--device", help="cuda, cpu or mps (default: the best there is).")
-EngineOpt = typer.Option(None, "--engine", help="transformers engine: batched (default: static batches, finished "
+EngineOpt = typer.Option(None, "--engine", help="transformers engine: gpu (default on CUDA: shared prefix once, "
+                         "length buckets, CUDA-graph decoding), batched (default elsewhere: static batches, finished "
                          "rows dropped), generate (model.generate) or continuous (transformers' continuous batching).")
 ConcurrencyOpt = typer.Option(8, "--concurrency", "-c", help="Requests in flight to --api.")
 TimeoutOpt = typer.Option(120.0, "--timeout", help="Seconds to wait for one answer from --api.")
@@ -34,16 +40,50 @@ NoCacheOpt = typer.Option(False, "--no-cache", help="Ask the model again even fo
 WindowOpt = typer.Option(30, "--window", help="Lines per window (the adapter was trained on this size).")
 
 
-def backend_kwargs(adapter, base, api, model, backend, gguf, device, engine, concurrency, timeout, retries,
+#: the options that choose and drive the model, declared once: `scan` and `eval` take them all (:func:`model_options`)
+MODEL_OPTIONS: dict[str, tuple[object, object]] = {
+    "adapter": (Optional[Path], AdapterOpt), "base": (Optional[str], BaseOpt), "api": (Optional[str], ApiOpt),
+    "api_key": (Optional[str], ApiKeyOpt), "model": (Optional[str], ModelOpt), "backend": (Optional[str], BackendOpt), "gguf": (Optional[Path], GgufOpt),
+    "device": (Optional[str], DeviceOpt), "engine": (Optional[str], EngineOpt),
+    "concurrency": (int, ConcurrencyOpt), "timeout": (float, TimeoutOpt), "retries": (int, RetriesOpt),
+    "batch_tokens": (Optional[int], BatchTokensOpt), "max_batch": (Optional[int], MaxBatchOpt),
+    "rule": (str, RuleOpt), "cache_dir": (Optional[Path], CacheDirOpt), "no_cache": (bool, NoCacheOpt),
+    "window": (int, WindowOpt),
+}
+
+
+def backend_kwargs(adapter, base, api, api_key, model, backend, gguf, device, engine, concurrency, timeout, retries,
                    batch_tokens, max_batch, rule, cache_dir, no_cache, window) -> dict:
-    return dict(adapter=str(adapter) if adapter else None, base=base, api=api, model=model, backend=backend,
+    """scan()'s keywords from the command line's model options (the backend's are a BackendOptions' fields)."""
+    return dict(adapter=str(adapter) if adapter else None, base=base, api=api, api_key=api_key, model=model, backend=backend,
                 gguf=str(gguf) if gguf else None, device=device, engine=engine, concurrency=concurrency,
                 timeout=timeout, retries=retries, batch_tokens=batch_tokens, max_batch=max_batch, rule=rule,
                 cache_dir=str(cache_dir) if cache_dir else None, cache=not no_cache, window_lines=window)
 
 
+def model_options(command):
+    """A typer command with the :data:`MODEL_OPTIONS` as its own options (after its arguments); it receives them
+    as one ``kw``: :func:`backend_kwargs` of their values, ready for scan()."""
+    sig = inspect.signature(command, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != "kw"]
+    args = [p for p in own if isinstance(p.default, typer.models.ArgumentInfo)]
+    rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p not in args]
+    model = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind)
+             for name, (kind, opt) in MODEL_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(**values):
+        kw = backend_kwargs(**{name: values.pop(name) for name in MODEL_OPTIONS})
+        return command(kw=kw, **values)
+
+    params = args + model + rest
+    wrapper.__signature__ = sig.replace(parameters=params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params} | {"return": sig.return_annotation}
+    return wrapper
+
+
 def check_paths(paths: List[Path]) -> None:
-    missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
+    missing = [str(p) for p in paths if str(p) != "-" and not p.exists() and not p.is_symlink()]
     if missing:
         raise typer.BadParameter(f"no such file or directory: {', '.join(missing)}", param_hint="PATHS")
 
@@ -70,18 +110,19 @@ def cpu_threads_yield() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def run_scan(paths: List[Path], kw: dict, quiet: bool, diff: str | None = None):
-    """scan() with a progress bar; engine problems become one-line user errors."""
+def run_scan(paths: List[Path], kw: dict, quiet: bool, diff: str | None = None, settings=None):
+    """scan() with a progress bar; engine problems become one-line user errors. ``settings``: the project's
+    configuration (:func:`loralint.config.load_settings`), or None to read every file given."""
     cpu_threads_yield()
     from ..backends import AdapterNotFound, BackendUnavailable
     from ..models import ModelNotFound
-    from ..scan import scan
+    from ..scanner import scan
 
     check_paths(paths)
     warn_adapter(kw, quiet)
     try:
         with progress_bar("scanning", not quiet) as (total, advance):
-            return scan([str(p) for p in paths], diff=diff, progress=advance, on_total=total, **kw)
+            return scan([str(p) for p in paths], diff=diff, progress=advance, on_total=total, settings=settings, **kw)
     except (AdapterNotFound, BackendUnavailable, ModelNotFound) as e:
         raise UserError(str(e)) from e
 
@@ -103,7 +144,7 @@ def print_comparison(result, rule: str, fmt: str, output: Optional[Path]) -> Non
     from rich.table import Table
     from rich import box
 
-    from ..scan import compare
+    from ..evaluate import compare
 
     comps = compare(result, rule)
     if fmt == "json":
@@ -136,30 +177,19 @@ def print_comparison(result, rule: str, fmt: str, output: Optional[Path]) -> Non
 
 
 @app.command("scan")
+@model_options
 def scan_command(
-    paths: List[Path] = typer.Argument(..., help="Files and folders to review."),
-    adapter: Optional[Path] = AdapterOpt,
-    base: Optional[str] = BaseOpt,
-    api: Optional[str] = ApiOpt,
-    model: Optional[str] = ModelOpt,
-    backend: Optional[str] = BackendOpt,
-    gguf: Optional[Path] = GgufOpt,
-    device: Optional[str] = DeviceOpt,
-    engine: Optional[str] = EngineOpt,
-    concurrency: int = ConcurrencyOpt,
-    timeout: float = TimeoutOpt,
-    retries: int = RetriesOpt,
-    batch_tokens: Optional[int] = BatchTokensOpt,
-    max_batch: Optional[int] = MaxBatchOpt,
-    rule: str = RuleOpt,
-    cache_dir: Optional[Path] = CacheDirOpt,
-    no_cache: bool = NoCacheOpt,
-    window: int = WindowOpt,
+    kw: dict,
+    paths: List[Path] = typer.Argument(..., help="Files and folders to review (`-`: stdin)."),
     diff: Optional[str] = typer.Option(None, "--diff", help="Only files and lines changed since this git ref."),
     compare: bool = typer.Option(False, "--compare", help="Show model and oracle findings side by side."),
     fmt: str = FormatOpt,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file."),
     stats: Optional[Path] = typer.Option(None, "--stats", help="Write run statistics (skips, errors) as JSON."),
+    exclude: Optional[List[str]] = ExcludeOpt,
+    no_respect_gitignore: bool = NoGitignoreOpt,
+    stdin_filename: Optional[str] = StdinNameOpt,
+    statistics: bool = StatisticsOpt,
     verbose: bool = VerboseOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -167,19 +197,27 @@ def scan_command(
     and nothing was found)."""
     if compare and fmt not in ("text", "json"):
         raise typer.BadParameter("--compare prints text or json", param_hint="--format")
-    kw = backend_kwargs(adapter, base, api, model, backend, gguf, device, engine, concurrency, timeout, retries,
-                        batch_tokens, max_batch, rule, cache_dir, no_cache, window)
-    result = run_scan(paths, kw, quiet, diff)
+    settings = load_run_settings(paths, exclude, no_respect_gitignore, rule=kw["rule"])
+    with stdin_as_file(paths, stdin_filename) as (names, tmp):
+        if tmp and (diff or compare):
+            raise typer.BadParameter("--diff and --compare read files from disk, not stdin", param_hint="PATHS")
+        if tmp:  # the code from stdin is not walked: only its per-file-ignores count
+            names, settings = ([] if not settings.included(stdin_filename or "-") else names), None
+        result = run_scan([Path(n) for n in names], kw, quiet, diff, settings)
+        relabel(result, tmp, stdin_filename or "-")
     if compare:
-        print_comparison(result, rule, fmt, output)
+        print_comparison(result, kw["rule"], fmt, output)
         rc = 1 if result.findings else 0
     else:
         extra = {"unverified_claims": [dict(path=p, **r.to_dict()) for p, d in result.details.items()
                                        for r in d.unverified]}
-        rc = emit_report(result, fmt, verbose, quiet, output, stats, extra_stats=extra)
+        rc = emit_report(result, fmt, verbose, quiet, output, stats, extra_stats=extra, statistics=statistics,
+                         category="loralint/scan/")
     if not quiet:
         stderr.print(summary_line(result), highlight=False)
         if verbose:
+            if result.cache_note:
+                stderr.print(f"warning: {result.cache_note}", highlight=False)
             for p, d in result.details.items():
                 for r in d.unverified:
                     stderr.print(f"{p}:{r.line}: unverified {r.kind} ({r.text}): {r.reason}", highlight=False)

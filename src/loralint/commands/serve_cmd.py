@@ -23,12 +23,25 @@ def serve_command(
     base_type: str = typer.Option("f16", "--base-type", help="GGUF type the base is converted to (once, cached): "
                                   "f32, f16, bf16, q8_0, or `source` for the GGUF a base came from (the embedded "
                                   "Q4_1: smaller, faster, less faithful). A .gguf --base is used as it is."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default; any other "
+                             "needs --allow-remote)."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a --host that is not loopback (give "
+                                      "an --api-key too: anyone who reaches the port can use the server)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LORALINT_API_KEY", help="Require "
+                                          "`Authorization: Bearer KEY` on every route but /health (the scanner's "
+                                          "--api client sends $LORALINT_API_KEY)."),
     port: int = typer.Option(8080, "--port", "-p", help="Port to listen on (0: any free port)."),
     ctx: int = typer.Option(4096, "--ctx", help="Context length in tokens (prompt + answer)."),
     threads: int = typer.Option(0, "--threads", "-t", help="CPU threads for llama.cpp (0: all cores)."),
     max_body: int = typer.Option(1 << 20, "--max-body", help="Largest request body in bytes (larger: HTTP 413)."),
     max_queue: int = typer.Option(16, "--max-queue", help="Requests running or waiting at once (more: HTTP 503)."),
+    max_tokens: int = typer.Option(512, "--default-max-tokens", help="Answer tokens for a request that names no "
+                                   "max_tokens."),
+    max_tokens_limit: int = typer.Option(4096, "--max-tokens-limit", help="The most answer tokens a request may "
+                                         "ask for (more: HTTP 400)."),
+    request_timeout: float = typer.Option(120.0, "--request-timeout", help="Seconds a request may take, queue "
+                                          "included (0: no limit); an answer cut by it ends with "
+                                          "finish_reason \"length\"."),
     engine: str = typer.Option("llamacpp", "--engine", help="llamacpp (CPU/GPU via llama-cpp-python) or vllm."),
     print_command: bool = typer.Option(False, "--print-command", help="With --engine vllm: print the command only."),
     log_requests: bool = typer.Option(False, "--log-requests", help="Log each request on stderr."),
@@ -36,13 +49,16 @@ def serve_command(
 ) -> None:
     """Serve the base and the rule adapters: the request's `model` picks the adapter ("base": none).
 
-    POST /v1/chat/completions, GET /v1/models, GET /health. Adapters load once; PEFT folders and Hugging Face
-    bases are converted to GGUF once and cached. Example:
+    POST /v1/chat/completions (stream: true for server-sent events), GET /v1/models, GET /health. Adapters
+    load once; PEFT folders and Hugging Face bases are converted to GGUF once and cached. Example:
       loralint serve --adapter predicate=runs/predicate --port 8080
       curl -s localhost:8080/v1/chat/completions -d '{"model": "predicate", "messages": [...]}'
     """
     from .. import serve as srv
 
+    if not srv.is_loopback(host) and not allow_remote:
+        raise UserError(f"--host {host} is not a loopback address: anyone who reaches it could use the server; "
+                        "pass --allow-remote (and --api-key KEY) to serve there")
     if engine not in ("llamacpp", "vllm"):
         raise typer.BadParameter("choose llamacpp or vllm", param_hint="--engine")
     if base_type not in ("f32", "f16", "bf16", "q8_0", "source"):
@@ -66,6 +82,7 @@ def serve_command(
         if not p.adapters:
             stderr.print("[yellow]warning:[/yellow] no adapters found: serving the bare base only "
                          "(--adapter NAME=PATH, --adapters-dir DIR)", highlight=False)
+        make_server = srv.make_server  # (FastAPI and uvicorn present, or a one-line error now)
         seen = len(p.warnings)
         tok = p.tokenizer()
         for w in p.warnings[seen:]:
@@ -75,9 +92,15 @@ def serve_command(
                          templates={a.name: a.chat_template for a in p.adapters if a.chat_template})
     except (srv.ServeError, ValueError) as e:
         raise UserError(str(e)) from e
+    if not srv.is_loopback(host) and not api_key:
+        stderr.print(f"[yellow]warning:[/yellow] serving on {host} with no --api-key: anyone who reaches the port "
+                     "can use the server", highlight=False)
     try:
         eng.warmup()
-        server = srv.make_server(eng, host, port, max_body=max_body, max_queue=max_queue, log_requests=log_requests)
+        server = make_server(eng, host, port, max_body=max_body, max_queue=max_queue, log_requests=log_requests,
+                             default_max_tokens=max_tokens, max_tokens_limit=max_tokens_limit,
+                             request_timeout=request_timeout or None, api_key=api_key or None,
+                             allowed_hosts=srv.LOOPBACK_HOSTS if srv.is_loopback(host) else None)
     except OSError as e:
         eng.close()
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
@@ -86,13 +109,13 @@ def serve_command(
                  highlight=False)
     import signal
 
-    def _stop(signum, frame):  # Ctrl-C, and SIGTERM from docker/systemd/kill: stop accepting, finish, free
-        raise KeyboardInterrupt
+    def _stop(signum, frame):  # Ctrl-C, and SIGTERM from docker/systemd/kill (uvicorn stops accepting and
+        raise KeyboardInterrupt  # hands the signal on here once it has finished): free the engine
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stop)
     try:
-        server.serve_forever(poll_interval=0.2)
+        server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:

@@ -97,5 +97,5 @@ def train_command(
                     verbose=verbose)
     except models.ModelNotFound as e:
         raise UserError(str(e)) from None
-    except train.TrainError as e:
+    except (train.TrainError, train.DatasetError) as e:
         raise UserError(str(e)) from None

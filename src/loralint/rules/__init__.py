@@ -4,12 +4,14 @@ so training and scanning cannot drift apart. Adding a rule = adding a module and
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
 from tree_sitter import Tree
 
 from ..findings import Finding
+from ..windows import number_lines, protected_spans  # noqa: F401  (number_lines: re-exported for rules)
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
 
@@ -34,7 +36,23 @@ class ParsedAnswer:
 
 
 class Rule:
-    """The interface every rule implements (see :mod:`loralint.rules.predicate`)."""
+    """The contract a rule implements: one module a rule (see :mod:`loralint.rules.predicate`), registered with
+    :func:`register` and listed in :func:`all_rules`.
+
+    A rule declares
+      ``id`` (what users type: ``--rule``, ``loralint-disable``), ``name``, ``summary`` (one line), ``doc``
+      (ruff-style: What it does / Why is this bad? / Example / Use instead) and ``kinds`` (the kinds of finding
+      its oracle reports and its answers name);
+    and implements
+      the oracle: :meth:`check_tree` (findings) and :meth:`clean_sites` (complying look-alikes, for the
+      dataset's ``clean`` examples);
+      the prompt and answer format, the one place both live: :meth:`user_prompt`, :meth:`render_answer`
+      (dataset building) and :meth:`parse_answer` (the scanner), so that training and scanning cannot drift.
+
+    The rest has defaults a rule may keep: :meth:`messages` (the chat around the prompt), :meth:`fingerprint`
+    (what an adapter records of the format it learned) and :meth:`window_spans`. Windows themselves (cutting,
+    line numbering, the messages of one window) are the rule-independent :mod:`loralint.windows`.
+    """
 
     id: str
     name: str
@@ -44,32 +62,32 @@ class Rule:
     kinds: tuple[str, ...]
     no_findings_answer = "No violations found."
 
-    def check_tree(self, tree: Tree, source: bytes, path: str) -> list[Finding]:
+    # --- the oracle (tree-sitter) ---
+    def check_tree(self, tree: Tree, source: bytes, path: str, grammar: str = "javascript") -> list[Finding]:
+        """The rule's findings in a parsed file (``grammar``: :func:`loralint.languages.grammar_for` of it)."""
         raise NotImplementedError
 
-    def clean_sites(self, tree: Tree, source: bytes) -> list[tuple[int, int]]:
+    def clean_sites(self, tree: Tree, source: bytes, grammar: str = "javascript") -> list[tuple[int, int]]:
         """0-based (start_row, end_row) of constructs that look like the rule's but comply with it."""
         raise NotImplementedError
 
-    def protected_spans(self, tree: Tree) -> list[tuple[int, int]]:
-        """0-based row spans a window boundary must not cut (a condition split in two cannot be labelled)."""
-        return []
-
-    def window_spans(self, tree: Tree, grammar: str) -> list[tuple[int, int]]:
-        """:func:`loralint.windows.protected_spans` of the tree (a rule whose oracle queries the tree anyway
-        may answer from the same pass)."""
-        from ..windows import protected_spans
-
+    def window_spans(self, tree: Tree, grammar: str = "javascript") -> list[tuple[int, int]]:
+        """:func:`loralint.windows.protected_spans` of the tree: the rows no window boundary may cut. A rule whose
+        oracle queries the tree anyway may answer from the same pass by joining
+        :func:`loralint.windows.protect_patterns` to its query (tests/test_windows.py checks the spans agree)."""
         return protected_spans(tree, grammar)
 
     # --- prompt and answer format (shared by dataset building and answer parsing) ---
     def user_prompt(self, numbered_code: str, fence: str) -> str:
+        """The request over ``numbered_code`` (:func:`loralint.windows.number_lines`) in a ``fence`` block."""
         raise NotImplementedError
 
     def render_answer(self, findings: list[Finding]) -> str:
+        """The answer the model learns for these findings (source order); :attr:`no_findings_answer` for none."""
         raise NotImplementedError
 
     def parse_answer(self, text: str) -> ParsedAnswer:
+        """What a model's answer claims (not verified: :mod:`loralint.verify` checks claims against the file)."""
         raise NotImplementedError
 
     def messages(self, numbered_code: str, fence: str, answer: str | None = None) -> list[dict]:
@@ -78,15 +96,16 @@ class Rule:
             msgs.append({"role": "assistant", "content": answer})
         return msgs
 
+    def fingerprint(self) -> str:
+        """A short hash of the prompt and answer format: `loralint train` records it in ``loralint.json``, the
+        scanner warns when an adapter learned another one, the scan cache keys answers by it."""
+        text = self.user_prompt("<CODE>", "<FENCE>") + "\x00" + self.no_findings_answer
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 def strip_think(text: str) -> str:
     """Drop `<think>...</think>` blocks (Qwen3 reasoning), closed or cut off."""
     return _THINK.sub("", text)
-
-
-def number_lines(lines: list[str], first_line: int) -> str:
-    """The code as the model sees it: every line prefixed with its real 1-based line number."""
-    return "\n".join(f"{first_line + i}| {line}" for i, line in enumerate(lines))
 
 
 _REGISTRY: dict[str, Rule] = {}

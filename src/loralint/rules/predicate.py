@@ -23,6 +23,7 @@ if (canBeGranted(user)) {
 }
 ```
 
+## Developer notes
 This module owns the rule's oracle (a tree-sitter query), its prompt and its answer format: dataset
 building renders answers with :meth:`PredicateRule.render_answer` and the scanner parses model output with
 :meth:`PredicateRule.parse_answer`.
@@ -34,32 +35,26 @@ import re
 from bisect import bisect_left
 from functools import lru_cache
 
-from tree_sitter import Node, Query, QueryCursor, Tree
+from tree_sitter import Node, Tree
 
+from ..budget import Budget
 from ..findings import Finding, fold
 from ..languages import language
-from ..windows import spans_from_captures
+from ..windows import protected_spans
 from . import Claim, ParsedAnswer, Rule, register, strip_think
 
 KINDS = ("if", "else if", "while", "do...while", "for", "ternary")
 
-_CONDITIONS = """[
-  (if_statement condition: (_) @if)
-  (while_statement condition: (_) @while)
-  (do_statement condition: (_) @do)
-  (for_statement condition: (_) @for)
-  (ternary_expression condition: (_) @ternary)
-]"""
-_LOGICAL = '(binary_expression operator: ["&&" "||"] @op)'
-#: what :func:`loralint.windows.protected_spans` captures besides the if/while/do conditions above: the oracle and
-#: the windows' spans come from one pass over the tree (dataset building needs both)
-_WINDOW_SPANS = """[
-  (switch_statement value: (_) @w.c)
-  (for_statement body: (_)) @w.for
-  (ternary_expression) @w.c
-  (binary_expression) @w.c
-  (template_string) @w.c
-]"""
+#: the conditions the oracle reads: (statement type, field) -> capture name; the walk below matches what the
+#: tree-sitter query ``(if_statement condition: (_) @if)`` (and so on) would, in one linear pass
+_CONDITIONS = {
+    ("if_statement", "condition"): "if",
+    ("while_statement", "condition"): "while",
+    ("do_statement", "condition"): "do",
+    ("for_statement", "condition"): "for",
+    ("ternary_expression", "condition"): "ternary",
+}
+_LOGICAL_OPS = frozenset({"&&", "||"})
 _CAPTURE_KIND = {"if": "if", "while": "while", "do": "do...while", "for": "for", "ternary": "ternary"}
 _UNWRAP = {"if", "else if", "while", "do...while"}  # the statement's own parentheses are not part of the condition
 
@@ -69,8 +64,55 @@ _ANSWER_LINE = re.compile(
 
 
 @lru_cache(maxsize=None)
-def _query(grammar: str) -> Query:
-    return Query(language(grammar), "\n".join((_CONDITIONS, _LOGICAL, _WINDOW_SPANS)))
+def _fields(grammar: str) -> dict[int, str]:
+    lang = language(grammar)
+    return {lang.field_id_for_name(f): f for f in ("condition", "operator")}
+
+
+def _walk(tree: Tree, grammar: str, budget: Budget | None = None) -> dict:
+    """One pass over the tree with a cursor (linear in its size, unlike a query whose pattern waits for a
+    child after a deep sibling, e.g. ``(binary_expression operator: ...)`` on a long ``&&`` chain, and unlike
+    ``Node.parent``, which walks down from the root): the conditions with their statements and the positions of
+    ``&&`` / ``||`` operators. Raises
+    :class:`loralint.budget.OverBudget` past the budget's depth or time."""
+    budget = budget or Budget()
+    fields = _fields(grammar)
+    conds: list[tuple[str, Node, Node]] = []  # (kind, condition, its statement)
+    ops: list[int] = []
+    cur = tree.walk()
+    stack: list[tuple[str, Node]] = []  # ancestors of the cursor's node: (type, node)
+    seen = 0
+    max_depth = budget.max_depth
+    while True:
+        node = cur.node
+        typ = node.type
+        if stack:
+            ptype, parent = stack[-1]
+            fid = cur.field_id
+            field = fields.get(fid) if fid else None
+            if field is not None:
+                cap = _CONDITIONS.get((ptype, field))
+                if cap is not None:
+                    if node.is_named:
+                        kind = _CAPTURE_KIND[cap]
+                        if kind == "if" and len(stack) >= 2 and stack[-2][0] == "else_clause":
+                            kind = "else if"
+                        conds.append((kind, node, parent))
+                elif field == "operator":
+                    if ptype == "binary_expression" and typ in _LOGICAL_OPS:
+                        ops.append(node.start_byte)
+        seen += 1
+        if not seen & 0x3FFF:
+            budget.tick()
+        if cur.goto_first_child():
+            stack.append((typ, node))
+            if len(stack) > max_depth:
+                budget.depth(len(stack))
+            continue
+        while not cur.goto_next_sibling():
+            if not cur.goto_parent():
+                return {"conds": conds, "ops": sorted(ops)}
+            stack.pop()
 
 
 def _char_col(source: bytes, byte: int, row_start: int) -> int:
@@ -126,54 +168,37 @@ class PredicateRule(Rule):
     kinds = KINDS
 
     # ------------------------------------------------------------------ oracle
-    #: the last tree's captures and what was made of them, so that check_tree, clean_sites, protected_spans
-    #: and window_spans on the same tree query it once (dataset building calls them all)
+    #: the last tree's captures and what was made of them, so that check_tree, clean_sites and window_spans on
+    #: the same tree query it once (dataset building calls them all)
     _memo: tuple = (None, None, None)
 
     def _facts(self, tree: Tree, grammar: str) -> dict:
         memo = self._memo
         if memo[0] is tree and memo[1] == grammar:
             return memo[2]
-        facts = {"caps": QueryCursor(_query(grammar)).captures(tree.root_node)}
+        facts = _walk(tree, grammar)  # a fresh per-file Budget
         self._memo = (tree, grammar, facts)
         return facts
 
-    def _conditions(self, tree: Tree, grammar: str) -> list[tuple[str, Node]]:
+    def _conditions(self, tree: Tree, grammar: str) -> list[tuple[str, Node, Node]]:
+        """(kind, condition, statement) in source order (``for (;;)`` has none)."""
         facts = self._facts(tree, grammar)
         out = facts.get("conditions")
-        if out is not None:
-            return out
-        caps = facts["caps"]
-        out = []
-        for cap in _CAPTURE_KIND:
-            for n in caps.get(cap, ()):
-                if n.type == "empty_statement":  # for (;;)
-                    continue
-                kind = _CAPTURE_KIND[cap]
-                if kind == "if":
-                    parent = n.parent
-                    if parent is not None and parent.parent is not None and parent.parent.type == "else_clause":
-                        kind = "else if"
-                out.append((kind, n))
-        out.sort(key=lambda kn: (kn[1].start_byte, -kn[1].end_byte))
-        facts["conditions"] = out
+        if out is None:
+            out = [c for c in facts["conds"] if c[1].type != "empty_statement"]
+            out.sort(key=lambda c: (c[1].start_byte, -c[1].end_byte))
+            facts["conditions"] = out
         return out
 
     def _ops(self, tree: Tree, grammar: str) -> list[int]:
-        facts = self._facts(tree, grammar)
-        ops = facts.get("ops")
-        if ops is None:
-            ops = facts["ops"] = sorted(n.start_byte for n in facts["caps"].get("op", ()))
-        return ops
+        return self._facts(tree, grammar)["ops"]
 
     def window_spans(self, tree: Tree, grammar: str = "javascript") -> list[tuple[int, int]]:
-        """:func:`loralint.windows.protected_spans` of the tree, from the oracle's own pass over it."""
+        """:func:`loralint.windows.protected_spans` of the tree (the one definition of where a window may not cut)."""
         facts = self._facts(tree, grammar)
         spans = facts.get("window_spans")
         if spans is None:
-            caps = facts["caps"]
-            nodes = [n for cap in ("if", "while", "do", "w.c") for n in caps.get(cap, ())]
-            spans = facts["window_spans"] = spans_from_captures(nodes, caps.get("w.for", ()))
+            spans = facts["window_spans"] = protected_spans(tree, grammar)
         return spans
 
     @staticmethod
@@ -186,7 +211,7 @@ class PredicateRule(Rule):
             return []
         recovered = tree.root_node.has_error
         findings = []
-        for kind, node in self._conditions(tree, grammar):
+        for kind, node, _stmt in self._conditions(tree, grammar):
             if not self._op_count(ops, node):
                 continue
             cond = _inner(node) if kind in _UNWRAP else node
@@ -209,23 +234,10 @@ class PredicateRule(Rule):
     def clean_sites(self, tree: Tree, source: bytes, grammar: str = "javascript") -> list[tuple[int, int]]:
         ops = self._ops(tree, grammar)
         sites = []
-        for _kind, node in self._conditions(tree, grammar):
+        for _kind, node, stmt in self._conditions(tree, grammar):
             if self._op_count(ops, node) == 0:
-                stmt = node.parent
-                sites.append((stmt.start_point[0], stmt.end_point[0]) if stmt else (node.start_point[0],) * 2)
+                sites.append((stmt.start_point[0], stmt.end_point[0]))
         return sites
-
-    def protected_spans(self, tree: Tree, grammar: str = "javascript") -> list[tuple[int, int]]:
-        spans = []
-        for kind, node in self._conditions(tree, grammar):
-            start, end = node.start_point[0], node.end_point[0]
-            if kind == "for" and node.parent is not None:
-                body = node.parent.child_by_field_name("body")
-                start = node.parent.start_point[0]
-                end = body.start_point[0] if body is not None else node.parent.end_point[0]
-            if end > start:
-                spans.append((start, end))
-        return spans
 
     # ---------------------------------------------------------- prompt / answer
     def user_prompt(self, numbered_code: str, fence: str) -> str:

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
+from .budget import OverBudget
 from .findings import Finding, sort_findings
 from .languages import parse
 from .rules import Rule, all_rules, get_rule
 from .sources import DEFAULT_MAX_BYTES, Skipped, SourceFile, discover, load
 from .suppress import parse_suppressions
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 
 @dataclass
@@ -62,7 +66,7 @@ class RunResult:
 
 
 def resolve_rules(ids: Iterable[str] | None) -> list[Rule]:
-    return [get_rule(i) for i in ids] if ids else list(all_rules().values())
+    return [get_rule(i) for i in ids] if ids is not None else list(all_rules().values())
 
 
 def _tree_findings(tree, src: SourceFile, rules: list[Rule]) -> list[Finding]:
@@ -91,6 +95,8 @@ def check_source(src: SourceFile, rules: list[Rule]) -> FileResult:
         res.parse_errors = tree.root_node.has_error
         found = _tree_findings(tree, src, rules)
         res.findings, res.suppressed = parse_suppressions(src.data, tree).filter(found)
+    except OverBudget as e:  # too deep or too slow: skipped with its reason, never half-read
+        return FileResult(path=src.path, skipped=str(e), lines=res.lines)
     except Exception as e:  # a bug on one file must not end the run
         res.error = f"{type(e).__name__}: {e}"
     return res
@@ -101,7 +107,7 @@ def _check_path(args: tuple[str, tuple[str, ...], int]) -> FileResult:
     src = load(path, max_bytes)
     if isinstance(src, Skipped):
         return FileResult(path=src.path, skipped=src.reason)
-    return check_source(src, resolve_rules(rule_ids))
+    return check_source(src, [get_rule(i) for i in rule_ids])  # none: per-file-ignores took them all out
 
 
 def default_jobs() -> int:
@@ -130,11 +136,15 @@ def map_files(fn: Callable, items: list, jobs: int, progress: Callable[[int], No
 
 def check(paths: Iterable[str], rules: Iterable[str] | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
           jobs: int | None = None, progress: Callable[[int], None] | None = None,
-          on_total: Callable[[int], None] | None = None) -> RunResult:
-    """Run the oracles of ``rules`` (all by default) over files and folders; never raises for a bad file."""
-    files, skipped = discover(paths)
+          on_total: Callable[[int], None] | None = None, settings: "Settings | None" = None) -> RunResult:
+    """Run the oracles of ``rules`` (all by default) over files and folders; never raises for a bad file.
+
+    ``settings`` (:func:`loralint.config.load_settings`): the project's exclusions, .gitignore and
+    per-file-ignores; without it every file a grammar reads is checked with every rule."""
+    files, skipped = discover(paths, settings)
     if on_total:
         on_total(len(files))
     rule_ids = tuple(r.id for r in resolve_rules(rules))
-    results = map_files(_check_path, [(f, rule_ids, max_bytes) for f in files], jobs or default_jobs(), progress)
+    items = [(f, tuple(settings.rules_for(f, rule_ids)) if settings else rule_ids, max_bytes) for f in files]
+    results = map_files(_check_path, items, jobs or default_jobs(), progress)
     return RunResult(files=results, skipped_dirs=skipped)

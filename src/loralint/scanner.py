@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
-import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
-from .backends import (Adapter, Backend, BackendError, Completion, as_result, create_backend, max_new_tokens_for,
+from .backends import (Adapter, Backend, BackendError, BackendOptions, Completion, as_result, max_new_tokens_for,
                        model_identity, resolve_adapter)
 from .cache import ScanCache, file_hash, settings_key
-from .check import FileResult, RunResult, check_source
+from .checker import FileResult, RunResult
 from .findings import Finding, sort_findings
 from .languages import fence_for, parse
 from .rules import Rule, get_rule
@@ -69,6 +67,7 @@ class ScanResult(RunResult):
     generate_seconds: float = 0.0
     backend: str = ""
     generated_tokens: int = 0
+    cache_note: str | None = None  # bad cache entries met (read as misses), said once with --verbose
 
     @property
     def unverified(self) -> int:
@@ -127,8 +126,20 @@ def parse_unified_diff(text: str) -> dict[str, set[int]]:
     return out
 
 
+def _resolve_ref(root: str, ref: str) -> str:
+    """The commit a ref names, resolved as a ref only: never read by git as an option or a path."""
+    if not ref or ref.startswith("-"):
+        raise ValueError(f"--diff takes a git ref (a branch, tag or commit), not {ref!r}")
+    try:
+        return _git(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}").strip()
+    except ValueError:
+        raise ValueError(f"--diff {ref!r}: no such commit in {root}") from None
+
+
 def changed_lines(ref: str, paths: Iterable[str]) -> dict[str, set[int] | None]:
     """Real path -> changed lines since ``ref`` (None: untracked, the whole file counts as changed)."""
+    if not ref or ref.startswith("-"):
+        raise ValueError(f"--diff takes a git ref (a branch, tag or commit), not {ref!r}")
     roots: set[str] = set()
     for p in paths:
         d = p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p)) or "."
@@ -138,7 +149,8 @@ def changed_lines(ref: str, paths: Iterable[str]) -> dict[str, set[int] | None]:
             raise ValueError(f"--diff needs a git repository: {p} is not inside one ({e})") from e
     out: dict[str, set[int] | None] = {}
     for root in sorted(roots):
-        diff = _git(root, "diff", "--unified=0", "--no-color", "--no-ext-diff", ref, "--")
+        commit = _resolve_ref(root, ref)
+        diff = _git(root, "diff", "--unified=0", "--no-color", "--no-ext-diff", "--end-of-options", commit, "--")
         for rel, lines in parse_unified_diff(diff).items():
             if lines:
                 out[os.path.realpath(os.path.join(root, rel))] = lines
@@ -241,25 +253,24 @@ def _finish(f: _File, rule: Rule) -> FileResult:
 
 
 def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapter | None = None, *,
-         rule: str = "predicate", backend: str | Backend | None = None, base: str | None = None,
-         api: str | None = None, model: str | None = None, device: str | None = None, engine: str | None = None,
-         concurrency: int = 8, timeout: float = 120.0, retries: int = 2, batch_tokens: int | None = None,
-         max_batch: int | None = None, gguf: str | None = None, cache: bool = True,
+         rule: str = "predicate", backend: str | Backend | BackendOptions | None = None, cache: bool = True,
          cache_dir: str | os.PathLike | None = None, diff: str | None = None, max_bytes: int | None = None,
-         window_lines: int = DEFAULT_TARGET, chunk: int = 4096,
-         progress: Callable[[int], None] | None = None,
-         on_total: Callable[[int], None] | None = None) -> ScanResult:
+         window_lines: int = DEFAULT_TARGET, chunk: int = 4096, progress: Callable[[int], None] | None = None,
+         on_total: Callable[[int], None] | None = None, settings=None, **options) -> ScanResult:
     """Review ``paths`` with a model; returns a :class:`ScanResult` (a ``RunResult``) with model findings.
 
-    ``backend``: a :class:`~loralint.backends.Backend` instance, or ``"transformers"`` (default),
-    ``"openai"`` (with ``api=``) or ``"llamacpp"``. ``adapter``: the adapter folder (default: the one
-    shipped for ``rule``). ``cache``: reuse answers for unchanged files. ``diff``: a git ref; only files
-    and lines changed since it. Never raises for a bad file or a failed window; raises
+    ``backend``: a :class:`~loralint.backends.Backend` instance, a
+    :class:`~loralint.backends.BackendOptions`, or ``"transformers"`` (default), ``"openai"`` (with ``api=``)
+    or ``"llamacpp"``; ``options``: the other fields of :class:`~loralint.backends.BackendOptions` (``base``,
+    ``api``, ``model``, ``gguf``, ``device``, ``engine``, ``concurrency``, ``timeout``, ``retries``,
+    ``batch_tokens``, ``max_batch``). ``adapter``: the adapter folder (default: the one shipped for
+    ``rule``). ``cache``: reuse answers for unchanged files. ``diff``: a git ref; only files and lines changed
+    since it. Never raises for a bad file or a failed window; raises
     :class:`~loralint.backends.AdapterNotFound` / ``BackendUnavailable`` when no model can run at all."""
     t0 = time.perf_counter()
     the_rule = get_rule(rule)
     paths = [str(p) for p in paths]
-    files, skipped = discover(paths)
+    files, skipped = discover(paths, settings)  # settings: loralint.config.Settings (exclusions, .gitignore)
     changed_map = None
     if diff:
         changed_map = changed_lines(diff, paths)
@@ -267,22 +278,24 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
 
     # who answers: known before any weights load, so a fully cached run loads none
     engine_obj: Backend | None = backend if isinstance(backend, Backend) else None
-    kind = backend if isinstance(backend, str) else None
-    kind = kind or ("openai" if api else None) or ("llamacpp" if gguf else None) or "transformers"
+    if isinstance(backend, BackendOptions):
+        opts = replace(backend, **options, **({"adapter": adapter} if adapter is not None else {}))
+    else:
+        opts = BackendOptions(backend=backend if isinstance(backend, str) else None, adapter=adapter, **options)
+    kind, base, gguf = opts.kind, opts.base, opts.gguf
     ad: Adapter | None = None
     if engine_obj is not None:
         ident = engine_obj.identity()
     elif kind == "openai":
-        engine_obj = create_backend("openai", api=api, model=model, concurrency=concurrency, timeout=timeout,
-                                    retries=retries)
+        engine_obj = opts.create(rule)
         ident = engine_obj.identity()
     else:
-        ad = adapter if isinstance(adapter, Adapter) else (None if kind == "llamacpp" and gguf else
-                                                            resolve_adapter(adapter, rule, base))
+        ad = opts.adapter if isinstance(opts.adapter, Adapter) else (None if kind == "llamacpp" and gguf else
+                                                                      resolve_adapter(opts.adapter, rule, base))
         ident = model_identity(ad, base) if kind == "transformers" else {
             "backend": "llamacpp", "adapter": ad.digest if ad else None, "gguf": _fingerprint(gguf), "base": base}
-    settings = settings_key(ident, the_rule, {"target": window_lines}, DECODING)
-    store = ScanCache(settings, cache_dir, enabled=cache, describe={"model": ident, "rule": rule})
+    cache_key = settings_key(ident, the_rule, {"target": window_lines}, DECODING)
+    store = ScanCache(cache_key, cache_dir, enabled=cache, describe={"model": ident, "rule": rule})
 
     results: dict[str, FileResult] = {}
     order: list[str] = []
@@ -326,8 +339,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     tokens_before = 0
     if jobs:
         if engine_obj is None:
-            engine_obj = create_backend(kind, adapter=ad, base=base, device=device, engine=engine,
-                                        batch_tokens=batch_tokens, max_batch=max_batch, gguf=gguf, rule=rule)
+            engine_obj = opts.create(rule, adapter=ad)
         tokens_before = getattr(engine_obj, "generated_tokens", 0)
         for s in range(0, len(jobs), max(1, chunk)):
             part = jobs[s: s + chunk]
@@ -359,84 +371,10 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     out.generated_tokens = (getattr(engine_obj, "generated_tokens", 0) - tokens_before) if engine_obj else 0
     if engine_obj is not None and not isinstance(backend, Backend):
         engine_obj.close()  # an engine made here is let go; one passed in belongs to the caller
+    out.cache_note = store.summary()
     out.seconds = time.perf_counter() - t0
     return out
 
 
-# ------------------------------------------------------------------------------------------------ oracle
-@dataclass
-class Comparison:
-    """Model and oracle findings of one file, matched by (line, kind)."""
+__all__ = ["FileScan", "ScanResult", "changed_lines", "parse_unified_diff", "scan"]
 
-    path: str
-    matched: list[tuple[Finding, Finding]]  # (model, oracle)
-    model_only: list[Finding]
-    oracle_only: list[Finding]
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "matched": [m.to_dict() for m, _ in self.matched],
-                "model_only": [f.to_dict() for f in self.model_only],
-                "oracle_only": [f.to_dict() for f in self.oracle_only]}
-
-
-def oracle_results(result: ScanResult, rule: str = "predicate") -> dict[str, FileResult]:
-    """The oracle's findings for every file the scan read (suppressions and --diff lines applied alike)."""
-    the_rule = get_rule(rule)
-    out: dict[str, FileResult] = {}
-    for r in result.files:
-        if r.skipped:
-            continue
-        src = load(r.path, _whole(r.path))
-        if isinstance(src, Skipped):
-            continue
-        res = check_source(src, [the_rule])
-        changed = (result.changed or {}).get(r.path) if result.changed is not None else None
-        if changed is not None:
-            res.findings = [x for x in res.findings if any(ln in changed for ln in range(x.line, x.end_line + 1))]
-        out[r.path] = res
-    return out
-
-
-def match(model: list[Finding], oracle: list[Finding]) -> tuple[list[tuple[Finding, Finding]], list[Finding],
-                                                                list[Finding]]:
-    """Pair findings by (path, line, kind); returns (matched pairs, model only, oracle only)."""
-    index: dict[tuple, list[Finding]] = {}
-    for o in oracle:
-        index.setdefault(o.key, []).append(o)
-    matched, model_only = [], []
-    for m in model:
-        bucket = index.get(m.key)
-        if bucket:
-            matched.append((m, bucket.pop(0)))
-        else:
-            model_only.append(m)
-    oracle_only = [o for bucket in index.values() for o in bucket]
-    return matched, model_only, sort_findings(oracle_only)
-
-
-def compare(result: ScanResult, rule: str = "predicate") -> list[Comparison]:
-    """Per file: what the model and the oracle agree on, and what only one of them found."""
-    oracle = oracle_results(result, rule)
-    out = []
-    for r in result.files:
-        if r.skipped or r.path not in oracle:
-            continue
-        m, mo, oo = match(r.findings, oracle[r.path].findings)
-        out.append(Comparison(r.path, m, mo, oo))
-    return out
-
-
-__all__ = ["Comparison", "FileScan", "ScanResult", "changed_lines", "compare", "match", "oracle_results",
-           "parse_unified_diff", "scan"]
-
-
-class _CallableModule(types.ModuleType):
-    """``loralint.scan(...)`` must keep working after this module is imported: importing ``loralint.scan``
-    rebinds the package's ``scan`` attribute from the forwarding function to this module, so the module
-    answers calls the way the function does."""
-
-    def __call__(self, *args, **kwargs) -> ScanResult:
-        return scan(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

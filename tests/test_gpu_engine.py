@@ -1,0 +1,208 @@
+"""The gpu engine (loralint.backends.gpu_engine) against the reference engine, on CPU with real tiny models.
+
+Its buffers, shared prefix, length buckets and masks run the same on a CPU (only the CUDA graphs do not),
+so its greedy answers must be the reference engine's on the same prompts: hundreds of windows of mixed
+lengths and answer limits, one adapter (merged) and several (unmerged, one batch per adapter or mixed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tiny_scan import trained_fixture
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def mixed_prompts(step: int = 3) -> tuple[list[list[dict]], list[int]]:
+    """Windows of 2 to 30 lines over every JS fixture (prompts ~90 to ~700 tokens), varied answer limits."""
+    from loralint.languages import fence_for
+    from loralint.rules import get_rule
+    from loralint.windows import Window, file_lines, window_messages
+
+    rule = get_rule("predicate")
+    prompts, caps = [], []
+    files = sorted(p for p in FIXTURES.rglob("*") if p.suffix in (".js", ".ts", ".tsx", ".jsx", ".mjs", ".cjs"))
+    for f in files:
+        lines = file_lines(f.read_bytes())
+        for size in (2, 5, 9, 14, 21, 30):
+            for s in range(0, max(1, len(lines) - 1), step * (1 + size // 10)):
+                w = Window(s, min(len(lines), s + size))
+                prompts.append(window_messages(rule, lines, w, fence_for(str(f))))
+                caps.append(4 + (len(prompts) * 7) % 9)  # 4..12: rows of one batch end at different steps
+    return prompts, caps
+
+
+def random_adapter(base: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter with random (non-zero) weights on ``base``, with the loralint.json a scan reads."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    if (out / "loralint.json").exists():
+        return out
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(out)
+    (out / "loralint.json").write_text(json.dumps({"format": 1, "base": {"spec": str(base)},
+                                                   "rule": {"id": "predicate"}}))
+    return out
+
+
+def texts(results) -> list:
+    from loralint.backends import Completion
+
+    return [(r.text, r.truncated, r.tokens) if isinstance(r, Completion) else str(r) for r in results]
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    from loralint.backends import resolve_adapter
+
+    memo, _fixture = trained_fixture()
+    base = Path(resolve_adapter(str(memo)).base)
+    rand = random_adapter(base, tmp_path_factory.mktemp("rand") / "adapter", seed=1)
+    rand2 = random_adapter(base, tmp_path_factory.mktemp("rand2") / "adapter", seed=2)
+    return resolve_adapter(str(memo)), resolve_adapter(str(rand)), resolve_adapter(str(rand2))
+
+
+@pytest.mark.slow
+def test_gpu_engine_answers_like_the_reference_engine(adapters):
+    """One adapter (merged): the same greedy answers on ~400 windows of mixed lengths and limits, with the
+    fixture's own windows among them (answers that end at end-of-turn, not at the limit)."""
+    from loralint.backends import max_new_tokens_for
+    from loralint.backends.gpu_engine import GpuEngine
+    from loralint.backends.transformers import TransformersBackend
+    from loralint.rules import get_rule
+    from loralint.windows import file_windows, window_messages
+
+    memo, *_ = adapters
+    prompts, caps = mixed_prompts()
+    _adapter, fixture = trained_fixture()
+    lines, wins = file_windows(fixture.read_bytes(), "javascript", target=15)
+    prompts += [window_messages(get_rule("predicate"), lines, w, "js") for w in wins]
+    caps += [max_new_tokens_for(lines[w.start:w.end]) for w in wins]
+    assert len(prompts) >= 300
+    ref = TransformersBackend(memo, device="cpu")
+    eng = GpuEngine(memo, device="cpu", max_batch=48, batch_tokens=12_000)
+    want = texts(ref.generate(prompts, caps))
+    got = texts(eng.generate(prompts, caps))
+    assert got == want
+    assert [g for g in got[-len(wins):] if not g[1]], "the fixture's windows end at end-of-turn"
+    assert got[-len(wins)][0].startswith("6: if: order && order.items.length > 0")
+    prof = eng.profile()
+    assert prof["prefix_tokens_saved"] > 50 * len(prompts)  # the chat template and the rule's text, once
+    # length-sorted batches: little padding (a few hundred prompts of 90-700 tokens in batches of 48 rows)
+    assert prof["padding_tokens"] < 0.15 * prof["prompt_tokens"]
+    assert eng.self_check() is None
+    # a second call reuses the prefix and gives the same answers again
+    assert texts(eng.generate(prompts[:40], caps[:40])) == want[:40]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mix", [False, True], ids=["batch-per-adapter", "mixed-batches"])
+def test_several_adapters_in_one_pass(adapters, mix):
+    """Two unmerged adapters, prompts routed one by one: each answer is its adapter's reference answer."""
+    from loralint.backends.gpu_engine import GpuEngine
+    from loralint.backends.transformers import TransformersBackend
+
+    memo, rand, rand2 = adapters
+    # PEFT mixes LoRA layers in one batch, not trained norms (the memorizing adapter trains them)
+    first = ("rand2", rand2) if mix else ("memo", memo)
+    prompts, caps = mixed_prompts(step=7)
+    names = [first[0] if k % 3 else "rand" for k in range(len(prompts))]
+    eng = GpuEngine(adapters={first[0]: first[1], "rand": rand}, device="cpu", max_batch=32, batch_tokens=10_000,
+                    mix_adapters=mix)
+    assert eng.peft and eng.self_check() is None and eng.mix_adapters == mix
+    got = texts(eng.generate(prompts, caps, adapters=names))
+    for name, ad in (first, ("rand", rand)):
+        idx = [k for k, n in enumerate(names) if n == name]
+        want = texts(TransformersBackend(ad, device="cpu").generate([prompts[k] for k in idx], [caps[k] for k in idx]))
+        assert [got[k] for k in idx] == want, name
+    assert len({got[k] for k in range(len(got))}) > 10
+    (bad,) = eng.generate(prompts[:1], 4, adapters=["nope"])
+    assert "no adapter named 'nope'" in str(bad)
+
+
+class Spell:
+    """A TokenConstraint (see loralint.decoding): only the tokens of one text, in order, then finished."""
+
+    def __init__(self, ids: list[int]):
+        self.ids, self.k = ids, 0
+
+    def allowed(self):
+        return [self.ids[self.k]]
+
+    def advance(self, token_id: int) -> None:
+        assert token_id == self.ids[self.k]
+        self.k += 1
+
+    @property
+    def finished(self) -> bool:
+        return self.k >= len(self.ids)
+
+
+@pytest.mark.slow
+def test_constraints_mask_the_logits(adapters):
+    """Constrained rows say what their constraint allows and stop when it is finished; the others in the same
+    batch answer as without constraints."""
+    from loralint.backends.gpu_engine import GpuEngine
+
+    memo, *_ = adapters
+    prompts, caps = mixed_prompts(step=15)
+    prompts, caps = prompts[:24], [12] * 24
+    eng = GpuEngine(memo, device="cpu")
+    free = texts(eng.generate(prompts, caps))
+    target = "3: if: a && b"
+    ids = eng.tok(target, add_special_tokens=False)["input_ids"]
+    cons = [Spell(ids) if k % 2 else None for k in range(len(prompts))]
+    got = texts(eng.generate(prompts, caps, constraints=cons))
+    for k, g in enumerate(got):
+        if k % 2:
+            assert g == (target, False, len(ids)) and cons[k].finished
+        else:
+            assert g == free[k]
+
+
+def test_gpu_engine_without_cuda_falls_back_with_a_notice(capsys):
+    """Asked for by name where there is no CUDA: one line says so, and the reference engine answers."""
+    from loralint.backends import create_backend
+    from loralint.backends.transformers import TransformersBackend
+
+    memo, _ = trained_fixture()
+    eng = create_backend("transformers", adapter=str(memo), engine="gpu", device="cpu")
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("loralint:")]
+    assert isinstance(eng, TransformersBackend)
+    assert err == ["loralint: the gpu engine needs CUDA (device cpu); using the transformers engine"]
+
+
+@pytest.mark.slow
+def test_self_check_catches_an_attention_that_bypasses_the_engine(adapters, monkeypatch):
+    """A model whose attention ignores the engine's buffers is caught before it answers wrongly."""
+    import contextlib
+
+    from loralint.backends.gpu_engine import GpuEngine
+
+    memo, *_ = adapters
+    eng = GpuEngine(memo, device="cpu")
+    assert eng.self_check() is None
+    monkeypatch.setattr(GpuEngine, "_attn", lambda self: contextlib.nullcontext())
+    assert "differ from a plain forward" in eng.self_check()
+
+
+@pytest.mark.slow
+def test_scan_with_the_gpu_engine_finds_what_the_reference_finds(adapters):
+    """The whole scan path (windows, prompts, answers parsed and verified) through the gpu engine."""
+    from loralint.backends.gpu_engine import GpuEngine
+    from loralint.scanner import scan
+
+    memo, *_ = adapters
+    _adapter, fixture = trained_fixture()
+    via_gpu = scan([str(fixture)], backend=GpuEngine(memo, device="cpu"), window_lines=15, cache=False)
+    via_ref = scan([str(fixture)], adapter=str(memo.path), window_lines=15, cache=False, device="cpu")
+    assert [f.to_dict() for f in via_gpu.findings] == [f.to_dict() for f in via_ref.findings]
+    assert len(via_gpu.findings) == 5
