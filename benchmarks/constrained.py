@@ -68,6 +68,10 @@ def run(files: list[str], engine, constrained: bool, window: int) -> dict:
         "constraint_seconds": round(decoding.STATS["allowed_seconds"] - before["allowed_seconds"], 3),
         "constraint_calls": decoding.STATS["allowed_calls"] - before["allowed_calls"],
         "dead_ends": decoding.STATS["dead_ends"] - before["dead_ends"],
+        "misses_by_cause": dict(ev.misses.counts) if ev.misses else None,
+        "recall_by_density": {k: v.to_dict()["recall"] for k, v in ev.by_density.items() if v.tp + v.fn},
+        "false_positive_examples": [{"path": f.path, "line": f.line, "kind": f.kind, "text": f.text}
+                                    for f in ev.false_positives[:10]],
         "unverified_examples": [dict(path=p, **r.to_dict()) for p, d in result.details.items() for r in d.unverified][:10],
         "errors": [e for d in result.details.values() for e in d.errors][:10],
     }

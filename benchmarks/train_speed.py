@@ -3,13 +3,18 @@ ways of batching and compiling, on whatever device is present. One command measu
 
     python benchmarks/train_speed.py                       # synthetic windows, embedded base, every mode
     python benchmarks/train_speed.py --data runs/ds/train.jsonl --modes padded,grouped,padfree-flex
-    python benchmarks/train_speed.py --quick               # CPU smoke run: batch 2, 1 + 1 steps, 2 modes
+    python benchmarks/train_speed.py --quick               # CPU smoke run: batch 2, 1 + 1 steps, packed vs padded
 
 Each mode runs the real recipe (`train.train`, i.e. TRL's SFTTrainer + PEFT) for ``--warmup`` steps, then
 ``--steps`` timed steps. Tokens are the ones TRL counts (padding excluded), summed over processes.
 
 Modes (the ones the machine cannot run are skipped with the reason):
   padded          random batches padded to their longest example, SDPA (the plain HF recipe)
+  packed          whole examples packed into rows of ~batch x mean tokens (the recipe's default on CUDA): per-
+                  example position ids, block-diagonal attention (FlexAttention on CUDA, FlashAttention varlen
+                  when installed, a dense block-diagonal mask with SDPA on CPU); rows padded to one shape on CUDA
+  packed-liger    packed + Liger kernels (RMSNorm, RoPE, SwiGLU; TRL's fused LM head scores the answers only)
+  packed-compile  packed + torch.compile (one shape: one compilation, counted in setup_s)
   grouped         batches of similar length (LengthGroupedSampler), SDPA: little padding  [default on GPUs w/o FA]
   padfree-sdpa    each batch flattened without padding, SDPA with a block-diagonal mask (correct, but attention
                   is quadratic in the batch's total tokens)
@@ -25,7 +30,7 @@ gradient) or 6·N (full), N = the weights of every matrix product (lm_head inclu
 (forward + backward, causal; ctx = Σlen² / Σlen over the data), against the GPU's dense bf16 peak (H100/H200
 989 TFLOP/s, A100 312; `--peak-tflops` for others). On CPU: tokens/s only, MFU n/a.
 
-Writes benchmarks/results/train_speed.json and prints a table. On the GPU machine, with trl/datasets/gguf/
+Writes benchmarks/results/train_speed_<device>.json (train_speed_h200.json on an H200) and prints a table. On the GPU machine, with trl/datasets/gguf/
 tree-sitter wheels on PYTHONPATH and the embedded GGUF in place, the default run takes ~3-4 minutes.
 """
 
@@ -47,17 +52,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 MODES: dict[str, dict] = {  # in the order they run: the cheap and the likely defaults first
-    "padded": {"group_by_length": False, "padding_free": False, "attn_implementation": "sdpa"},
-    "grouped": {"group_by_length": True, "padding_free": False, "attn_implementation": "sdpa"},
-    "padfree-sdpa": {"group_by_length": False, "padding_free": True, "attn_implementation": "sdpa"},
-    "padfree-fa2": {"group_by_length": False, "padding_free": True, "attn_implementation": "flash_attention_2"},
-    "grouped-liger": {"group_by_length": True, "padding_free": False, "attn_implementation": "sdpa",
+    "padded": {"group_by_length": False, "padding_free": False, "packing": False, "attn_implementation": "sdpa"},
+    "packed": {"packing": True, "attn_implementation": "auto"},
+    "grouped": {"group_by_length": True, "padding_free": False, "packing": False, "attn_implementation": "sdpa"},
+    "packed-liger": {"packing": True, "attn_implementation": "auto", "use_liger_kernel": True},
+    "packed-compile": {"packing": True, "attn_implementation": "auto", "torch_compile": True},
+    "padfree-sdpa": {"group_by_length": False, "padding_free": True, "packing": False, "attn_implementation": "sdpa"},
+    "padfree-fa2": {"group_by_length": False, "padding_free": True, "packing": False,
+                    "attn_implementation": "flash_attention_2"},
+    "grouped-liger": {"group_by_length": True, "padding_free": False, "packing": False, "attn_implementation": "sdpa",
                       "use_liger_kernel": True},
-    "grouped-compile": {"group_by_length": True, "padding_free": False, "attn_implementation": "sdpa",
-                        "torch_compile": True, "pad_to_multiple_of": 64},
-    "padfree-flex": {"group_by_length": False, "padding_free": True, "attn_implementation": "flex_attention",
-                     "pad_to_multiple_of": 512},
+    "grouped-compile": {"group_by_length": True, "padding_free": False, "packing": False,
+                        "attn_implementation": "sdpa", "torch_compile": True, "pad_to_multiple_of": 64},
+    "padfree-flex": {"group_by_length": False, "padding_free": True, "packing": False,
+                     "attn_implementation": "flex_attention", "pad_to_multiple_of": 512},
 }
+#: what `--quick` and the GPU script compare
+PACKED_VS_PADDED = ["padded", "packed"]
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
              "L4": 121e12, "A10": 125e12, "RTX 4090": 165e12, "MI300X": 1307e12, "MI250": 362e12}
 
@@ -180,6 +191,11 @@ def skip_reason(name: str, device: str) -> str | None:
     over = MODES[name]
     if over.get("attn_implementation") == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         return "flash-attn is not installed"
+    if over.get("packing") and device == "cuda" and over.get("attn_implementation") == "auto":
+        from loralint.train import flash_attention_available, flex_attention_available
+
+        if not (flash_attention_available() or flex_attention_available()):
+            return "packing on CUDA needs FlexAttention (torch >= 2.5 with triton) or flash-attn"
     if over.get("attn_implementation") == "flex_attention" and device != "cuda":
         return "FlexAttention's kernels need a GPU here"
     if over.get("use_liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
@@ -197,7 +213,8 @@ def run_mode(name: str, data: Path, a, device: str, cfg, ctx: float) -> dict:
     over = {"base": a.base, "mode": a.mode, "batch_size": a.batch_size, "gradient_accumulation_steps": 1,
             "max_steps": a.warmup + a.steps, "logging_steps": a.warmup, "save_steps": 10 ** 9, "seed": 0,
             "lora_r": a.rank, "lora_alpha": a.rank, "cutoff_len": a.cutoff_len, "warmup_steps": 0,
-            "dataloader_num_workers": "auto" if device == "cuda" else 0} | MODES[name]
+            "dataloader_num_workers": "auto" if device == "cuda" else 0,
+            "oversample": None, "mine_rounds": 0} | MODES[name]  # speed of the training loop alone
     settings = train.load_settings(a.preset, over)
     timer = make_timer()
     if device == "cuda":
@@ -219,6 +236,8 @@ def run_mode(name: str, data: Path, a, device: str, cfg, ctx: float) -> dict:
            "wall_s": round(wall, 1)}
     hyper = meta.get("hyperparameters", {})
     res["attn_implementation"] = hyper.get("attn_implementation")
+    if hyper.get("packing"):
+        res["pack_length"] = hyper.get("pack_length")
     if device == "cuda":
         res["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if cfg is not None:
@@ -239,12 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cutoff-len", type=int, default=2048)
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 on GPU, 1 on CPU)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 30 on GPU, 2 on CPU)")
-    p.add_argument("--rows", type=int, default=None, help="synthetic rows (default: enough for the steps)")
+    p.add_argument("--rows", type=int, default=None, help="synthetic rows (default: enough for the steps); with "
+                   "--data, use its first N rows")
     p.add_argument("--quick", action="store_true", help="smoke run (CPU): batch 2, 1 + 1 steps, short windows, "
                    "two modes; a few minutes on 2 cores with the embedded base")
     p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU")
     p.add_argument("--max-minutes", type=float, default=3.5, help="start no mode after this (default 3.5)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_speed.json")
+    p.add_argument("--out", type=Path, help="JSON report (default benchmarks/results/train_speed_<device>.json)")
     a = p.parse_args(argv)
 
     import torch
@@ -260,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     a.warmup = a.warmup or (5 if gpu and not a.quick else 1)
     a.steps = a.steps or (30 if gpu and not a.quick else 1 if a.quick else 2)
     a.steps = max(a.warmup, math.ceil(a.steps / a.warmup) * a.warmup)  # logs come every `warmup` steps
-    wanted = a.modes.split(",") if a.modes else (["padded", "padfree-sdpa"] if a.quick else list(MODES))
+    wanted = a.modes.split(",") if a.modes else (PACKED_VS_PADDED if a.quick else list(MODES))
     unknown = [m for m in wanted if m not in MODES]
     if unknown:
         p.error(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
@@ -269,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.data:
             data = a.data
             rows = train.read_rows(train.data_files(a.data))
+            if a.rows and a.rows < len(rows):  # the first N rows (a built dataset is shuffled): less to tokenize
+                rows = rows[: a.rows]
+                data = Path(tmp) / "rows.jsonl"
+                data.write_text("".join(json.dumps(r) + "\n" for r in rows))
         else:
             # exactly what the steps consume: every mode sees the same examples once (grouped ones in length order)
             n = a.rows or a.batch_size * (a.warmup + a.steps)
@@ -285,6 +309,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device: {name} ({device}); base {a.base}; {len(rows)} rows, mean {sum(lens) / len(lens):.0f} tokens, "
               f"max {max(lens)}, ctx {ctx:.0f}; batch {a.batch_size}; {a.warmup} + {a.steps} steps a mode",
               file=sys.stderr)
+        def save() -> dict:  # after every mode: a run cut short by a timeout keeps what it measured
+            report = {
+                "benchmark": "train_speed", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "device": name, "device_type": device, "peak_bf16_tflops": peak / 1e12 if peak else None,
+                "base": a.base, "train_mode": a.mode, "lora_r": a.rank, "batch_size": a.batch_size,
+                "warmup_steps": a.warmup, "timed_steps": a.steps, "data": str(a.data) if a.data else "synthetic",
+                "rows": len(rows), "mean_tokens": round(sum(lens) / len(lens), 1), "ctx_eff": round(ctx, 1),
+                "flops_per_token": model_flops_per_token(cfg, a.mode, ctx),
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                             "trl": trl.__version__, "python": platform.python_version(), "cpus": os.cpu_count()},
+                "results": results,
+            }
+            if a.out is None:
+                slug = next((g.lower() for g in ("H200", "H100", "A100") if gpu and g in name), device)
+                a.out = ROOT / "benchmarks" / "results" / f"train_speed_{slug}.json"
+            packed = next((r for r in results if r["mode"] == "packed" and "tokens_per_s" in r), None)
+            padded = next((r for r in results if r["mode"] == "padded" and "tokens_per_s" in r), None)
+            if packed and padded:
+                report["packed_speedup"] = round(packed["tokens_per_s"] / padded["tokens_per_s"], 2)
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(report, indent=2) + "\n")
+            return report
+
         results = []
         started = time.perf_counter()
         for m in wanted:
@@ -311,20 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                 r["mfu"] = round(r["model_tflops_per_s"] * 1e12 / peak, 4)
             results.append(r)
             print(f"    {json.dumps(r)}", file=sys.stderr, flush=True)
+            save()
+        report = save()
 
-    report = {
-        "benchmark": "train_speed", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": name, "device_type": device, "peak_bf16_tflops": peak / 1e12 if peak else None,
-        "base": a.base, "train_mode": a.mode, "lora_r": a.rank, "batch_size": a.batch_size,
-        "warmup_steps": a.warmup, "timed_steps": a.steps, "data": str(a.data) if a.data else "synthetic",
-        "rows": len(rows), "mean_tokens": round(sum(lens) / len(lens), 1), "ctx_eff": round(ctx, 1),
-        "flops_per_token": model_flops_per_token(cfg, a.mode, ctx),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-                     "python": platform.python_version(), "cpus": os.cpu_count()},
-        "results": results,
-    }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
     print(f"\nwrote {a.out}")
     return 0 if any("tokens_per_s" in r for r in results) else 1
@@ -343,6 +379,8 @@ def table(report: dict) -> str:
         out.append(f"{r['mode']:<16} {r['tokens_per_s']:>10.0f} {r['step_time_s']:>8.3f} {r['tokens_per_step']:>9.0f} "
                    f"{r.get('model_tflops_per_s', 0):>8.2f} {mfu:>7} {r.get('peak_memory_gb', '-')!s:>7}  "
                    f"loss {r['loss_end']}")
+    if report.get("packed_speedup"):
+        out.append(f"packed / padded: {report['packed_speedup']:.2f}x tokens/s")
     return "\n".join(out)
 
 

@@ -94,6 +94,8 @@ def test_a_fully_cached_run_loads_no_model(tmp_path):
     adapter = resolve_adapter(ad)
 
     class Same(FunctionBackend):
+        supports_constraints = True  # its (oracle) answers stand in for the default constrained decoding's
+
         def identity(self):
             return model_identity(adapter, None)
 

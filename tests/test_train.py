@@ -82,7 +82,8 @@ def qwen3(work):
 
 def _settings(base: Path, **over) -> dict:
     s = {"base": str(base), "lora_r": 8, "lora_alpha": 16, "learning_rate": 5e-3, "batch_size": 2,
-         "logging_steps": 1, "save_steps": 4, "save_total_limit": 2, "warmup_steps": 0, "cutoff_len": 512}
+         "logging_steps": 1, "save_steps": 4, "save_total_limit": 2, "warmup_steps": 0, "cutoff_len": 512,
+         "oversample": None, "mine_rounds": 0}
     return train.load_settings("smollm2-135m", s | over)
 
 
@@ -252,8 +253,9 @@ def test_seed_presets_keep_the_tutorial_hyperparameters():
         assert (s["logging_steps"], s["save_steps"], s["save_total_limit"]) == (10, 200, 2)
     s = train.load_settings("smollm2-135m")
     assert s["base"] == "smollm2-135m" and s["mode"] == "lora" and 32 <= s["lora_r"] <= 64
-    assert s["batch_size"] == 32 and s["num_train_epochs"] == 3 and s["cutoff_len"] == 2048
+    assert s["batch_size"] == 64 and s["num_train_epochs"] == 3 and s["cutoff_len"] == 2048
     assert 4e-4 <= s["learning_rate"] <= 1e-3 and s["warmup_steps"] == 0.03
+    assert s["packing"] == "auto" and s["mine_rounds"] >= 1 and "for=" in s["oversample"]
 
 
 def test_overrides_are_typed_and_checked():
@@ -277,9 +279,10 @@ def test_cpu_settings_are_fp32_sdpa_length_grouped():
     s = train.resolve_settings(train.load_settings("smollm2-135m"), device="cpu", world=2)
     assert s["bf16"] is False and s["attn_implementation"] == "sdpa"
     assert s["padding_free"] is False and s["group_by_length"] is True
-    assert s["per_device_train_batch_size"] == 16 and s["effective_batch_size"] == 32
+    assert s["per_device_train_batch_size"] == 32 and s["effective_batch_size"] == 64
+    assert s["packing"] is False  # packing is for CUDA (a dense block mask on CPU: --packing still works)
     with pytest.raises(train.TrainError, match="multiple"):
-        train.resolve_settings(train.load_settings("smollm2-135m", {"batch_size": 30}), device="cpu", world=4)
+        train.resolve_settings(train.load_settings("smollm2-135m", {"batch_size": 62}), device="cpu", world=4)
     with pytest.raises(train.TrainError, match="GPU"):
         train.resolve_settings(train.load_settings("smollm2-135m", {"bf16": True}), device="cpu")
 
@@ -342,7 +345,7 @@ def test_two_processes_train_one_adapter(work, qwen3, tmp_path):
            "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "loralint", "train",
            "--data", str(work / "data"), "--out", str(out), "--base", str(qwen3), "--max-steps", "3",
-           "--batch-size", "4", "--set", "logging_steps=1", "--set", "lora_r=8"]
+           "--batch-size", "4", "--set", "logging_steps=1", "--set", "lora_r=8", "--oversample", "none", "--mine", "0"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((out / "loralint.json").read_text())

@@ -66,6 +66,18 @@ RECIPE_KEYS: dict[str, tuple[Any, str]] = {
     "padding_free": ("auto", "flatten each batch without padding; auto: on with a FlashAttention kernel"),
     "group_by_length": ("auto", "batch examples of similar length (less padding); auto: on unless padding-free"),
     "rule": (None, "rule id (default: the dataset rows' meta.rule, else predicate)"),
+    "packing": ("auto", "pack whole examples into rows of pack_length tokens, no padding: per-example position ids "
+                        "and a block-diagonal mask (FlexAttention / FlashAttention varlen); auto: on with CUDA"),
+    "pack_length": ("auto", "tokens a packed row holds (one row a device a micro-step); auto: the per-device batch "
+                            "x the mean example length, at least the longest example"),
+    "oversample": (None, "repeat rows by what their answer holds: KIND=FACTOR or N+=FACTOR (windows with N or more "
+                         "violations), comma-separated, e.g. 'for=3,ternary=3,else if=2,3+=2' (see sampling.py)"),
+    "mine_rounds": (0, "oracle-driven hard-example mining: after training, scan train windows with the adapter, "
+                       "train further on those where model and oracle disagree; this many rounds"),
+    "mine_windows": (4000, "train windows scanned a mining round (a seeded sample; 0: all)"),
+    "mine_weight": (4, "times a disagreement window is repeated in a mining round's data"),
+    "mine_replay": (1.0, "other train rows mixed into a mining round, per disagreement row (against forgetting)"),
+    "mine_lr_scale": (0.5, "a mining round's learning rate, relative to learning_rate"),
 }
 #: SFTConfig fields that may be ``auto`` in a preset, decided per machine by :func:`resolve_settings`
 AUTO_FIELDS = ("bf16", "tf32", "dataloader_num_workers", "use_liger_kernel")
@@ -142,7 +154,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 def check_keys(settings: dict, where: str) -> None:
     known = set(RECIPE_KEYS) | set(sft_fields())
     for key in settings:
-        if key in FIXED_FIELDS:
+        if key in FIXED_FIELDS and key not in RECIPE_KEYS:
             raise TrainError(f"{where}: {key!r} is set by the recipe itself and cannot be overridden")
         if key not in known:
             import difflib
@@ -215,6 +227,17 @@ def flash_attention_available() -> str | None:
     return None
 
 
+def flex_attention_available() -> bool:
+    """FlexAttention (torch >= 2.5) with the compiler it needs (triton on CUDA)."""
+    import importlib.util
+
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return importlib.util.find_spec("triton") is not None
+
+
 def resolve_settings(settings: dict, device: str | None = None, world: int | None = None) -> dict[str, Any]:
     """Decide every ``auto`` for this machine and check the combination; returns a new dict."""
     import importlib.util
@@ -242,15 +265,26 @@ def resolve_settings(settings: dict, device: str | None = None, world: int | Non
         s["dataloader_num_workers"] = 2 if cuda else 0
     if s["use_liger_kernel"] == "auto":
         s["use_liger_kernel"] = cuda and importlib.util.find_spec("liger_kernel") is not None
+    if s["packing"] == "auto":
+        s["packing"] = cuda and flex_attention_available()
+    s["packing"] = bool(s["packing"])
     if s["attn_implementation"] == "auto":
-        s["attn_implementation"] = (flash_attention_available() if cuda else None) or "sdpa"
+        # packed rows need attention that keeps the examples apart without a dense (tokens x tokens) mask: a
+        # FlashAttention varlen kernel, else FlexAttention's block-sparse mask (compiled kernels, CUDA)
+        packed_attn = "flex_attention" if cuda and s["packing"] and flex_attention_available() else None
+        s["attn_implementation"] = (flash_attention_available() if cuda else None) or packed_attn or "sdpa"
     flash = str(s["attn_implementation"]).startswith("flash_attention")
     if s["padding_free"] == "auto":
         # Without a varlen kernel, transformers separates the flattened sequences with a dense block-diagonal mask:
         # correct, but attention then costs (batch tokens)^2 instead of the sum of each sequence's length^2.
-        s["padding_free"] = flash
+        s["padding_free"] = flash or s["packing"]
     if s["group_by_length"] == "auto":
         s["group_by_length"] = not s["padding_free"]
+    if s["packing"]:
+        s["padding_free"], s["group_by_length"] = True, False  # a packed row is padding-free by construction
+        if s["pack_length"] != "auto" and int(s["pack_length"]) < int(s["cutoff_len"]):
+            raise TrainError(f"pack_length {s['pack_length']} is below cutoff_len {s['cutoff_len']}: a packed row "
+                             "must hold the longest example")
     ga = int(s["gradient_accumulation_steps"])
     if s["batch_size"]:
         per = int(s["batch_size"]) // (world * ga)
@@ -434,7 +468,114 @@ def sft_config(s: dict, out: Path, has_eval: bool, n_rows: int = 0):
         passed["use_cpu"] = True
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     passed.setdefault("dataset_num_proc", None if n_rows < 4000 else min(8, n))
+    if s.get("packing"):
+        # the rows are packed after tokenization (pack_rows), so that examples over cutoff_len are dropped first:
+        # TRL's own packing would truncate them. A device's micro-batch is then one packed row.
+        passed["padding_free"] = True
+        passed["per_device_train_batch_size"] = 1
+        passed["train_sampling_strategy"] = "random"
     return SFTConfig(**passed)
+
+
+def make_trainer(s: dict, model, tokenizer, args, train_ds, eval_ds, peft_config, callbacks):
+    """TRL's SFTTrainer (it tokenizes prompt/completion rows and masks the prompt out of the loss), counting only
+    real tokens in its tokens/s when rows are padded to a fixed length."""
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    class Trainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            pos = inputs.get("position_ids") if "attention_mask" not in inputs else None
+            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if pos is not None and self.model.training and getattr(self.data_collator, "pad_to_multiple_of", None):
+                # TRL counts a padding-free row's length; the padding after its last example is no token of data
+                # (pads carry position 0 after the last example's last position, which is > 0)
+                import torch
+
+                nz = (pos[0] != 0).nonzero()
+                pad = pos.size(1) - (int(nz[-1]) + 1 if len(nz) else 0)
+                pad = int(self.accelerator.gather_for_metrics(torch.tensor([pad], device=pos.device)).sum())
+                self._total_train_tokens -= pad
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return out
+
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                      processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout; Progress shows them on stderr
+    return trainer
+
+
+# ---------------------------------------------------------------------------------------------- packing
+def pack_length_for(s: dict, lengths: list[int]) -> int:
+    """Tokens a packed row holds: ``pack_length``, or (auto) the per-device batch of examples at their mean length,
+    a multiple of 128 (FlexAttention's block); never below the longest example (a row holds whole examples)."""
+    longest = max(lengths)
+    if s["pack_length"] not in (None, "auto"):
+        return max(int(s["pack_length"]), longest)
+    per = int(s["per_device_train_batch_size"])
+    return max(128 * math.ceil(per * statistics.fmean(lengths) / 128), 128 * math.ceil(longest / 128))
+
+
+def pack_rows(dataset, length: int, seed: int = 0):
+    """Tokenized examples packed into rows of at most ``length`` tokens, whole (best-fit decreasing, TRL's
+    ``pack_dataset``), after a seeded shuffle; each row keeps its examples' lengths (``seq_lengths``), from which
+    the collator builds per-example position ids: the attention keeps the examples apart, the loss is each
+    example's (the first label of an example is ignored, as a padded batch shifts it out)."""
+    from trl.data_utils import pack_dataset
+
+    ds = dataset.select_columns(["input_ids", "labels"]).shuffle(seed=seed)
+    # one packing pass over many examples: fuller rows (a pass leaves its last row part-empty)
+    per_pass = max(1000, min(len(ds), 20000))
+    return pack_dataset(ds, length, "bfd", {"batch_size": per_pass})
+
+
+def fix_shapes(trainer, s: dict) -> None:
+    """On CUDA, every packed row is padded to ``pack_length``: one shape for the compiled FlexAttention (and
+    torch.compile) kernels instead of a recompilation per length. Elsewhere rows keep their length."""
+    if s["device"] == "cuda":
+        trainer.data_collator.pad_to_multiple_of = int(s["pack_length"])
+
+
+# ------------------------------------------------------------------------------------------------ mining
+def mine_round(trainer, s: dict, out: Path, r: int, rows: list[dict], rule, tokenizer, logger, say,
+               progress: bool = True):
+    """One round of hard-example mining (:mod:`loralint.mining`): scan, then train on the disagreements (each
+    ``mine_weight`` times, with replayed rows) for one pass at ``mine_lr_scale`` x the learning rate. Returns the
+    trainer that trained (the same model) and the round's log row."""
+    from . import mining
+
+    model = trainer.model
+    found = mining.mine_model(model, tokenizer, rows, rule, s["device"], windows=int(s["mine_windows"]),
+                              seed=int(s["seed"]) + r)
+    info = found.to_log(r)
+    say(f"mining round {r}: {info['disagreements']} of {info['windows']} windows disagree with the oracle "
+        f"({info['seconds']:.1f} s)")
+    if not found.disagreements:
+        info |= {"rows": 0, "steps": 0, "train_seconds": 0.0}
+        logger.write(info)
+        return trainer, info
+    mixed = mining.round_rows(rows, found.disagreements, int(s["mine_weight"]), float(s["mine_replay"]),
+                              seed=int(s["seed"]) + r)
+    rs = dict(s) | {"num_train_epochs": 1, "max_steps": -1, "warmup_steps": 0,
+                    "learning_rate": float(s["learning_rate"]) * float(s["mine_lr_scale"])}
+    args = sft_config(rs, out / f"mining-{r}", False, len(mixed))
+    args.save_strategy = "no"
+    logger.offset = logger.last_step
+    t0 = time.perf_counter()
+    nxt = make_trainer(rs, model, tokenizer, args, to_prompt_completion(mixed), None, None,
+                       [logger, Progress(progress)])
+    nxt.train_dataset, lengths, _ = drop_long(nxt.train_dataset, int(s["cutoff_len"]))
+    if s["packing"]:  # rows of the first round's length: the compiled kernels' shape
+        nxt.train_dataset = pack_rows(nxt.train_dataset, int(s["pack_length"]), int(s["seed"]) + r)
+        fix_shapes(nxt, rs)
+    res = nxt.train()
+    info |= {"rows": len(mixed), "steps": res.global_step, "train_seconds": round(time.perf_counter() - t0, 2),
+             "mean_loss": round(res.training_loss, 6) if res.training_loss is not None else None}
+    logger.write(info)
+    import shutil
+
+    shutil.rmtree(out / f"mining-{r}", ignore_errors=True)
+    return nxt, info
 
 
 class JsonlLog(TrainerCallback):
@@ -444,6 +585,15 @@ class JsonlLog(TrainerCallback):
     def __init__(self, path: Path):
         self.path = path
         self.rows: list[dict] = []
+        self.offset = 0  # steps of earlier trainers (mining rounds continue the step count)
+        self.last_step = 0
+
+    def write(self, row: dict) -> None:
+        if not _is_main():
+            return
+        self.rows.append(row)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
 
     def on_train_begin(self, args, state, control, **kw):
         self.t = time.perf_counter()
@@ -454,7 +604,10 @@ class JsonlLog(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         now = time.perf_counter()
-        row: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        row: dict[str, Any] = {"step": self.offset + state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        self.last_step = row["step"]
+        if self.offset:
+            row["mining"] = True
         if "loss" in logs:
             tokens = logs.get("num_tokens", 0)
             dt, dsteps = now - self.t, max(1, state.global_step - self.step)
@@ -666,6 +819,19 @@ def train(data: str | Path, out: str | Path, settings: dict | None = None, *, pr
     from .rules import get_rule
 
     rule = get_rule(s["rule"])
+    unique_rows = rows  # what mining scans (each window once)
+    sampled = None
+    if s.get("oversample"):
+        from .sampling import SpecError, oversample
+
+        try:
+            rows, sampled = oversample(rows, rule, s["oversample"], seed=int(s["seed"]))
+        except SpecError as e:
+            raise TrainError(str(e)) from None
+        if not sampled["spec"]:
+            sampled = None
+    if int(s.get("mine_rounds") or 0) > 0 and s["processes"] > 1:
+        raise TrainError("--mine scans with one process; run it without accelerate launch (or --mine 0)")
     train_ds = to_prompt_completion(rows)
     eval_ds = to_prompt_completion(eval_rows) if eval_rows else None
 
@@ -686,25 +852,26 @@ def train(data: str | Path, out: str | Path, settings: dict | None = None, *, pr
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, s["processes"])))
 
     # 4-5. LoRA + trainer (TRL tokenizes prompt/completion rows and masks the prompt out of the loss)
-    from transformers import PrinterCallback
-    from trl import SFTTrainer
-
     logger = JsonlLog(out / TRAIN_LOG)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, peft_config=lora_config(s),
-                         callbacks=[logger, Progress(progress)] + list(callbacks or []))
-    trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout; Progress shows them on stderr
+    trainer = make_trainer(s, model, tokenizer, args, train_ds, eval_ds, lora_config(s),
+                           [logger, Progress(progress)] + list(callbacks or []))
     trainer.train_dataset, lengths, dropped = drop_long(trainer.train_dataset, int(s["cutoff_len"]))
     if eval_ds is not None:
         trainer.eval_dataset, _, _ = drop_long(trainer.eval_dataset, int(s["cutoff_len"]))
     if not lengths:
         raise DatasetError(f"every example is longer than cutoff_len {s['cutoff_len']} tokens; raise it with "
                            "--cutoff-len N")
+    if s["packing"]:
+        s["pack_length"] = pack_length_for(s, lengths)
+        trainer.train_dataset = pack_rows(trainer.train_dataset, s["pack_length"], int(s["seed"]))
+        fix_shapes(trainer, s)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     say(f"training {base.name} ({s['mode']}, {trainable / 1e6:.2f} M trainable parameters) on {len(lengths)} "
         f"examples, {sum(lengths)} tokens ({dropped} dropped over cutoff_len {s['cutoff_len']}); "
         f"{s['device']} x{s['processes']}, batch {s['effective_batch_size']}, attention {s['attn_implementation']}"
-        + (", padding-free" if s["padding_free"] else ", length-grouped" if s["group_by_length"] else ""))
+        + (f", packed into {len(trainer.train_dataset)} rows of {s['pack_length']} tokens" if s["packing"]
+           else ", padding-free" if s["padding_free"] else ", length-grouped" if s["group_by_length"] else "")
+        + (f"; oversampled {sampled['spec']} ({sampled['rows_in']} rows -> {sampled['rows_out']})" if sampled else ""))
 
     # 6. train
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
@@ -714,10 +881,22 @@ def train(data: str | Path, out: str | Path, settings: dict | None = None, *, pr
         done = last is not None and last["step"] == trainer.state.global_step
         final_eval = last if done else trainer.evaluate()
 
+    # 6b. hard-example mining: scan train windows with the adapter, train further on the disagreements
+    mining, first = [], trainer
+    for r in range(1, int(s.get("mine_rounds") or 0) + 1):
+        trainer, info = mine_round(trainer, s, out, r, unique_rows, rule, tokenizer, logger, say, progress and main)
+        mining.append(info)
+        if not info["disagreements"]:
+            break
+
     # 7. save: adapter (or whole model) + tokenizer by rank 0; metadata, model card and loss curve
     trainer.save_model(str(out))
     meta = _metadata(s, base, rule, files, eval_files, len(lengths), dropped, lengths, result, final_eval,
-                     logger.rows, trainer, ckpt)
+                     logger.rows, first, ckpt)
+    if sampled:
+        meta["dataset"]["oversampled"] = sampled
+    if mining:
+        meta["train"]["mining"] = mining
     if trainer.is_world_process_zero():
         write_model_card(out, meta)
         plot_loss(out / TRAIN_LOG, out / LOSS_PLOT, title=f"{rule.id} on {Path(base.name).name}")

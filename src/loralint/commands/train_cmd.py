@@ -55,6 +55,18 @@ def train_command(
     cutoff_len: Optional[int] = typer.Option(None, "--cutoff-len", help="Longest example in tokens "
                                              "(longer ones are dropped)."),
     rule: Optional[str] = typer.Option(None, "--rule", "-r", help="Rule id (default: the rows' meta.rule)."),
+    packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Pack whole examples into rows "
+                                           "without padding (per-example positions, block-diagonal attention: "
+                                           "FlexAttention or FlashAttention). Default: the preset's (auto: on "
+                                           "with CUDA)."),
+    oversample: Optional[str] = typer.Option(None, "--oversample", metavar="SPEC", help="Repeat rows by what "
+                                             "their answer holds: KIND=FACTOR or N+=FACTOR (N or more violations), "
+                                             "comma-separated, e.g. 'for=8,ternary=3,3+=2'; 'none' turns the "
+                                             "preset's off."),
+    mine: Optional[int] = typer.Option(None, "--mine", metavar="ROUNDS", help="Hard-example mining: after "
+                                       "training, scan train windows (mine_windows of them) with the adapter "
+                                       "and train further on those where it disagrees with the oracle; "
+                                       "ROUNDS times."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the settings as decided for this machine "
                                  "(JSON, stdout) and exit."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Keep the libraries' own warnings and bars."),
@@ -71,7 +83,7 @@ def train_command(
         over = train.parse_overrides(settings or [])
         typed = {"base": base, "mode": mode, "max_steps": max_steps, "num_train_epochs": epochs,
                  "learning_rate": lr, "batch_size": batch_size, "lora_r": rank, "cutoff_len": cutoff_len,
-                 "rule": rule}
+                 "rule": rule, "packing": packing, "oversample": oversample, "mine_rounds": mine}
         over |= {k: v for k, v in typed.items() if v is not None}
         if rank is not None and "lora_alpha" not in over:
             over["lora_alpha"] = rank
