@@ -171,6 +171,7 @@ class GpuEngine(Backend):
     """See the module's documentation. ``adapters``: name -> Adapter, for several adapters in one engine."""
 
     name = "transformers"  # the same answers as the reference engine: the same scan-cache key
+    supports_constraints = True  # generate(..., constraints=): allowed tokens only, per row (loralint.decoding)
     engine = ENGINE
 
     def __init__(self, adapter: Adapter | None = None, base: str | None = None, device: str | None = None,
