@@ -244,7 +244,7 @@ def test_tiny_trained_model_finds_the_oracle_findings_end_to_end(tmp_path):
     assert model_keys(res) == oracle_keys([str(fixture)])
     assert res.unverified == 0 and not res.errors and res.files[0].suppressed == 1
     # unchanged: every window comes from the cache, no model is loaded
-    again = scan([str(fixture)], adapter=str(adapter), window_lines=15, cache_dir=str(tmp_path / "cache"))
+    again = scan([str(fixture)], adapter=str(adapter), window_lines=15, cache_dir=str(tmp_path / "cache"), device="cpu")
     assert again.stats()["windows_cached"] == 3 and again.backend == "transformers"
     assert model_keys(again) == model_keys(res) and again.generated_tokens == 0
 

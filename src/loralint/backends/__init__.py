@@ -332,8 +332,9 @@ def default_backend(device: str | None = None, adapter: str | os.PathLike | Adap
                     engine: str | None = None) -> str:
     """The engine used when none is named: ``llamacpp`` on a CPU when llama_cpp is importable and the adapter can
     run there (a PEFT adapter, prepared as a q8_0 GGUF once, or a folder holding a GGUF); else ``transformers``
-    (a GPU, ``--device``/``--engine`` given, no llama-cpp-python, a full fine-tuned model folder)."""
-    if engine or (device and not device.startswith("cpu")) or (device is None and _gpu_visible()):
+    (a visible CUDA GPU, ``--device`` or ``--engine`` given: the transformers engine's own options, no
+    llama-cpp-python, a full fine-tuned model folder)."""
+    if engine or device or _gpu_visible():
         return DEFAULT_BACKEND
     if not llamacpp_importable():
         return DEFAULT_BACKEND
