@@ -382,9 +382,12 @@ class BackendOptions:
         except BackendUnavailable as e:
             if kind != "llamacpp" or self.backend or self.gguf:
                 raise
-            import sys  # the default engine cannot start here: the reference one, said in one line
+            import sys  # the default engine cannot start here: the reference one, said in one line (not with -q)
 
-            print(f"loralint: {e}; using the transformers engine", file=sys.stderr, flush=True)
+            from .. import models
+
+            if models._announce:
+                print(f"loralint: {e}; using the transformers engine", file=sys.stderr, flush=True)
             return create_backend(DEFAULT_BACKEND, adapter=adapter or self.adapter, rule=rule, **fields)
 
 

@@ -77,18 +77,17 @@ def prepared_path(adapter: Adapter, base: str | None = None, qtype: str = PREPAR
 def prepared_gguf(adapter: Adapter, base: str | None = None, qtype: str = PREPARED_TYPE, announce=None) -> Path:
     """A ``qtype`` GGUF of ``adapter`` merged into its base: made once with :func:`loralint.export.export`
     (written to a temporary name, then renamed into place), then reused. ``announce``: the one-line notice
-    (default: stderr)."""
+    (default: stderr, unless ``-q``)."""
     out = prepared_path(adapter, base, qtype)
     if out.is_file():
         return out
     from ..export import ExportError, export
 
-    say = announce or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say = announce or (lambda msg: models._announce and print(msg, file=sys.stderr, flush=True))
     say(f"loralint: preparing a {qtype} GGUF of the {adapter.rule} adapter (once, ~30 s): {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
-        models.quiet_libraries()
         export(adapter.path, gguf=qtype, gguf_out=tmp, base=base)
         os.replace(tmp, out)
     except (ExportError, models.ModelNotFound, OSError, ValueError, RuntimeError) as e:
