@@ -118,6 +118,10 @@ class LlamaCppBackend(Backend):
                  n_ctx: int = 8192, n_threads: int | None = None, n_gpu_layers: int = -1, **_ignored):
         from .chattok import ChatTokenizer, tokenizer_folder
 
+        # ggml's CPU threads are OpenMP threads: sleeping, not spinning, when idle (set before libgomp loads;
+        # on 2 shared cores spinning threads measured 3x the CPU time and wall time of passive ones)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
         try:
             import llama_cpp  # noqa: F401
         except ImportError as e:
