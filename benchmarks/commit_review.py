@@ -9,7 +9,7 @@ are changed (two windows to review). Each measurement is a new process running
 
 - old: ``--backend transformers`` (the reference engine, the default before);
 - new, cold: the default engine with an empty GGUF cache (``$LORALINT_CACHE`` a fresh folder whose ``bases``
-  links to the user's, so only the one-time q8_0 GGUF preparation is added), reported apart;
+  links to the user's, so only the one-time f16 GGUF preparation is added), reported apart;
 - new, warm: the default engine with the GGUF prepared (a new process each time).
 
 Old and warm new runs alternate (old, new, old, new ...) so a drift of the shared machine hits both; the ratio
@@ -116,7 +116,7 @@ def main() -> None:
 
     rows = {
         "old (transformers)": old,
-        "new, warm (llama.cpp q8_0, GGUF cached)": new,
+        "new, warm (llama.cpp f16, GGUF cached)": new,
         "new, cold (incl. GGUF preparation)": cold,
     }
     ratio_wall = [o["wall"] / n["wall"] for o, n in zip(old, new)]

@@ -1,4 +1,4 @@
-"""The default CPU engine (issue #15 item 3): llama.cpp on a q8_0 GGUF prepared once, prompts tokenized without
+"""The default CPU engine (issue #15 item 3): llama.cpp on an f16 GGUF prepared once, prompts tokenized without
 transformers, the fallback to the transformers engine, and the same findings as the reference engine."""
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def test_without_llama_cpp_the_default_is_transformers_silently():
 def test_the_cache_key_tells_the_engines_apart():
     ad = resolve_adapter(None)
     assert llamacpp_identity(ad, None, None) != model_identity(ad, None)
-    assert llamacpp_identity(ad, None, None)["prepared"] == "q8_0"
+    assert llamacpp_identity(ad, None, None)["prepared"] == "f16"
 
 
 # ------------------------------------------------------------------------------------ the prepared GGUF
@@ -135,7 +135,7 @@ def test_the_gguf_is_prepared_once_then_reused(tiny_adapter, tmp_path, monkeypat
     said: list[str] = []
     first = prepared_gguf(ad, announce=said.append)
     assert first == prepared_path(ad) and first.is_file() and first.parent == tmp_path / "cache" / "gguf"
-    assert len(said) == 1 and "preparing a q8_0 GGUF of the predicate adapter (once" in said[0]
+    assert len(said) == 1 and "preparing a GGUF (f16) of the predicate adapter (once" in said[0]
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no partial file left behind
     stamp = first.stat().st_mtime_ns
     assert prepared_gguf(ad, announce=said.append) == first and len(said) == 1 and first.stat().st_mtime_ns == stamp

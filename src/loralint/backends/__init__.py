@@ -10,7 +10,7 @@ Three engines, one behaviour (greedy decoding, stop at the end-of-turn token, at
 - ``openai``: any OpenAI-compatible server (``loralint serve``, llama.cpp's ``llama-server``, vLLM ...),
   through a bounded pool of concurrent requests;
 - ``llamacpp`` (the default on a CPU when llama_cpp is importable, :func:`default_backend`): llama-cpp-python
-  in this process, on a GGUF export of the adapter (a q8_0 one made once and cached when it has none).
+  in this process, on a GGUF export of the adapter (an f16 one made once and cached when it has none).
 
 A failure on one prompt (a timeout, a reply that is no chat completion) comes back as a
 :class:`BackendError` in that prompt's place: the scanner turns it into a per-file error and goes on.
@@ -33,6 +33,9 @@ Progress = Callable[[int], None]
 
 #: the reference engine, and the default where llama.cpp is not (see default_backend)
 DEFAULT_BACKEND = "transformers"
+#: the GGUF type a PEFT adapter is prepared as for llama.cpp: f16 gave the reference engine's findings on the
+#: fixtures (21 of 21) where q8_0 lost one, at the same speed on a CPU (measured, benchmarks/commit_review.py)
+PREPARED_GGUF_TYPE = "f16"
 BACKENDS = ("transformers", "openai", "llamacpp")
 ADAPTER_META = "loralint.json"
 #: files LlamaFactory writes next to an adapter (and loralint does not)
@@ -306,11 +309,11 @@ def _file_fingerprint(path) -> str | None:
 def llamacpp_identity(adapter: Adapter | None, gguf: str | os.PathLike | None, base: str | None) -> dict:
     """What decides the llamacpp engine's answers (the scan cache's key), known before loading it: the adapter's
     digest (its own GGUF files included), the GGUF given, and the type of the GGUF prepared from a PEFT adapter
-    (answers of a q8_0 model can differ from the reference engine's: another key)."""
+    (answers of a GGUF model can differ from the reference engine's: another key)."""
     ident = {"backend": "llamacpp", "adapter": adapter.digest if adapter else None,
              "gguf": _file_fingerprint(str(gguf)) if gguf else None, "base": base}
     if not gguf and adapter is not None and adapter.is_peft and not adapter.gguf_files():
-        ident["prepared"] = "q8_0"
+        ident["prepared"] = PREPARED_GGUF_TYPE
     return ident
 
 
@@ -331,7 +334,7 @@ def llamacpp_importable() -> bool:
 def default_backend(device: str | None = None, adapter: str | os.PathLike | Adapter | None = None,
                     engine: str | None = None) -> str:
     """The engine used when none is named: ``llamacpp`` on a CPU when llama_cpp is importable and the adapter can
-    run there (a PEFT adapter, prepared as a q8_0 GGUF once, or a folder holding a GGUF); else ``transformers``
+    run there (a PEFT adapter, prepared as an f16 GGUF once, or a folder holding a GGUF); else ``transformers``
     (a visible CUDA GPU, ``--device`` or ``--engine`` given: the transformers engine's own options, no
     llama-cpp-python, a full fine-tuned model folder)."""
     if engine or device or _gpu_visible():

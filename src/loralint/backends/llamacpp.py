@@ -3,8 +3,8 @@ on a CPU when llama_cpp is importable (see :func:`loralint.backends.default_back
 
 It runs a GGUF file: the adapter merged and exported (``loralint export``), found in the adapter's folder,
 or given with ``gguf=``; a LoRA adapter exported to GGUF is applied on its GGUF base. A PEFT adapter folder
-without one gets a q8_0 GGUF of base + adapter made once (:func:`prepared_gguf`, the same export as
-``loralint export --gguf q8_0``) and kept under the user cache (``~/.cache/loralint/gguf``), keyed by the
+without one gets an f16 GGUF of base + adapter made once (:func:`prepared_gguf`, the same export as
+``loralint export --gguf f16``) and kept under the user cache (``~/.cache/loralint/gguf``), keyed by the
 adapter's digest. Prompts are built and tokenized as the transformers backend and training build them
 (:mod:`loralint.backends.chattok`: ``tokenizers`` + jinja2, the same ids without importing transformers or
 torch; the Hugging Face tokenizer itself when the files are not local) and handed to llama.cpp as token ids:
@@ -24,10 +24,8 @@ import sys
 from pathlib import Path
 
 from .. import models
+from . import PREPARED_GGUF_TYPE as PREPARED_TYPE  # part of the scan cache key (llamacpp_identity)
 from . import Adapter, Backend, BackendError, BackendUnavailable, Completion, Result, limits, llamacpp_identity
-
-#: the GGUF type a PEFT adapter is prepared as (part of the scan cache key through llamacpp_identity)
-PREPARED_TYPE = "q8_0"
 
 INSTALL_HINT = "pip install 'llama-cpp-python>=0.3' (or `pip install 'loralint[llamacpp]'`)"
 
@@ -84,7 +82,7 @@ def prepared_gguf(adapter: Adapter, base: str | None = None, qtype: str = PREPAR
     from ..export import ExportError, export
 
     say = announce or (lambda msg: models._announce and print(msg, file=sys.stderr, flush=True))
-    say(f"loralint: preparing a {qtype} GGUF of the {adapter.rule} adapter (once, ~30 s): {out}")
+    say(f"loralint: preparing a GGUF ({qtype}) of the {adapter.rule} adapter (once, ~20 s): {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
