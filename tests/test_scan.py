@@ -129,7 +129,8 @@ def test_python_api_is_plain_functions_and_backend_options_are_one_record(tmp_pa
     assert isinstance(loralint.scan, types.FunctionType) and isinstance(loralint.check, types.FunctionType)
     p = tmp_path / "a.js"
     p.write_text("if (a && b) {}\n")
-    assert BackendOptions().kind == "transformers" and BackendOptions(api="http://h").kind == "openai"
+    assert BackendOptions().kind in ("llamacpp", "transformers") and BackendOptions(api="http://h").kind == "openai"
+    assert BackendOptions(backend="transformers").kind == BackendOptions(device="cpu").kind == "transformers"
     assert BackendOptions(gguf="m.gguf").kind == "llamacpp"
     with pytest.raises(BackendUnavailable, match="--api"):
         loralint.scan([str(p)], backend=BackendOptions(backend="openai"), cache=False)
