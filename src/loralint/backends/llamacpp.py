@@ -79,6 +79,11 @@ def prepared_gguf(adapter: Adapter, base: str | None = None, qtype: str = PREPAR
     out = prepared_path(adapter, base, qtype)
     if out.is_file():
         return out
+    import importlib.util
+
+    for lib in ("torch", "transformers", "peft", "gguf"):  # the merge and the export need the model stack
+        if lib in sys.modules and sys.modules[lib] is None or importlib.util.find_spec(lib) is None:
+            raise ModuleNotFoundError(f"No module named {lib!r}", name=lib)
     from ..export import ExportError, export
 
     say = announce or (lambda msg: models._announce and print(msg, file=sys.stderr, flush=True))
