@@ -100,7 +100,7 @@ def test_a_fully_cached_run_loads_no_model(tmp_path):
             return model_identity(adapter, None)
 
     scan([str(src)], backend=Same(oracle_answer), cache_dir=str(cache))
-    res = scan([str(src)], adapter=str(ad), cache_dir=str(cache))  # would fail to load /nowhere
+    res = scan([str(src)], adapter=str(ad), cache_dir=str(cache), backend="transformers")  # would fail to load /nowhere
     assert len(res.findings) == 2 and res.stats()["windows_cached"] == 2
 
 

@@ -129,7 +129,8 @@ def test_python_api_is_plain_functions_and_backend_options_are_one_record(tmp_pa
     assert isinstance(loralint.scan, types.FunctionType) and isinstance(loralint.check, types.FunctionType)
     p = tmp_path / "a.js"
     p.write_text("if (a && b) {}\n")
-    assert BackendOptions().kind == "transformers" and BackendOptions(api="http://h").kind == "openai"
+    assert BackendOptions().kind in ("llamacpp", "transformers") and BackendOptions(api="http://h").kind == "openai"
+    assert BackendOptions(backend="transformers").kind == BackendOptions(device="cpu").kind == "transformers"
     assert BackendOptions(gguf="m.gguf").kind == "llamacpp"
     with pytest.raises(BackendUnavailable, match="--api"):
         loralint.scan([str(p)], backend=BackendOptions(backend="openai"), cache=False)
@@ -244,7 +245,7 @@ def test_tiny_trained_model_finds_the_oracle_findings_end_to_end(tmp_path):
     assert model_keys(res) == oracle_keys([str(fixture)])
     assert res.unverified == 0 and not res.errors and res.files[0].suppressed == 1
     # unchanged: every window comes from the cache, no model is loaded
-    again = scan([str(fixture)], adapter=str(adapter), window_lines=15, cache_dir=str(tmp_path / "cache"))
+    again = scan([str(fixture)], adapter=str(adapter), window_lines=15, cache_dir=str(tmp_path / "cache"), device="cpu")
     assert again.stats()["windows_cached"] == 3 and again.backend == "transformers"
     assert model_keys(again) == model_keys(res) and again.generated_tokens == 0
 

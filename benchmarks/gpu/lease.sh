@@ -8,8 +8,10 @@
 #                                                                             padded; naming and else-return adapters
 #   bash benchmarks/gpu/lease.sh predicate carry .cache/gpu-carry/c3          the predicate adapter (oversampled,
 #                                                                             one round of hard-example mining)
-#   bash benchmarks/gpu/lease.sh measure   (no carry)                        held-out eval of the three adapters
-#                                                                             (--update-card), scan_speed, constrained
+#   bash benchmarks/gpu/lease.sh eval      (no carry)                        held-out eval of the three adapters
+#                                                                             (--update-card: their cards come back)
+#   bash benchmarks/gpu/lease.sh speed     (no carry)                        scan_speed (gpu vs present engine),
+#                                                                             constrained vs unconstrained decoding
 # Every command is the one a user types; the script only adds what the bare machine needs. Budgets in seconds
 # can be changed with env vars (SPEED_S, NAMING_S, ELSE_S, PREDICATE_S, MINE_WINDOWS).
 set -uo pipefail
@@ -42,7 +44,7 @@ train_rule() {  # train_rule RULE DATA SECONDS [loralint train options...]
   local rule=$1 data=$2 secs=$3; shift 3
   local steps; steps=$(steps_for "$secs")
   say "train $rule: $steps steps ($secs s budget) $*"
-  timeout $((secs + 200)) python3 -m loralint train --data "$data" --rule "$rule" --out "/tmp/ad/$rule" --overwrite \
+  timeout $((secs + 150)) python3 -m loralint train --data "$data" --rule "$rule" --out "/tmp/ad/$rule" --overwrite \
     --max-steps "$steps" "$@" >> "$log" 2>&1
   say "train $rule rc=$?"
   grep -E "tokens/s|loss|mine|round|saved|error|Error" "$log" | tail -8
@@ -73,23 +75,31 @@ rules)
 predicate)
   mkdir -p /tmp/work/predicate
   xz -dc .cache/gpu-carry/c3/predicate-train.jsonl.xz > /tmp/work/predicate/train.jsonl
-  train_rule predicate /tmp/work/predicate/train.jsonl "${PREDICATE_S:-330}" --mine 1 --set mine_windows="${MINE_WINDOWS:-2000}"
+  train_rule predicate /tmp/work/predicate/train.jsonl "${PREDICATE_S:-300}" --mine 1 --set mine_windows="${MINE_WINDOWS:-2000}"
   ;;
-measure)
+eval)
   pkgs=$(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/\/tmp\/work\/corpus\//' src/loralint/data/corpus/eval.txt)
   for r in predicate naming else-return; do
     say "eval $r"
-    timeout 150 python3 -m loralint eval $pkgs --rule "$r" --adapter "/tmp/ad/$r" --no-cache --format json \
+    timeout 170 python3 -m loralint eval $pkgs --rule "$r" --adapter "/tmp/ad/$r" --no-cache --format json \
       --output "$OUT/eval-$r.json" --update-card >> "$log" 2>&1
     say "eval $r rc=$?"
   done
   tar -C /tmp/ad -cf "$OUT/cards.tar" predicate/README.md predicate/loralint.json naming/README.md naming/loralint.json \
     else-return/README.md else-return/loralint.json 2>> "$log"
+  grep -E "recall|precision|rc=" "$log" | tail -30
+  ;;
+speed)
   say "scan_speed --compare-engines"
-  timeout 330 python3 benchmarks/scan_speed.py --compare-engines --device cuda --adapter /tmp/ad/predicate \
-    --corpus /tmp/work/corpus --limit-files 1700 --total-budget 300 --out "$OUT/scan_speed_h200.json" >> "$log" 2>&1
+  timeout 280 python3 benchmarks/scan_speed.py --compare-engines --device cuda --adapter /tmp/ad/predicate \
+    --corpus /tmp/work/corpus --limit-files 1700 --total-budget 250 --out "$OUT/scan_speed_h200.json" >> "$log" 2>&1
   say "scan_speed rc=$?"
-  tail -25 "$log"
+  tail -20 "$log"
+  say "constrained vs unconstrained (gpu engine, held-out files)"
+  timeout 170 python3 benchmarks/constrained.py --device cuda --adapter /tmp/ad/predicate --corpus /tmp/work/corpus \
+    --limit-files 0 --max-lines 0 --out "$OUT/constrained_h200.json" >> "$log" 2>&1
+  say "constrained rc=$?"
+  tail -12 "$log"
   ;;
 *) echo "unknown step $step"; exit 2 ;;
 esac

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 from .backends import (Adapter, Backend, BackendError, BackendOptions, Completion, as_result, max_new_tokens_for,
-                       model_identity, resolve_adapter)
+                       llamacpp_identity, model_identity, resolve_adapter)
 from .cache import ScanCache, file_hash, settings_key
 from .checker import FileResult, RunResult
 from .findings import Finding, sort_findings
@@ -177,14 +177,6 @@ class _File:
     detail: FileScan | None = None
 
 
-def _fingerprint(path: str | None) -> str | None:
-    try:
-        st = os.stat(path) if path else None
-    except OSError:
-        return path
-    return f"{os.path.realpath(path)}:{st.st_size}:{int(st.st_mtime)}" if st else None
-
-
 def _whole(path: str) -> int:
     """A size limit that reads the whole file (scan has none: big files are cut into windows)."""
     try:
@@ -298,8 +290,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     else:
         ad = opts.adapter if isinstance(opts.adapter, Adapter) else (None if kind == "llamacpp" and gguf else
                                                                       resolve_adapter(opts.adapter, rule, base))
-        ident = model_identity(ad, base) if kind == "transformers" else {
-            "backend": "llamacpp", "adapter": ad.digest if ad else None, "gguf": _fingerprint(gguf), "base": base}
+        ident = model_identity(ad, base) if kind == "transformers" else llamacpp_identity(ad, gguf, base)
     can_constrain = (engine_obj.supports_constraints if engine_obj is not None else kind == "transformers")
     use_constraints = bool(can_constrain and (constrained is None or constrained))
     decoding = DECODING | {"constrained": True} if use_constraints else DECODING
@@ -349,6 +340,11 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     if jobs:
         if engine_obj is None:
             engine_obj = opts.create(rule, adapter=ad)
+            if engine_obj.identity() != ident:  # the default engine fell back to another: its answers, its key
+                use_constraints = bool(engine_obj.supports_constraints and (constrained is None or constrained))
+                decoding = DECODING | {"constrained": True} if use_constraints else DECODING
+                store = ScanCache(settings_key(engine_obj.identity(), the_rule, {"target": window_lines}, decoding),
+                                  cache_dir, enabled=cache, describe={"model": engine_obj.identity(), "rule": rule})
         tokens_before = getattr(engine_obj, "generated_tokens", 0)
         for s in range(0, len(jobs), max(1, chunk)):
             part = jobs[s: s + chunk]

@@ -5,10 +5,12 @@
 
 Three engines, one behaviour (greedy decoding, stop at the end-of-turn token, at most ``max_new_tokens``):
 
-- ``transformers`` (the default): base + PEFT adapter in this process, batched, CPU or GPU;
+- ``transformers`` (the reference; the default on a GPU or without llama-cpp-python): base + PEFT adapter in
+  this process, batched, CPU or GPU;
 - ``openai``: any OpenAI-compatible server (``loralint serve``, llama.cpp's ``llama-server``, vLLM ...),
   through a bounded pool of concurrent requests;
-- ``llamacpp``: llama-cpp-python in this process, on a GGUF export of the adapter.
+- ``llamacpp`` (the default on a CPU when llama_cpp is importable, :func:`default_backend`): llama-cpp-python
+  in this process, on a GGUF export of the adapter (an f16 one made once and cached when it has none).
 
 A failure on one prompt (a timeout, a reply that is no chat completion) comes back as a
 :class:`BackendError` in that prompt's place: the scanner turns it into a per-file error and goes on.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -28,8 +31,11 @@ from typing import Callable, Sequence
 Messages = list[dict]
 Progress = Callable[[int], None]
 
-#: the scanner's default backend
+#: the reference engine, and the default where llama.cpp is not (see default_backend)
 DEFAULT_BACKEND = "transformers"
+#: the GGUF type a PEFT adapter is prepared as for llama.cpp: f16 gave the reference engine's findings on the
+#: fixtures (21 of 21) where q8_0 lost one, at the same speed on a CPU (measured, benchmarks/commit_review.py)
+PREPARED_GGUF_TYPE = "f16"
 BACKENDS = ("transformers", "openai", "llamacpp")
 ADAPTER_META = "loralint.json"
 #: files LlamaFactory writes next to an adapter (and loralint does not)
@@ -303,6 +309,56 @@ def _default_device() -> str:
     return models.default_device()
 
 
+def _file_fingerprint(path) -> str | None:
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return str(path)
+    return f"{os.path.realpath(path)}:{st.st_size}:{int(st.st_mtime)}" if st else None
+
+
+def llamacpp_identity(adapter: Adapter | None, gguf: str | os.PathLike | None, base: str | None) -> dict:
+    """What decides the llamacpp engine's answers (the scan cache's key), known before loading it: the adapter's
+    digest (its own GGUF files included), the GGUF given, and the type of the GGUF prepared from a PEFT adapter
+    (answers of a GGUF model can differ from the reference engine's: another key)."""
+    ident = {"backend": "llamacpp", "adapter": adapter.digest if adapter else None,
+             "gguf": _file_fingerprint(str(gguf)) if gguf else None, "base": base}
+    if not gguf and adapter is not None and adapter.is_peft and not adapter.gguf_files():
+        ident["prepared"] = PREPARED_GGUF_TYPE
+    return ident
+
+
+def _gpu_visible() -> bool:
+    """A CUDA GPU this process may use, seen without importing torch."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return Path("/proc/driver/nvidia/gpus").is_dir() or Path("/dev/nvidia0").exists()
+
+
+def llamacpp_importable() -> bool:
+    try:
+        return importlib.util.find_spec("llama_cpp") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def default_backend(device: str | None = None, adapter: str | os.PathLike | Adapter | None = None,
+                    engine: str | None = None) -> str:
+    """The engine used when none is named: ``llamacpp`` on a CPU when llama_cpp is importable and the adapter can
+    run there (a PEFT adapter, prepared as an f16 GGUF once, or a folder holding a GGUF); else ``transformers``
+    (a visible CUDA GPU, ``--device`` or ``--engine`` given: the transformers engine's own options, no
+    llama-cpp-python, a full fine-tuned model folder)."""
+    if engine or device or _gpu_visible():
+        return DEFAULT_BACKEND
+    if not llamacpp_importable():
+        return DEFAULT_BACKEND
+    if adapter is not None:
+        path = adapter.path if isinstance(adapter, Adapter) else Path(adapter).expanduser()
+        if not ((path / "adapter_config.json").is_file() or any(path.glob("*.gguf"))):
+            return DEFAULT_BACKEND
+    return "llamacpp"
+
+
 @dataclass(frozen=True)
 class BackendOptions:
     """Which model answers and how: the options of every backend in one record (``loralint scan`` and ``loralint
@@ -310,7 +366,7 @@ class BackendOptions:
     own: ``transformers`` adapter, base, device, engine, batch_tokens, max_batch; ``openai`` api, model,
     concurrency, timeout, retries; ``llamacpp`` gguf (or the adapter's own GGUF), base."""
 
-    backend: str | None = None  # transformers (default) | openai (implied by api) | llamacpp (implied by gguf)
+    backend: str | None = None  # transformers | openai (implied by api) | llamacpp (implied by gguf); default_backend
     adapter: str | os.PathLike | Adapter | None = None  # default: the one shipped for the rule
     base: str | None = None
     api: str | None = None
@@ -328,12 +384,25 @@ class BackendOptions:
     @property
     def kind(self) -> str:
         """The backend these options select."""
-        return self.backend or ("openai" if self.api else None) or ("llamacpp" if self.gguf else None) or DEFAULT_BACKEND
+        return (self.backend or ("openai" if self.api else None) or ("llamacpp" if self.gguf else None)
+                or default_backend(self.device, self.adapter, self.engine))
 
     def create(self, rule: str = "predicate", adapter: Adapter | None = None) -> "Backend":
         """The backend (``adapter``: the one already resolved, if any)."""
         fields = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("backend", "adapter")}
-        return create_backend(self.kind, adapter=adapter or self.adapter, rule=rule, **fields)
+        kind = self.kind
+        try:
+            return create_backend(kind, adapter=adapter or self.adapter, rule=rule, **fields)
+        except BackendUnavailable as e:
+            if kind != "llamacpp" or self.backend or self.gguf:
+                raise
+            import sys  # the default engine cannot start here: the reference one, said in one line (not with -q)
+
+            from .. import models
+
+            if models._announce:
+                print(f"loralint: {e}; using the transformers engine", file=sys.stderr, flush=True)
+            return create_backend(DEFAULT_BACKEND, adapter=adapter or self.adapter, rule=rule, **fields)
 
 
 def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adapter | None = None,
@@ -342,8 +411,9 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
                    timeout: float = 120.0, retries: int = 2, batch_tokens: int | None = None,
                    max_batch: int | None = None, engine: str | None = None, gguf: str | None = None,
                    **options) -> Backend:
-    """Build a backend by name. ``api`` alone selects ``openai``; otherwise the default is ``transformers``."""
-    kind = kind or ("openai" if api else DEFAULT_BACKEND)
+    """Build a backend by name. ``api`` alone selects ``openai``, ``gguf`` ``llamacpp``; otherwise
+    :func:`default_backend` chooses."""
+    kind = kind or ("openai" if api else None) or ("llamacpp" if gguf else None) or default_backend(device, adapter, engine)
     if kind == "openai":
         if not api:
             raise BackendUnavailable("the openai backend needs --api URL (e.g. http://127.0.0.1:8080)")
@@ -375,5 +445,6 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
 
 __all__ = [
     "Adapter", "adapter_warnings", "AdapterNotFound", "Backend", "BackendOptions", "BackendError", "BackendUnavailable", "Completion", "FunctionBackend",
-    "Messages", "as_result", "create_backend", "max_new_tokens_for", "model_identity", "resolve_adapter", "shipped_adapter_dir",
+    "Messages", "as_result", "create_backend", "default_backend", "llamacpp_identity", "max_new_tokens_for", "model_identity",
+    "resolve_adapter", "shipped_adapter_dir",
 ]

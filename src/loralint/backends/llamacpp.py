@@ -1,22 +1,31 @@
-"""llama.cpp in this process, through llama-cpp-python (``pip install 'loralint[llamacpp]'``).
+"""llama.cpp in this process, through llama-cpp-python (``pip install 'loralint[llamacpp]'``): the default engine
+on a CPU when llama_cpp is importable (see :func:`loralint.backends.default_backend`).
 
 It runs a GGUF file: the adapter merged and exported (``loralint export``), found in the adapter's folder,
-or given with ``gguf=``; a LoRA adapter exported to GGUF is applied on its GGUF base. Prompts are
-built and tokenized by the Hugging Face tokenizer of the base (``--base``, or the adapter's) when there is
-one, exactly as the transformers backend and training build them, and handed to llama.cpp as token ids:
+or given with ``gguf=``; a LoRA adapter exported to GGUF is applied on its GGUF base. A PEFT adapter folder
+without one gets an f16 GGUF of base + adapter made once (:func:`prepared_gguf`, the same export as
+``loralint export --gguf f16``) and kept under the user cache (``~/.cache/loralint/gguf``), keyed by the
+adapter's digest. Prompts are built and tokenized as the transformers backend and training build them
+(:mod:`loralint.backends.chattok`: ``tokenizers`` + jinja2, the same ids without importing transformers or
+torch; the Hugging Face tokenizer itself when the files are not local) and handed to llama.cpp as token ids:
 llama.cpp's own tokenizer can split text differently (seen: SmolLM2's ``" \n"`` after an empty numbered line),
 and a model that learned one tokenization answers worse on another. Without a tokenizer, the GGUF's chat
 template and tokenizer are used. One prompt at a time (llama-cpp-python has one sequence a context); for
-concurrency, run ``llama-server --parallel N`` and use the ``openai`` backend.
+concurrency, run ``llama-server --parallel N`` and use the ``openai`` backend. Consecutive prompts share the
+rule's instruction text, and llama.cpp keeps the matching prefix of the previous prompt in its KV cache, so
+only the window's own tokens are evaluated. Threads: the physical cores this process may use.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from pathlib import Path
 
 from .. import models
-from . import Adapter, Backend, BackendError, BackendUnavailable, Completion, Result, limits
+from . import PREPARED_GGUF_TYPE as PREPARED_TYPE  # part of the scan cache key (llamacpp_identity)
+from . import Adapter, Backend, BackendError, BackendUnavailable, Completion, Result, limits, llamacpp_identity
 
 INSTALL_HINT = "pip install 'llama-cpp-python>=0.3' (or `pip install 'loralint[llamacpp]'`)"
 
@@ -49,8 +58,60 @@ def find_gguf(adapter: Adapter | None, gguf: str | None, base: str | None) -> tu
         if b is None or b.gguf_path is None:
             raise BackendUnavailable(f"{loras[0].name} is a LoRA GGUF: its base must be a GGUF too (--base FILE.gguf)")
         return b.gguf_path, loras[0]
+    if adapter.is_peft:
+        return prepared_gguf(adapter, base), None
     raise BackendUnavailable(f"{adapter.path} holds no .gguf file: export it first (`loralint export "
                              f"{adapter.path} --gguf`), or use the transformers backend")
+
+
+def prepared_path(adapter: Adapter, base: str | None = None, qtype: str = PREPARED_TYPE) -> Path:
+    """Where the prepared GGUF of ``adapter`` (on ``base``, default its own) lives in the user cache."""
+    tag = f"{adapter.rule}-{adapter.digest}"
+    if base and base != adapter.base:
+        tag += "-" + hashlib.sha256(base.encode()).hexdigest()[:8]
+    return models.cache_root() / "gguf" / f"{tag}-{qtype}.gguf"
+
+
+def prepared_gguf(adapter: Adapter, base: str | None = None, qtype: str = PREPARED_TYPE, announce=None) -> Path:
+    """A ``qtype`` GGUF of ``adapter`` merged into its base: made once with :func:`loralint.export.export`
+    (written to a temporary name, then renamed into place), then reused. ``announce``: the one-line notice
+    (default: stderr, unless ``-q``)."""
+    out = prepared_path(adapter, base, qtype)
+    if out.is_file():
+        return out
+    import importlib.util
+
+    for lib in ("torch", "transformers", "peft", "gguf"):  # the merge and the export need the model stack
+        if lib in sys.modules and sys.modules[lib] is None or importlib.util.find_spec(lib) is None:
+            raise ModuleNotFoundError(f"No module named {lib!r}", name=lib)
+    from ..export import ExportError, export
+
+    say = announce or (lambda msg: models._announce and print(msg, file=sys.stderr, flush=True))
+    say(f"loralint: preparing a GGUF ({qtype}) of the {adapter.rule} adapter (once, ~20 s): {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        export(adapter.path, gguf=qtype, gguf_out=tmp, base=base)
+        os.replace(tmp, out)
+    except (ExportError, models.ModelNotFound, OSError, ValueError, RuntimeError) as e:
+        raise BackendUnavailable(f"cannot prepare a GGUF of {adapter.path} for llama.cpp ({e}); "
+                                 "use --backend transformers") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def physical_cores() -> int:
+    """The physical cores among the CPUs this process may run on (hyper-threads share one core's units)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = set()
+    for c in cpus:
+        try:
+            top = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
+            cores.add(((top / "physical_package_id").read_text().strip(), (top / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("?", str(c)))
+    return max(1, len(cores))
 
 
 class LlamaCppBackend(Backend):
@@ -58,6 +119,12 @@ class LlamaCppBackend(Backend):
 
     def __init__(self, adapter: Adapter | None = None, gguf: str | None = None, base: str | None = None,
                  n_ctx: int = 8192, n_threads: int | None = None, n_gpu_layers: int = -1, **_ignored):
+        from .chattok import ChatTokenizer, tokenizer_folder
+
+        # ggml's CPU threads are OpenMP threads: sleeping, not spinning, when idle (set before libgomp loads;
+        # on 2 shared cores spinning threads measured 3x the CPU time and wall time of passive ones)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
         try:
             import llama_cpp  # noqa: F401
         except ImportError as e:
@@ -65,16 +132,24 @@ class LlamaCppBackend(Backend):
         from llama_cpp import Llama
 
         self.adapter = adapter
+        self.base = base
+        self.gguf = gguf
         self.model_path, self.lora_path = find_gguf(adapter, gguf, base)
+        threads = n_threads or physical_cores()
         kw = dict(model_path=str(self.model_path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, verbose=False,
-                  n_threads=n_threads or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                             else (os.cpu_count() or 1)))
+                  n_threads=threads, n_threads_batch=threads)
         if self.lora_path:
             kw["lora_path"] = str(self.lora_path)
         self.llm = Llama(**kw)
-        self.tok = None
+        self.tok = self.chat = None
         tok_source = base or (adapter.base if adapter else None)
-        if tok_source:
+        folder = None if gguf else tokenizer_folder(adapter, base)
+        if folder is not None:
+            try:
+                self.chat = ChatTokenizer(folder)
+            except (OSError, ValueError) as e:  # noqa: F841 - no usable files: the Hugging Face tokenizer
+                self.chat = None
+        if self.chat is None and tok_source:
             try:
                 self.tok = models.load_tokenizer(tok_source)
             except Exception:  # noqa: BLE001 - no tokenizer: llama.cpp's own template and tokenizer
@@ -83,15 +158,17 @@ class LlamaCppBackend(Backend):
         self.prompt_tokens = 0
 
     def identity(self) -> dict:
-        return {"backend": "llamacpp", "adapter": self.adapter.digest if self.adapter else None,
-                "gguf": str(self.model_path), "lora": str(self.lora_path) if self.lora_path else None}
+        return llamacpp_identity(self.adapter, self.gguf, self.base)
 
     def generate(self, prompts, max_new_tokens, progress=None, constraints=None) -> list[Result]:
         out: list[Result] = []
         for msgs, cap in zip(prompts, limits(max_new_tokens, len(prompts))):
             greedy = dict(max_tokens=cap, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
             try:
-                if self.tok is not None:
+                if self.chat is not None:
+                    r = self.llm.create_completion(self.chat.encode(msgs), **greedy)
+                    content = r["choices"][0].get("text") or ""
+                elif self.tok is not None:
                     text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
                     ids = self.tok(text, add_special_tokens=False)["input_ids"]
                     r = self.llm.create_completion(ids, **greedy)

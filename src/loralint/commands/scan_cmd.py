@@ -23,7 +23,7 @@ ApiOpt = typer.Option(None, "--api", help="OpenAI-compatible server URL (selects
 ApiKeyOpt = typer.Option(None, "--api-key", envvar="LORALINT_API_KEY", show_envvar=True,
                          help="Key sent to --api as a bearer token (only when given; $OPENAI_API_KEY is not read).")
 ModelOpt = typer.Option(None, "--model", help="Model name to ask the server for (default: the one it lists).")
-BackendOpt = typer.Option(None, "--backend", help="transformers (default), openai (--api) or llamacpp.")
+BackendOpt = typer.Option(None, "--backend", help="llamacpp (default on a CPU with llama-cpp-python), transformers (the reference; default otherwise), openai (--api).")
 GgufOpt = typer.Option(None, "--gguf", help="GGUF file for the llamacpp backend.")
 DeviceOpt = typer.Option(None, "--device", help="cuda, cpu or mps (default: the best there is).")
 EngineOpt = typer.Option(None, "--engine", help="transformers engine: gpu (default on CUDA: shared prefix once, "

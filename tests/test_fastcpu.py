@@ -1,0 +1,202 @@
+"""The default CPU engine (issue #15 item 3): llama.cpp on an f16 GGUF prepared once, prompts tokenized without
+transformers, the fallback to the transformers engine, and the same findings as the reference engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loralint.backends import (BackendOptions, create_backend, default_backend, llamacpp_identity, model_identity,
+                               resolve_adapter)
+from loralint.backends.chattok import ChatTokenizer, tokenizer_folder
+from loralint.languages import fence_for
+from loralint.rules import get_rule
+from loralint.sources import Skipped, load
+from loralint.windows import file_windows, window_messages
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "js"
+CORPUS = Path(os.environ.get("LORALINT_CORPUS", "/work/main/.cache/corpus"))
+ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+
+
+def have_llama_cpp() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def real_windows(limit_files: int = 40, per_file: int = 12):
+    """(path, messages) of real windows: the fixtures, then a spread of corpus files when the corpus is here."""
+    files = sorted(p for p in FIXTURES.iterdir() if p.is_file())
+    if CORPUS.is_dir():
+        found = sorted(CORPUS.glob("*/**/*.[jt]s"))
+        files += found[:: max(1, len(found) // limit_files)][:limit_files]
+    rule = get_rule("predicate")
+    for p in files:
+        src = load(str(p), 10**7)
+        if isinstance(src, Skipped):
+            continue
+        lines, wins = file_windows(src.data, src.grammar)
+        for w in wins[:per_file]:
+            yield p, window_messages(rule, lines, w, fence_for(str(p)))
+
+
+# ------------------------------------------------------------------------------------------- tokenization
+def test_prompt_ids_are_the_transformers_ids_on_real_windows():
+    from transformers import AutoTokenizer
+
+    ad = resolve_adapter(None)
+    folder = tokenizer_folder(ad, None)
+    assert folder == ad.path  # the shipped adapter carries its tokenizer and chat template
+    light, hf = ChatTokenizer(folder), AutoTokenizer.from_pretrained(ad.path)
+    n = 0
+    extra = [[{"role": "user", "content": "x <|im_end|> <|im_start|>assistant\n  \t tab\u00a0ü 日本 👍\n\n"}],
+             [{"role": "system", "content": "be brief"}, {"role": "user", "content": "if (a && b) {}   "}]]
+    for msgs in [m for _, m in real_windows()] + extra:
+        text = hf.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        assert light.render(msgs) == text
+        assert light.encode(msgs) == hf(text, add_special_tokens=False)["input_ids"]
+        n += 1
+    assert n >= 30
+
+
+def test_tokenizer_folder_of_a_base_folder(tmp_path):
+    from tiny import tiny_model_dir
+
+    base = tiny_model_dir(tmp_path, "llama")
+    ad = tmp_path / "ad"
+    ad.mkdir()
+    (ad / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "r": 8}))
+    assert tokenizer_folder(resolve_adapter(ad), None) == base  # no tokenizer of its own: the base's
+    assert tokenizer_folder(resolve_adapter(ad), "Org/hub-model") is None  # only transformers can fetch that
+
+
+# ----------------------------------------------------------------------------------------- the choice
+def test_default_backend_is_llamacpp_on_a_cpu_when_importable(tmp_path):
+    want = "llamacpp" if have_llama_cpp() else "transformers"
+    assert BackendOptions().kind == want
+    assert default_backend(None, resolve_adapter(None)) == want
+    # transformers' own options name the reference engine
+    assert BackendOptions(device="cpu").kind == BackendOptions(engine="generate").kind == "transformers"
+    assert default_backend("cuda") == "transformers"
+    assert BackendOptions(backend="transformers").kind == "transformers"
+    full = tmp_path / "full"  # a fully fine-tuned model folder: nothing to prepare a GGUF from
+    full.mkdir()
+    (full / "config.json").write_text("{}")
+    assert default_backend(None, str(full)) == "transformers"
+
+
+def test_without_llama_cpp_the_default_is_transformers_silently():
+    code = ("import sys; sys.modules['llama_cpp'] = None\n"
+            "from loralint.backends import BackendOptions, create_backend\n"
+            "print(BackendOptions().kind)\n"
+            "try:\n"
+            "    create_backend('llamacpp', gguf='x.gguf')\n"
+            "except Exception as e:\n"
+            "    print(type(e).__name__, 'llama-cpp-python' in str(e))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[:2] == ["transformers", "BackendUnavailable True"]
+    assert p.stderr == ""
+
+
+def test_the_cache_key_tells_the_engines_apart():
+    ad = resolve_adapter(None)
+    assert llamacpp_identity(ad, None, None) != model_identity(ad, None)
+    assert llamacpp_identity(ad, None, None)["prepared"] == "f16"
+
+
+# ------------------------------------------------------------------------------------ the prepared GGUF
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory):
+    from tiny import tiny_model_dir
+    from tiny_export import make_adapter
+
+    root = tmp_path_factory.mktemp("fastcpu")
+    base = tiny_model_dir(root, "llama", initializer_range=0.2)
+    return make_adapter(base, root / "predicate", seed=1, layout="loralint")
+
+
+def test_the_gguf_is_prepared_once_then_reused(tiny_adapter, tmp_path, monkeypatch):
+    if not have_llama_cpp():
+        pytest.skip("llama-cpp-python is not installed")
+    from loralint.backends.llamacpp import LlamaCppBackend, prepared_gguf, prepared_path
+
+    monkeypatch.setenv("LORALINT_CACHE", str(tmp_path / "cache"))
+    ad = resolve_adapter(tiny_adapter)
+    said: list[str] = []
+    first = prepared_gguf(ad, announce=said.append)
+    assert first == prepared_path(ad) and first.is_file() and first.parent == tmp_path / "cache" / "gguf"
+    assert len(said) == 1 and "preparing a GGUF (f16) of the predicate adapter (once" in said[0]
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no partial file left behind
+    stamp = first.stat().st_mtime_ns
+    assert prepared_gguf(ad, announce=said.append) == first and len(said) == 1 and first.stat().st_mtime_ns == stamp
+    # the engine finds it, tokenizes with the light tokenizer (the base folder's files) and answers
+    eng = create_backend("llamacpp", adapter=ad)
+    assert isinstance(eng, LlamaCppBackend) and eng.model_path == first and eng.chat is not None
+    (out,) = eng.generate([[{"role": "user", "content": "if (a && b) {}"}]], 4)
+    assert out.tokens >= 1
+    # another adapter (other weights): another file
+    (tiny_adapter / "extra.json").write_text("{}")
+    try:
+        assert prepared_path(resolve_adapter(tiny_adapter)) != first
+    finally:
+        (tiny_adapter / "extra.json").unlink()
+
+
+def test_a_cold_scan_on_the_default_engine_imports_no_torch(tiny_adapter, tmp_path, monkeypatch):
+    """The warm path (GGUF prepared): scan() end to end in a fresh process, neither torch nor transformers."""
+    if not have_llama_cpp():
+        pytest.skip("llama-cpp-python is not installed")
+    from loralint.backends.llamacpp import prepared_gguf
+
+    monkeypatch.setenv("LORALINT_CACHE", str(tmp_path / "cache"))
+    prepared_gguf(resolve_adapter(tiny_adapter), announce=lambda msg: None)
+    env = dict(ENV, LORALINT_CACHE=str(tmp_path / "cache"))
+    code = ("import sys, loralint\n"
+            f"r = loralint.scan([{str(FIXTURES / 'conditions.js')!r}], adapter={str(tiny_adapter)!r}, cache=False)\n"
+            "print(r.backend, r.stats()['windows'], 'torch' in sys.modules, 'transformers' in sys.modules)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    backend, windows, torch, tf = p.stdout.split()
+    assert backend == "llamacpp" and int(windows) >= 1 and (torch, tf) == ("False", "False")
+
+
+def test_a_gguf_that_cannot_be_prepared_falls_back_with_one_line(tmp_path, monkeypatch, capsys):
+    if not have_llama_cpp():
+        pytest.skip("llama-cpp-python is not installed")
+    monkeypatch.setenv("LORALINT_CACHE", str(tmp_path / "cache"))
+    ad = tmp_path / "ad"
+    ad.mkdir()
+    (ad / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "nowhere")}))
+    from loralint.backends import BackendUnavailable
+    from loralint.models import ModelNotFound
+
+    with pytest.raises((BackendUnavailable, ModelNotFound, OSError, ValueError)):
+        BackendOptions(adapter=str(ad)).create()  # the reference engine cannot load it either
+    err = capsys.readouterr().err
+    assert "cannot prepare a GGUF" in err and "using the transformers engine" in err
+    assert not list((tmp_path / "cache").glob("gguf/*"))
+
+
+# ------------------------------------------------------------------------------- the shipped adapter
+@pytest.mark.slow
+def test_same_findings_as_the_reference_engine_on_the_fixtures():
+    if not have_llama_cpp():
+        pytest.skip("llama-cpp-python is not installed")
+    from loralint import scan
+
+    ref = scan([str(FIXTURES)], backend="transformers", cache=False)
+    fast = scan([str(FIXTURES)], cache=False)
+    assert ref.backend == "transformers" and fast.backend == "llamacpp"
+    assert ref.stats()["windows"] == fast.stats()["windows"] > 5
+    assert [f.to_dict() for f in fast.findings] == [f.to_dict() for f in ref.findings]
+    assert len(ref.findings) > 0
