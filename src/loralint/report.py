@@ -131,7 +131,7 @@ def _fingerprints(findings) -> list[str]:
     out = []
     for f in findings:
         text = " ".join(f.text.split())
-        h = hashlib.sha256(f"{f.rule}\0{f.path}\0{f.kind}\0{text}".encode()).hexdigest()[:32]
+        h = hashlib.sha256(f"{f.rule}\0{f.path}\0{f.kind}\0{text}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
         seen[(f.path, h)] += 1
         out.append(f"{h}:{seen[(f.path, h)]}")
     return out
