@@ -284,3 +284,27 @@ def test_diff_ref_is_never_an_option_or_a_path(tmp_path, capsys):
     assert "--diff takes a git ref" in capsys.readouterr().err
     assert victim.read_text() == "keep me\n"
     assert changed_lines("HEAD~0", [str(repo)]) == {}  # a real ref still works
+
+
+def test_several_rules_in_one_report(tmp_path):
+    """loralint.scan(paths, rules=[...]): each rule's answers parsed and verified by that rule, one report."""
+    import loralint
+    from loralint.rules import get_rule
+
+    p = tmp_path / "two.js"
+    p.write_text("function f(a, b) {\n  if (a && b) {\n    return 1;\n  } else {\n    return 2;\n  }\n}\n")
+    heads = {r: get_rule(r).user_prompt("@@", "```")[:60] for r in ("predicate", "else-return")}
+    assert heads["predicate"] != heads["else-return"]
+    answers = {"predicate": "2: if: a && b", "else-return": "4: else"}
+
+    def reply(messages, limit):
+        text = messages[0]["content"]
+        return next(answers[r] for r, head in heads.items() if text.startswith(head))
+
+    res = loralint.scan([str(p)], rules=["predicate", "else-return"], backend=FunctionBackend(reply), cache=False)
+    assert [(f.rule, f.line) for f in res.findings] == [("predicate", 2), ("else-return", 4)]
+    assert {(f.rule, f.line) for f in res.findings} == {(f.rule, f.line) for f in
+                                                         check([str(p)], ["predicate", "else-return"]).findings}
+    assert res.stats()["windows"] == 2 and len(res.files) == 1
+    with pytest.raises(TypeError):
+        loralint.scan([str(p)], "some/adapter", rules=["predicate"])

@@ -397,5 +397,47 @@ def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Wind
     return constraints_for(rule, tok, wins, comments=comments, end_ids=getattr(engine, "eos_ids", None))
 
 
-__all__ = ["FileScan", "ScanResult", "changed_lines", "parse_unified_diff", "scan"]
+
+def scan_rules(paths: Iterable[str | os.PathLike], rules: Iterable[str], **kwargs) -> ScanResult:
+    """:func:`scan` for several rules, one report: each rule reviewed with its own adapter (the shipped one, or
+    ``adapters={rule: folder}``), findings merged file by file in source order. Each rule's run is a
+    :func:`scan` of its own (its model loaded for it); the counts of ``details`` add up over the rules."""
+    adapters = dict(kwargs.pop("adapters", None) or {})
+    if kwargs.get("adapter") is not None:
+        raise TypeError("scan(rules=...) takes adapters={rule: folder}, not one adapter")
+    kwargs.pop("adapter", None)
+    ids = list(dict.fromkeys(rules))
+    if not ids:
+        raise ValueError("no rules to scan")
+    runs = [scan(paths, adapters.get(r), rule=r, **kwargs) for r in ids]
+    first = runs[0]
+    files: dict[str, FileResult] = {}
+    details: dict[str, FileScan] = {}
+    for run in runs:
+        for r in run.files:
+            into = files.setdefault(r.path, FileResult(path=r.path, skipped=r.skipped, error=r.error,
+                                                        parse_errors=r.parse_errors, lines=r.lines))
+            if into is not r:
+                into.findings.extend(r.findings)
+                into.suppressed += r.suppressed
+                into.error = into.error or r.error
+        for path, d in run.details.items():
+            got = details.get(path)
+            if got is None:
+                details[path] = replace(d, unverified=list(d.unverified), errors=list(d.errors))
+            else:
+                for k in ("windows", "scanned", "cached", "claims", "duplicates", "malformed", "truncated"):
+                    setattr(got, k, getattr(got, k) + getattr(d, k))
+                got.unverified += d.unverified
+                got.errors += d.errors
+    for r in files.values():
+        r.findings = sort_findings(r.findings)
+    return ScanResult(files=[files[p] for p in files], skipped_dirs=first.skipped_dirs, details=details,
+                      changed=first.changed, seconds=sum(r.seconds for r in runs),
+                      generate_seconds=sum(r.generate_seconds for r in runs),
+                      backend=", ".join(dict.fromkeys(r.backend for r in runs)),
+                      generated_tokens=sum(r.generated_tokens for r in runs),
+                      cache_note="; ".join(r.cache_note for r in runs if r.cache_note) or None)
+
+__all__ = ["FileScan", "ScanResult", "changed_lines", "parse_unified_diff", "scan", "scan_rules"]
 
