@@ -260,28 +260,14 @@ class GpuEngine(Backend):
         return model
 
     def _load_tokenizer(self):
-        from transformers import AutoTokenizer
+        from .transformers import adapter_tokenizer
 
-        ad = self.adapter
-        if ad is not None and (ad.path / "tokenizer_config.json").exists():
-            return AutoTokenizer.from_pretrained(ad.path)
-        if self.base_spec is None:
-            raise BackendError("no tokenizer: the adapter folder has none and no base model is known")
-        return models.load_tokenizer(self.base_spec)
+        return adapter_tokenizer(self.adapter, self.base_spec)
 
     def _eos_ids(self) -> list[int]:
-        ids: list[int] = []
-        gc = getattr(self._inner, "generation_config", None)
-        for cand in (self.tok.eos_token_id, getattr(gc, "eos_token_id", None)):
-            for i in cand if isinstance(cand, (list, tuple)) else [cand]:
-                if i is not None and i not in ids:
-                    ids.append(int(i))
-        for t in ("<|im_end|>", "<|eot_id|>"):
-            if t in self.tok.get_vocab():
-                i = self.tok.convert_tokens_to_ids(t)
-                if i not in ids:
-                    ids.append(int(i))
-        return ids
+        from .transformers import end_of_turn_ids
+
+        return end_of_turn_ids(self.tok, self._inner)
 
     def kv_bytes_per_token(self) -> int:
         cfg = self.text_config

@@ -45,6 +45,34 @@ def _bucket(limit: int) -> int:
     return max(0, math.ceil(math.log2(max(limit, 32) / 32)))
 
 
+
+def adapter_tokenizer(adapter: Adapter | None, base_spec: str | None):
+    """The tokenizer an engine prompts with: the adapter folder's own, else the base model's."""
+    from transformers import AutoTokenizer
+
+    if adapter is not None and (adapter.path / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(adapter.path)
+    if base_spec is None:
+        raise BackendError("no tokenizer: the adapter folder has none and no base model is known")
+    return models.load_tokenizer(base_spec)
+
+
+def end_of_turn_ids(tok, model) -> list[int]:
+    """The ids that end an answer: the tokenizer's and generation config's eos, and the chat end-of-turn tokens."""
+    ids: list[int] = []
+    gc = getattr(model, "generation_config", None)
+    for cand in (tok.eos_token_id, getattr(gc, "eos_token_id", None)):
+        for i in cand if isinstance(cand, (list, tuple)) else [cand]:
+            if i is not None and i not in ids:
+                ids.append(int(i))
+    for t in ("<|im_end|>", "<|eot_id|>"):
+        if t in tok.get_vocab():
+            i = tok.convert_tokens_to_ids(t)
+            if i is not None and i not in ids:
+                ids.append(int(i))
+    return ids
+
+
 class TransformersBackend(Backend):
     name = "transformers"
 
@@ -103,27 +131,10 @@ class TransformersBackend(Backend):
         return model
 
     def _load_tokenizer(self):
-        from transformers import AutoTokenizer
-
-        ad = self.adapter
-        if ad is not None and (ad.path / "tokenizer_config.json").exists():
-            return AutoTokenizer.from_pretrained(ad.path)
-        if self.base_spec is None:
-            raise BackendError("no tokenizer: the adapter folder has none and no base model is known")
-        return models.load_tokenizer(self.base_spec)
+        return adapter_tokenizer(self.adapter, self.base_spec)
 
     def _eos_ids(self) -> list[int]:
-        ids: list[int] = []
-        gc = getattr(self.model, "generation_config", None)
-        for cand in (self.tok.eos_token_id, getattr(gc, "eos_token_id", None)):
-            for i in cand if isinstance(cand, (list, tuple)) else [cand]:
-                if i is not None and i not in ids:
-                    ids.append(int(i))
-        for tok in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
-            i = self.tok.convert_tokens_to_ids(tok) if tok in self.tok.get_vocab() else None
-            if i is not None and i not in ids and tok != "<|endoftext|>":
-                ids.append(int(i))
-        return ids
+        return end_of_turn_ids(self.tok, self.model)
 
     def _kv_bytes_per_token(self) -> int:
         cfg = self.model.config
