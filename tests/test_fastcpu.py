@@ -170,7 +170,7 @@ def test_a_cold_scan_on_the_default_engine_imports_no_torch(tiny_adapter, tmp_pa
     assert backend == "llamacpp" and int(windows) >= 1 and (torch, tf) == ("False", "False")
 
 
-def test_a_gguf_that_cannot_be_prepared_falls_back_with_one_line(tmp_path, monkeypatch, capsys):
+def test_a_gguf_that_cannot_be_prepared_falls_back_with_one_line(tmp_path, monkeypatch, capfd):
     if not have_llama_cpp():
         pytest.skip("llama-cpp-python is not installed")
     monkeypatch.setenv("LORALINT_CACHE", str(tmp_path / "cache"))
@@ -182,7 +182,7 @@ def test_a_gguf_that_cannot_be_prepared_falls_back_with_one_line(tmp_path, monke
 
     with pytest.raises((BackendUnavailable, ModelNotFound, OSError, ValueError)):
         BackendOptions(adapter=str(ad)).create()  # the reference engine cannot load it either
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "cannot prepare a GGUF" in err and "using the transformers engine" in err
     assert not list((tmp_path / "cache").glob("gguf/*"))
 

@@ -34,7 +34,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from .verify import FileText
+from .verify import FileText, opens_block
 
 # ---------------------------------------------------------------------------------------------- the spec
 
@@ -196,6 +196,8 @@ class _Code:
                 esc = False
             elif ch == "\\":
                 esc = True
+            elif not stack and (ch == ";" or (ch == "{" and opens_block(t[max(s, i - 12):i]))):
+                break  # a statement ends or a block opens: a condition never reaches past it (verify.balanced)
             elif ch in "([{":
                 stack.append(ch)
             elif ch in pairs:

@@ -176,22 +176,48 @@ def _locate(where: list[tuple[int, int, list[int]]], i: int) -> tuple[int, int]:
     raise IndexError(i)
 
 
+_BLOCK_WORDS = ("else", "do", "try", "finally")
+
+
+def opens_block(before: str) -> bool:
+    """Whether a ``{`` after ``before`` (the code before it, whitespace and comments left out) opens a block:
+    after ``)``, ``=>`` or ``else`` / ``do`` / ``try`` / ``finally`` (not an object literal, not a regex
+    quantifier such as ``\\d{2}``)."""
+    if not before:
+        return False
+    if before[-1] == ")" or before.endswith("=>"):
+        return True
+    for w in _BLOCK_WORDS:
+        if before.endswith(w) and (len(before) == len(w) or not (before[-len(w) - 1].isalnum()
+                                                                  or before[-len(w) - 1] in "_$")):
+            return True
+    return False
+
+
 def balanced(text: str) -> bool:
-    """Brackets balance outside string literals (a condition cut off mid-way does not)."""
+    """Brackets balance outside string literals (a condition cut off mid-way does not), and outside brackets
+    there is no ``;`` and no ``{`` that opens a block (:func:`opens_block`): a span running on into the next
+    statement or a block is no condition (:mod:`loralint.decoding` allows exactly the same spans)."""
     s = _STRINGS.sub("''", text)
     stack: list[str] = []
     esc = False
+    seen: list[str] = []  # the characters so far, whitespace left out
     for ch in s:
         if esc:
             esc = False
+            seen.append(ch)
             continue
         if ch == "\\":
             esc = True
+        elif not stack and (ch == ";" or (ch == "{" and opens_block("".join(seen[-12:])))):
+            return False
         elif ch in "([{":
             stack.append(ch)
         elif ch in _PAIRS:
             if not stack or stack.pop() != _PAIRS[ch]:
                 return False
+        if not ch.isspace():
+            seen.append(ch)
     return not stack
 
 
