@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from tree_sitter import Tree
 
@@ -124,6 +125,38 @@ class Rule:
 def strip_think(text: str) -> str:
     """Drop `<think>...</think>` blocks (Qwen3 reasoning), closed or cut off."""
     return _THINK.sub("", text)
+
+
+def _unwrap(raw: str) -> str:
+    return raw.strip().strip("`")
+
+
+def parse_lines(text: str, no_findings: str, claim_of: Callable[[str], "Claim | None"],
+                unwrap: Callable[[str], str] = _unwrap) -> ParsedAnswer:
+    """The loop every rule's :meth:`Rule.parse_answer` runs: ``<think>`` dropped, one answer line at a time
+    (``unwrap``: its markdown taken off), the no-findings line noted, each other line a :class:`Claim` by
+    ``claim_of`` (None: malformed), a claim said twice counted once."""
+    claims: list[Claim] = []
+    malformed: list[str] = []
+    seen: set[Claim] = set()
+    dups = 0
+    clean = False
+    for raw in strip_think(text).strip().splitlines():
+        line = unwrap(raw)
+        if not line:
+            continue
+        if line.rstrip(".").lower() == no_findings.rstrip(".").lower():
+            clean = True
+            continue
+        claim = claim_of(line)
+        if claim is None:
+            malformed.append(raw)
+        elif claim in seen:
+            dups += 1
+        else:
+            seen.add(claim)
+            claims.append(claim)
+    return ParsedAnswer(claims=claims, malformed=malformed, clean=clean and not claims, duplicates=dups)
 
 
 _REGISTRY: dict[str, Rule] = {}

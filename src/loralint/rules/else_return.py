@@ -48,7 +48,7 @@ from tree_sitter import Node, Query, QueryCursor, Tree
 
 from ..findings import Finding
 from ..languages import language
-from . import Claim, ParsedAnswer, Rule, register, strip_think
+from . import Claim, ParsedAnswer, Rule, parse_lines, register
 
 KIND = "else"
 KINDS = (KIND,)
@@ -238,30 +238,11 @@ class ElseReturnRule(Rule):
         return "\n".join(f"{f.line}: {KIND}" for f in findings)
 
     def parse_answer(self, text: str) -> ParsedAnswer:
-        body = strip_think(text).strip()
-        claims: list[Claim] = []
-        malformed: list[str] = []
-        seen: set[int] = set()
-        dups = 0
-        clean = False
-        for raw in body.splitlines():
-            line = raw.strip().strip("`")
-            if not line:
-                continue
-            if line.rstrip(".").lower() == self.no_findings_answer.rstrip(".").lower():
-                clean = True
-                continue
+        def claim(line: str) -> Claim | None:
             m = _ANSWER_LINE.match(line)
-            if not m:
-                malformed.append(raw)
-                continue
-            n = int(m.group(1))
-            if n in seen:
-                dups += 1
-                continue
-            seen.add(n)
-            claims.append(Claim(n, KIND, KIND))
-        return ParsedAnswer(claims=claims, malformed=malformed, clean=clean and not claims, duplicates=dups)
+            return Claim(int(m.group(1)), KIND, KIND) if m else None
+
+        return parse_lines(text, self.no_findings_answer, claim)
 
 
 RULE = register(ElseReturnRule())

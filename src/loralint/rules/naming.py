@@ -47,7 +47,7 @@ from tree_sitter import Node, Query, QueryCursor, Tree
 
 from ..findings import Finding
 from ..languages import language
-from . import Claim, ParsedAnswer, Rule, register, strip_think
+from . import Claim, ParsedAnswer, Rule, parse_lines, register
 
 KIND = "name"
 KINDS = (KIND,)
@@ -484,31 +484,13 @@ class NamingRule(Rule):
         return "\n".join(dict.fromkeys(f"{f.line}: {f.text}" for f in findings))
 
     def parse_answer(self, text: str) -> ParsedAnswer:
-        body = strip_think(text).strip()
-        claims: list[Claim] = []
-        malformed: list[str] = []
-        seen: set[tuple[int, str]] = set()
-        dups = 0
-        clean = False
-        for raw in body.splitlines():
-            line = raw.strip().strip("`")
-            if not line:
-                continue
-            if line.rstrip(".").lower() == self.no_findings_answer.rstrip(".").lower():
-                clean = True
-                continue
+        def claim(line: str) -> Claim | None:
             m = _ANSWER_LINE.match(line)
             if not m or not is_underscored(m.group(2)):
-                # the format names identifiers with an inner underscore: anything else does not follow it
-                malformed.append(raw)
-                continue
-            key = (int(m.group(1)), m.group(2))
-            if key in seen:
-                dups += 1
-                continue
-            seen.add(key)
-            claims.append(Claim(key[0], KIND, key[1]))
-        return ParsedAnswer(claims=claims, malformed=malformed, clean=clean and not claims, duplicates=dups)
+                return None  # the format names identifiers with an inner underscore: anything else does not follow it
+            return Claim(int(m.group(1)), KIND, m.group(2))
+
+        return parse_lines(text, self.no_findings_answer, claim)
 
     def claim_key(self, claim: Claim) -> tuple:
         """Two names on one line are two findings."""

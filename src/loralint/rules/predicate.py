@@ -41,7 +41,7 @@ from ..budget import Budget
 from ..findings import Finding, fold
 from ..languages import language
 from ..windows import protected_spans
-from . import Claim, ParsedAnswer, Rule, register, strip_think
+from . import Claim, ParsedAnswer, Rule, parse_lines, register
 
 KINDS = ("if", "else if", "while", "do...while", "for", "ternary")
 
@@ -264,34 +264,19 @@ class PredicateRule(Rule):
                              repeat_line=True, comments=comments or {})
 
     def parse_answer(self, text: str) -> ParsedAnswer:
-        body = strip_think(text).strip()
-        claims: list[Claim] = []
-        malformed: list[str] = []
-        seen: set[tuple[int, str, str]] = set()
-        dups = 0
-        clean = False
-        for raw in body.splitlines():
-            line = raw.strip()
-            if line.startswith("`"):  # a line wrapped in backticks (markdown); a condition may end with one
-                line = line.strip("`")
-            if not line:
-                continue
-            if line.rstrip(".").lower() == self.no_findings_answer.rstrip(".").lower():
-                clean = True
-                continue
+        def claim(line: str) -> Claim | None:
             m = _ANSWER_LINE.match(line)
             if not m or ("&&" not in m.group(3) and "||" not in m.group(3)):
                 # the answer format names conditions that hold && or ||: a line quoting anything else
                 # does not follow it (checked on the model's own text; the file is not consulted)
-                malformed.append(raw)
-                continue
-            key = (int(m.group(1)), m.group(2), m.group(3))
-            if key in seen:
-                dups += 1
-                continue
-            seen.add(key)
-            claims.append(Claim(*key))
-        return ParsedAnswer(claims=claims, malformed=malformed, clean=clean and not claims, duplicates=dups)
+                return None
+            return Claim(int(m.group(1)), m.group(2), m.group(3))
+
+        def unwrap(raw: str) -> str:
+            line = raw.strip()  # a line wrapped in backticks (markdown) is unwrapped; a condition may end with one
+            return line.strip("`") if line.startswith("`") else line
+
+        return parse_lines(text, self.no_findings_answer, claim, unwrap)
 
 
 RULE = register(PredicateRule())
