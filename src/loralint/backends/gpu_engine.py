@@ -238,26 +238,9 @@ class GpuEngine(Backend):
 
     # ------------------------------------------------------------------ loading
     def _load_model(self):
-        from transformers import AutoModelForCausalLM
+        from .transformers import load_adapted_model
 
-        ad = self.adapter
-        if ad is not None and not ad.is_peft and (ad.path / "config.json").exists() and len(self.adapters) == 1:
-            return AutoModelForCausalLM.from_pretrained(ad.path, dtype=self.dtype).to(self.device)
-        if not self.base_spec:
-            raise BackendError("no base model: pass --base, or an adapter whose loralint.json names one")
-        model = models.load_model(self.base_spec, dtype=self.dtype, device=self.device)
-        peft_ads = {n: a for n, a in self.adapters.items() if a.is_peft}
-        if peft_ads:
-            from peft import PeftModel
-
-            names = list(peft_ads)
-            model = PeftModel.from_pretrained(model, str(peft_ads[names[0]].path), adapter_name=names[0])
-            if len(names) == 1:
-                return model.merge_and_unload()  # one adapter: merged, no LoRA cost per token
-            for n in names[1:]:
-                model.load_adapter(str(peft_ads[n].path), adapter_name=n)
-            model.set_adapter(names[0])
-        return model
+        return load_adapted_model(self.adapters, self.base_spec, self.dtype, self.device)
 
     def _load_tokenizer(self):
         from .transformers import adapter_tokenizer

@@ -46,6 +46,31 @@ def _bucket(limit: int) -> int:
 
 
 
+
+def load_adapted_model(adapters: dict[str, Adapter], base_spec: str | None, dtype, device):
+    """The base with its adapters: one fully fine-tuned folder as it is; one PEFT adapter merged into the
+    weights (no LoRA cost per token); several loaded unmerged under their names (the first active)."""
+    from transformers import AutoModelForCausalLM
+
+    first = next(iter(adapters.values()), None)
+    if first is not None and not first.is_peft and (first.path / "config.json").exists() and len(adapters) == 1:
+        return AutoModelForCausalLM.from_pretrained(first.path, dtype=dtype).to(device)  # a fully fine-tuned model
+    if not base_spec:
+        raise BackendError("no base model: pass --base, or an adapter whose loralint.json names one")
+    model = models.load_model(base_spec, dtype=dtype, device=device)
+    peft_ads = {n: a for n, a in adapters.items() if a.is_peft}
+    if peft_ads:
+        from peft import PeftModel
+
+        names = list(peft_ads)
+        model = PeftModel.from_pretrained(model, str(peft_ads[names[0]].path), adapter_name=names[0])
+        if len(names) == 1:
+            return model.merge_and_unload()
+        for n in names[1:]:
+            model.load_adapter(str(peft_ads[n].path), adapter_name=n)
+        model.set_adapter(names[0])
+    return model
+
 def adapter_tokenizer(adapter: Adapter | None, base_spec: str | None):
     """The tokenizer an engine prompts with: the adapter folder's own, else the base model's."""
     from transformers import AutoTokenizer
@@ -114,21 +139,8 @@ class TransformersBackend(Backend):
 
     # ------------------------------------------------------------------ loading
     def _load_model(self):
-        from transformers import AutoModelForCausalLM
-
-        ad = self.adapter
-        if ad is not None and not ad.is_peft and (ad.path / "config.json").exists():
-            model = AutoModelForCausalLM.from_pretrained(ad.path, dtype=self.dtype)  # a fully fine-tuned model
-            return model.to(self.device)
-        if not self.base_spec:
-            raise BackendError("no base model: pass --base, or an adapter whose loralint.json names one")
-        model = models.load_model(self.base_spec, dtype=self.dtype, device=self.device)
-        if ad is not None and ad.is_peft:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(ad.path))
-            model = model.merge_and_unload()
-        return model
+        return load_adapted_model({self.adapter.name: self.adapter} if self.adapter else {}, self.base_spec,
+                                  self.dtype, self.device)
 
     def _load_tokenizer(self):
         return adapter_tokenizer(self.adapter, self.base_spec)
