@@ -52,18 +52,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 MODES: dict[str, dict] = {  # in the order they run: the cheap and the likely defaults first
-    "padded": {"group_by_length": False, "padding_free": False, "packing": False, "attn_implementation": "sdpa"},
+    "padded": {"group_by_length": False, "padding_free": False, "packing": False, "attn_implementation": "sdpa",
+               "mask_free": False},
     "packed": {"packing": True, "attn_implementation": "auto"},
-    "grouped": {"group_by_length": True, "padding_free": False, "packing": False, "attn_implementation": "sdpa"},
+    "grouped": {"group_by_length": True, "padding_free": False, "packing": False, "attn_implementation": "sdpa",
+                "mask_free": False},
+    "grouped-maskfree": {"group_by_length": True, "padding_free": False, "packing": False,
+                         "attn_implementation": "sdpa", "mask_free": True},
+    "grouped-maskfree-noliger": {"group_by_length": True, "padding_free": False, "packing": False,
+                                 "attn_implementation": "sdpa", "mask_free": True, "use_liger_kernel": False},
+    "packed-noliger": {"packing": True, "attn_implementation": "auto", "use_liger_kernel": False},
     "packed-liger": {"packing": True, "attn_implementation": "auto", "use_liger_kernel": True},
     "packed-compile": {"packing": True, "attn_implementation": "auto", "torch_compile": True},
     "padfree-sdpa": {"group_by_length": False, "padding_free": True, "packing": False, "attn_implementation": "sdpa"},
     "padfree-fa2": {"group_by_length": False, "padding_free": True, "packing": False,
                     "attn_implementation": "flash_attention_2"},
     "grouped-liger": {"group_by_length": True, "padding_free": False, "packing": False, "attn_implementation": "sdpa",
-                      "use_liger_kernel": True},
+                      "use_liger_kernel": True, "mask_free": False},
     "grouped-compile": {"group_by_length": True, "padding_free": False, "packing": False,
-                        "attn_implementation": "sdpa", "torch_compile": True, "pad_to_multiple_of": 64},
+                        "attn_implementation": "sdpa", "torch_compile": True, "pad_to_multiple_of": 64,
+                        "mask_free": True},
     "padfree-flex": {"group_by_length": False, "padding_free": True, "packing": False,
                      "attn_implementation": "flex_attention", "pad_to_multiple_of": 512},
 }
@@ -185,6 +193,56 @@ def make_timer():
     return Timer()
 
 
+def make_profiler(at_step: int, steps: int = 2):
+    """torch.profiler over ``steps`` training steps from ``at_step``: where a step's time goes (top device
+    kernels, the device's busy share of the wall time), so a slow mode explains itself."""
+    from transformers import TrainerCallback
+
+    class Prof(TrainerCallback):
+        def __init__(self):
+            self.prof, self.t0, self.summary = None, 0.0, None
+
+        def on_step_begin(self, args, state, control, **kw):
+            import torch
+
+            if state.global_step == at_step and self.prof is None:
+                acts = [torch.profiler.ProfilerActivity.CPU]
+                if torch.cuda.is_available():
+                    acts.append(torch.profiler.ProfilerActivity.CUDA)
+                    torch.cuda.synchronize()
+                self.prof = torch.profiler.profile(activities=acts)
+                self.prof.__enter__()
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            import torch
+
+            if self.prof is None or self.summary is not None or state.global_step < at_step + steps:
+                return
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - self.t0
+            self.prof.__exit__(None, None, None)
+            ev = self.prof.key_averages()
+            dev = "device_time_total" if hasattr(ev[0], "device_time_total") else "cuda_time_total"
+            selfdev = "self_device_time_total" if hasattr(ev[0], "self_device_time_total") else "self_cuda_time_total"
+            busy = sum(getattr(e, selfdev, 0) for e in ev) / 1e6
+            top = sorted(ev, key=lambda e: -getattr(e, selfdev, 0))[:15]
+            cpu = sorted(ev, key=lambda e: -e.self_cpu_time_total)[:10]
+            self.summary = {
+                "steps": steps, "wall_s": round(wall, 4), "device_busy_s": round(busy, 4),
+                "device_busy_share": round(busy / wall, 3) if wall else None,
+                "top_device_ops": [{"op": e.key[:80], "self_ms": round(getattr(e, selfdev, 0) / 1e3, 2),
+                                    "calls": e.count} for e in top],
+                "top_cpu_ops": [{"op": e.key[:80], "self_ms": round(e.self_cpu_time_total / 1e3, 2),
+                                 "calls": e.count} for e in cpu],
+                "_unused": dev,
+            }
+            self.summary.pop("_unused")
+
+    return Prof()
+
+
 def skip_reason(name: str, device: str) -> str | None:
     import importlib.util
 
@@ -217,12 +275,14 @@ def run_mode(name: str, data: Path, a, device: str, cfg, ctx: float) -> dict:
             "oversample": None, "mine_rounds": 0} | MODES[name]  # speed of the training loop alone
     settings = train.load_settings(a.preset, over)
     timer = make_timer()
+    prof = make_profiler(a.warmup + 1) if getattr(a, "profile", False) else None
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        meta = train.train(data, Path(tmp) / "out", settings, callbacks=[timer], progress=False)
+        meta = train.train(data, Path(tmp) / "out", settings, callbacks=[timer] + ([prof] if prof else []),
+                           progress=False)
     wall = time.perf_counter() - t0
     marks = timer.marks
     if len(marks) < 2:
@@ -238,6 +298,10 @@ def run_mode(name: str, data: Path, a, device: str, cfg, ctx: float) -> dict:
     res["attn_implementation"] = hyper.get("attn_implementation")
     if hyper.get("packing"):
         res["pack_length"] = hyper.get("pack_length")
+    res["mask_free"] = hyper.get("mask_free")
+    res["use_liger_kernel"] = hyper.get("use_liger_kernel")
+    if prof is not None and prof.summary:
+        res["profile"] = prof.summary
     if device == "cuda":
         res["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if cfg is not None:
@@ -265,7 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU")
     p.add_argument("--max-minutes", type=float, default=3.5, help="start no mode after this (default 3.5)")
     p.add_argument("--out", type=Path, help="JSON report (default benchmarks/results/train_speed_<device>.json)")
+    p.add_argument("--profile", action="store_true", help="profile two steps a mode (torch.profiler): top device "
+                   "kernels and the device's busy share, in the report")
+    p.add_argument("--mode-timeout", type=float, help="run each mode in its own process, stopped after this many "
+                   "seconds (a mode whose compilation hangs costs only its own time)")
     a = p.parse_args(argv)
+    if a.mode_timeout:
+        return isolated(a, argv if argv is not None else sys.argv[1:])
 
     import torch
     import transformers
@@ -366,19 +436,67 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if any("tokens_per_s" in r for r in results) else 1
 
 
+def isolated(a, argv: list[str]) -> int:
+    """Each mode in a child process of its own with a time limit; their reports merged into one."""
+    import subprocess
+
+    wanted = a.modes.split(",") if a.modes else list(MODES)
+    keep, skip = [], False
+    for x in argv:  # the same options, less --modes / --out / --mode-timeout
+        if skip:
+            skip = False
+            continue
+        if x in ("--modes", "--out", "--mode-timeout"):
+            skip = True
+            continue
+        if x.startswith(("--modes=", "--out=", "--mode-timeout=")):
+            continue
+        keep.append(x)
+    out = a.out or ROOT / "benchmarks" / "results" / "train_speed_isolated.json"
+    report: dict = {}
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in wanted:
+            part = Path(tmp) / f"{m}.json"
+            cmd = [sys.executable, __file__, *keep, "--modes", m, "--out", str(part)]
+            print(f"== {m} (at most {a.mode_timeout:.0f} s)", file=sys.stderr, flush=True)
+            try:
+                subprocess.run(cmd, timeout=a.mode_timeout, stdout=sys.stderr)
+            except subprocess.TimeoutExpired:
+                pass
+            got = json.loads(part.read_text()) if part.exists() else None
+            if got and got.get("results"):
+                report = {k: v for k, v in got.items() if k != "results"} or report
+                results += got["results"]
+            else:
+                results.append({"mode": m, "error": f"no result within {a.mode_timeout:.0f} s (stopped)"})
+            report["results"] = results
+            ok = [r for r in results if r.get("tokens_per_s")]
+            if ok:
+                best = max(ok, key=lambda r: r["tokens_per_s"])
+                report["best_mode"], report["best_tokens_per_s"] = best["mode"], best["tokens_per_s"]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2) + "\n")
+    if "device" in report:
+        print(table(report))
+    print(f"\nwrote {out}")
+    return 0 if any(r.get("tokens_per_s") for r in results) else 1
+
+
 def table(report: dict) -> str:
-    head = f"{'mode':<16} {'tokens/s':>10} {'step s':>8} {'tok/step':>9} {'TFLOP/s':>8} {'MFU':>7} {'mem GB':>7}  note"
+    head = f"{'mode':<26} {'tokens/s':>10} {'step s':>8} {'tok/step':>9} {'TFLOP/s':>8} {'MFU':>7} {'mem GB':>7}  note"
     out = [f"train speed on {report['device']} ({report['base']}, {report['train_mode']} r{report['lora_r']}, "
            f"batch {report['batch_size']}, mean {report['mean_tokens']:.0f} tokens)", head, "-" * len(head)]
     for r in report["results"]:
         if "tokens_per_s" not in r:
-            out.append(f"{r['mode']:<16} {'':>10} {'':>8} {'':>9} {'':>8} {'':>7} {'':>7}  "
+            out.append(f"{r['mode']:<26} {'':>10} {'':>8} {'':>9} {'':>8} {'':>7} {'':>7}  "
                        f"{r.get('skipped') or r.get('error', '')}"[:160])
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
-        out.append(f"{r['mode']:<16} {r['tokens_per_s']:>10.0f} {r['step_time_s']:>8.3f} {r['tokens_per_step']:>9.0f} "
+        busy = r.get("profile", {}).get("device_busy_share")
+        out.append(f"{r['mode']:<26} {r['tokens_per_s']:>10.0f} {r['step_time_s']:>8.3f} {r['tokens_per_step']:>9.0f} "
                    f"{r.get('model_tflops_per_s', 0):>8.2f} {mfu:>7} {r.get('peak_memory_gb', '-')!s:>7}  "
-                   f"loss {r['loss_end']}")
+                   f"loss {r['loss_end']}" + (f", device busy {100 * busy:.0f}%" if busy is not None else ""))
     if report.get("packed_speedup"):
         out.append(f"packed / padded: {report['packed_speedup']:.2f}x tokens/s")
     return "\n".join(out)

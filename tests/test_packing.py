@@ -25,14 +25,14 @@ def qwen3(tmp_path_factory):
     return tiny_model_dir(tmp_path_factory.mktemp("pack"), "qwen3")
 
 
-def _trainer(qwen3, tmp: Path, packing: bool, attn: str, lora_state=None):
+def _trainer(qwen3, tmp: Path, packing: bool, attn: str, lora_state=None, **over):
     import torch
     from transformers import AutoModelForCausalLM
 
     s = train.resolve_settings(_settings(qwen3, packing=packing, attn_implementation=attn, batch_size=N,
-                                         lora_dropout=0.0), device="cpu")
+                                         lora_dropout=0.0, **over), device="cpu")
     model = AutoModelForCausalLM.from_pretrained(qwen3, attn_implementation=attn, dtype=torch.float32)
-    args = train.sft_config(s, tmp / f"{packing}-{attn}", False, N)
+    args = train.sft_config(s, tmp / f"{packing}-{attn}-{sorted(over.items())}", False, N)
     trainer = train.make_trainer(s, model, smollm2_tokenizer(), args, train.to_prompt_completion(_rows(N)), None,
                                  train.lora_config(s), [])
     trainer.train_dataset, lengths, _ = train.drop_long(trainer.train_dataset, int(s["cutoff_len"]))
@@ -150,3 +150,38 @@ def test_packed_training_run_counts_real_tokens(qwen3, tmp_path):
     # tokens counted are the examples' tokens (no padding on CPU; on CUDA the row padding is subtracted)
     assert 0 < steps[-1]["tokens"] <= meta["dataset"]["tokens"]
     assert json.loads((out / "loralint.json").read_text())["hyperparameters"]["packing"] is True
+
+
+def test_mask_free_padded_batch_equals_the_masked_one(qwen3, tmp_path):
+    """mask_free (right padding, no attention mask, so SDPA may take its causal flash kernel): the same loss and
+    gradients as the masked batch, and the tokens counted are the real ones, not the padding."""
+    import torch
+
+    masked, s0, state = _trainer(qwen3, tmp_path, False, "sdpa", mask_free=False)
+    free, s1, _ = _trainer(qwen3, tmp_path, False, "sdpa", state, mask_free=True)
+    assert s0["mask_free"] is False and s1["mask_free"] is True
+    batch = _batch(masked)
+    assert (batch["attention_mask"] == 0).any()  # there is padding, on the right
+    real = int(batch["attention_mask"].sum())
+    la, ga = _loss_and_grads(masked, batch)
+    masked.model.train()
+    free.model.train()
+    free._total_train_tokens = 0
+    lb, gb = _loss_and_grads(free, dict(batch))
+    assert la == pytest.approx(lb, rel=1e-5, abs=1e-6)
+    for n in ga:
+        assert ga[n].abs().max() > 0, n
+        assert torch.allclose(ga[n], gb[n], rtol=1e-4, atol=1e-7), (n, (ga[n] - gb[n]).abs().max())
+    assert free._total_train_tokens == real
+    # and the check can fail: with the padding on the left, dropping the mask changes the answers' losses
+    left = {k: torch.stack([torch.roll(r, int((m == 0).sum())) for r, m in zip(v, batch["attention_mask"])])
+            for k, v in batch.items()}
+    lc = free.compute_loss(free.model, dict(left)).item()
+    assert abs(lc - la) > 1e-4
+
+
+def test_mask_free_is_decided_per_machine(qwen3):
+    s = train.resolve_settings(_settings(qwen3, packing=False), device="cpu")
+    assert s["mask_free"] is False  # auto: CUDA only (on CPU SDPA has no flash kernel to gain)
+    s = train.resolve_settings(_settings(qwen3, packing=True, mask_free=True), device="cpu")
+    assert s["mask_free"] is False  # a packed row has no padding to drop

@@ -422,3 +422,43 @@ def test_report_to_tensorboard_writes_event_files(work, qwen3, tmp_path):
     assert meta["hyperparameters"]["report_to"] == ["tensorboard"]
     events = list(out.rglob("events.out.tfevents.*"))
     assert events and sum(e.stat().st_size for e in events) > 100, list(out.rglob("*"))
+
+
+def test_adapter_weights_are_saved_in_bf16_on_gpu_runs(tmp_path):
+    """A bf16 run's adapter is written in bf16 (half the size); the values are the fp32 ones, rounded."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(0)
+    w = {"base_model.model.layers.0.q_proj.lora_A.weight": torch.randn(8, 64, generator=g),
+         "base_model.model.layers.0.q_proj.lora_B.weight": torch.randn(64, 8, generator=g)}
+    save_file(w, str(tmp_path / "adapter_model.safetensors"))
+    before = (tmp_path / "adapter_model.safetensors").stat().st_size
+    train.adapter_in_bf16(tmp_path)
+    got = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert set(got) == set(w) and all(t.dtype == torch.bfloat16 for t in got.values())
+    assert all(torch.allclose(got[k].float(), w[k], rtol=1e-2) for k in w)
+    assert (tmp_path / "adapter_model.safetensors").stat().st_size < 0.6 * before
+    train.adapter_in_bf16(tmp_path)  # a second pass leaves it as it is
+    assert all(t.dtype == torch.bfloat16 for t in load_file(str(tmp_path / "adapter_model.safetensors")).values())
+
+
+def test_init_adapter_continues_a_trained_adapter(trained, work, qwen3, tmp_path):
+    """--set init_adapter=FOLDER starts from that adapter (its rank, not the recipe's), so the first steps' loss
+    is where the earlier run ended, far below a fresh start's."""
+    adapter, _ = trained
+    out = tmp_path / "more"
+    meta = train.train(work / "data-with-val", out, _settings(qwen3, max_steps=2, lora_r=4, init_adapter=str(adapter)),
+                       progress=False)
+
+    def losses(folder):
+        rows = [json.loads(x) for x in (folder / train.TRAIN_LOG).read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r]
+
+    fresh, warm = losses(adapter), losses(out)
+    assert warm[0] < fresh[0] - 0.1 and warm[0] < fresh[-1] + 0.2
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 8  # the adapter's rank, not lora_r=4
+    assert meta["hyperparameters"]["init_adapter"] == str(adapter) and meta["hyperparameters"]["lora_r"] == 8
+    with pytest.raises(train.TrainError, match="adapter_config.json"):
+        train.train(work / "data-with-val", tmp_path / "bad", _settings(qwen3, max_steps=1, init_adapter=str(tmp_path)),
+                    progress=False)

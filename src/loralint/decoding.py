@@ -744,5 +744,32 @@ def mask_logits(logits, constraints: Sequence[TokenConstraint | None]):
     return logits.masked_fill_(~keep, float("-inf"))
 
 
+class LogitsProcessor:
+    """One prompt's :class:`TokenConstraint` as a llama-cpp-python logits processor (``create_completion(...,
+    logits_processor=LogitsProcessorList([...]))``): each step it advances the constraint by the tokens generated
+    since its last call (the prompt is ``prompt_len`` tokens), then keeps only the scores of allowed tokens."""
+
+    def __init__(self, constraint: TokenConstraint, prompt_len: int):
+        self.constraint = constraint
+        self.prompt_len = prompt_len
+        self.seen = 0
+
+    def __call__(self, input_ids, scores):
+        import numpy as np
+
+        done = len(input_ids) - self.prompt_len
+        while self.seen < done:
+            self.constraint.advance(int(input_ids[self.prompt_len + self.seen]))
+            self.seen += 1
+        ids = self.constraint.allowed()
+        if ids is None:
+            return scores
+        out = np.full_like(scores, -np.inf)
+        idx = np.asarray(ids, dtype=np.int64)
+        idx = idx[idx < len(scores)]
+        out[idx] = scores[idx]
+        return out
+
+
 __all__ = ["AnswerGrammar", "Automaton", "Choice", "Copy", "Line", "Lit", "TokenConstraint", "Vocabulary",
-           "constraints_for", "mask_logits", "vocabulary"]
+           "LogitsProcessor", "constraints_for", "mask_logits", "vocabulary"]
