@@ -60,8 +60,8 @@ def small():
 
 
 @pytest.mark.parametrize("text", [
-    "No violations found.", "11: if: a && b", "11: if: a&&b", "11: if: (a && b)", "11: if: a && b\n12: ternary: b || c",
-    "11: if: a && b\n11: ternary: a && b", "14: while: x( y) || z", "14: while: x(y) || z", "14: while: x( y) ||  z",
+    "No violations found.", "11: if: a && b", "11: if: a&&b", "11: if: (a && b)", "11: if: a && b\n14: while: x( y) || z",
+    "14: while: x( y) || z", "14: while: x(y) || z", "14: while: x( y) ||  z",
 ])
 def test_the_grammar_accepts_answers_that_verify(small, text):
     assert small.accepts(text)
@@ -79,6 +79,9 @@ def test_the_grammar_accepts_answers_that_verify(small, text):
     ("11: if: a && b\n", "an answer line cut off"), ("", "empty answer"), ("No violations found", "cut sentence"),
     ("11: if: a && b\nNo violations found.", "both"), ("11: if: a && b) {", "unbalanced"),
     ("14: while: why || z", "comment copied"), ("11: if: if (a && b", "unbalanced from the statement"),
+    ("11: ternary: a && b", "an if's condition called a ternary (no ? after it)"),
+    ("11: while: a && b", "an if's condition called a while"), ("11: else if: a && b", "an if called an else if"),
+    ("12: if: b || c", "a ternary's branch called an if"), ("12: ternary: b || c", "a branch called the test"),
 ])
 def test_the_grammar_rejects(small, text, why):
     assert not small.accepts(text), why
@@ -128,7 +131,7 @@ def test_random_answers_of_the_grammar_always_parse_and_verify():
                 c, bad, unverified = check_answer(text, doc, start, end)
                 assert (bad, unverified) == (0, 0), (path.name, text)
                 claims += c
-    assert claims > 100
+    assert claims > 60
 
 
 # ------------------------------------------------------------------------------------------- on tokens
@@ -319,7 +322,7 @@ def test_a_random_tiny_model_decoding_under_constraints_only_says_what_verifies(
         outs = be.generate(prompts, 96, constraints=cons)
     finally:
         torch.set_num_threads(threads)
-    assert all(c.finished or o.truncated for c, o in zip(cons, outs))
+    assert all(c.finished or o.truncated for c, o in zip(cons, outs)), [(o.text, c.state, c.broken, c.dead_ends, c.pending) for c, o in zip(cons, outs) if not (c.finished or o.truncated)]
     claims = 0
     for (s, e), o, c in zip(wins, outs, cons):
         assert not c.broken

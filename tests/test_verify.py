@@ -79,8 +79,8 @@ def test_a_match_must_not_cut_a_word():
     src = "if (ab && bc) {}\nif (xa && b) {}\n"
     assert not run([Claim(1, "if", "b && b")], src=src).findings
     assert not run([Claim(1, "if", "ab && b")], src=src).findings
-    (f,) = run([Claim(1, "if", "a && b")], src="if (xa && b || a && b) {}\n").findings
-    assert (f.column, f.end_column) == (16, 22)  # the whole-word occurrence, not the one inside "xa"
+    (f,) = run([Claim(1, "if", "a && b")], src="x(xa && b); if (a && b) {}\n").findings
+    assert (f.column, f.end_column) == (17, 23)  # the whole-word occurrence, not the one inside "xa"
 
 
 def test_right_text_wrong_line_is_unverified():
@@ -110,8 +110,52 @@ def test_duplicates_merge():
 
 
 def test_same_line_other_kind_is_another_finding():
-    v = run([Claim(11, "ternary", 's === "é" || c'), Claim(11, "if", 's === "é" || c')])
-    assert len(v.findings) == 2
+    src = "if ((a || b) ? c && d : e) {\n  f()\n}\n"
+    v = run([Claim(1, "ternary", "(a || b)"), Claim(1, "if", "(a || b) ? c && d : e")], src=src)
+    assert len(v.findings) == 2 and not v.rejected
+
+
+KINDS_SRC = """\
+function g (a, b, c) {
+  if (
+    a &&
+    b
+  ) {
+    return 1
+  } else
+    if (!(b || c)) {
+      const x = a && b
+      const y = (a || c)
+        ? 1
+        : 2
+      for (let i = 0; i < 3 && a; i++) {}
+      do { a++ } while (/* more */ a && b)
+      return x || y ? x : y
+    } else if (c && a) {}
+}
+"""
+
+
+def test_each_kind_where_its_syntax_puts_a_condition():
+    v = run([Claim(3, "if", "a && b"), Claim(8, "else if", "b || c"), Claim(10, "ternary", "(a || c)"),
+             Claim(13, "for", "i < 3 && a"), Claim(14, "do...while", "a && b"), Claim(15, "ternary", "x || y"),
+             Claim(16, "else if", "c && a")], src=KINDS_SRC)
+    assert not v.rejected, v.rejected
+    assert [(f.line, f.kind) for f in v.findings] == [(3, "if"), (8, "else if"), (10, "ternary"), (13, "for"),
+                                                       (14, "do...while"), (15, "ternary"), (16, "else if")]
+    (f,) = run([Claim(10, "ternary", "a || c")], src=KINDS_SRC).findings  # the parentheses left out
+    assert (f.line, f.column) == (10, 18)
+
+
+def test_a_condition_where_its_kind_puts_none_is_unverified():
+    """A real span of the file, in a place where the claimed kind has no condition: an assignment called a
+    ternary, an if called an else if (and back), a line inside a condition called an if, a ternary's test
+    called a while, the first clause of a for."""
+    v = run([Claim(9, "ternary", "a && b"), Claim(9, "if", "a && b"), Claim(8, "if", "b || c"),
+             Claim(16, "if", "c && a"), Claim(4, "if", "b"), Claim(15, "while", "x || y"),
+             Claim(3, "else if", "a && b"), Claim(13, "for", "i = 0; i < 3 && a")], src=KINDS_SRC)
+    assert not v.findings, v.findings
+    assert len(v.rejected) == 8
 
 
 def test_balanced_ignores_strings_and_escapes():

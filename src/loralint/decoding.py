@@ -66,6 +66,11 @@ class Copy:
     require: tuple[str, ...] = ()
     #: the longest whitespace run written for one gap of the code
     max_space: int = 16
+    #: ``start_ok(choices, doc, row, col)``: whether a copy may start at (row, col) of the window (``doc``: its
+    #: :class:`loralint.verify.FileText`) after the claim's choices so far (a rule's place for each kind)
+    start_ok: Callable | None = None
+    #: ``end_ok(choices, doc, row, col)``: whether a copy may end before (row, col) (exclusive)
+    end_ok: Callable | None = None
 
 
 Field = Line | Lit | Choice | Copy
@@ -253,6 +258,35 @@ class Automaton:
         self._after: dict = {}
         self._req = max((len(r) for f in g.fields if isinstance(f, Copy) for r in f.require), default=1)
         self.hist0 = (0, frozenset())
+        self._anchored: dict = {}
+
+    # --- where a copy may start and end (the rule's anchors, when its Copy has them)
+    def _ends(self, f: Copy, choices: tuple, s: int) -> tuple[frozenset[int], int]:
+        """The ends a copy from stream position ``s`` may take (exclusive), and the farthest (``s`` if none)."""
+        ends, far = self.code.ends(s, f.require)
+        if f.end_ok is None:
+            return ends, far
+        key = ("e", choices, s)
+        got = self._anchored.get(key)
+        if got is None:
+            doc, where = self.code.doc, self.code.where
+            ok = frozenset(e for e in ends if f.end_ok(choices, doc, where[e - 1][0], where[e - 1][1] + 1))
+            got = self._anchored[key] = (ok, max(ok, default=s))
+        return got
+
+    def _starts(self, f: Copy, claim) -> list[int]:
+        row = claim[0] - self.g.first_line
+        starts = self.code.starts(row)
+        if f.start_ok is None and f.end_ok is None:
+            return starts
+        key = ("s", claim, row)
+        got = self._anchored.get(key)
+        if got is None:
+            doc, where = self.code.doc, self.code.where
+            got = self._anchored[key] = [
+                s for s in starts
+                if (f.start_ok is None or f.start_ok(claim[1], doc, *where[s])) and self._ends(f, claim[1], s)[1] > s]
+        return got
 
     # --- per named line
     def options(self, k: int, line: int) -> tuple[str, ...]:
@@ -279,7 +313,7 @@ class Automaton:
                 elif isinstance(f, Copy):
                     got = self.code.row_viable(row, f.require)
                 elif isinstance(f, Choice):
-                    got = bool(self.options(k, line))
+                    got = bool(self._options_ok(k, line))
             self._viable[line] = got
         return got
 
@@ -292,7 +326,7 @@ class Automaton:
             return False
         combos = 1
         for k in self._choice_idx:
-            combos *= len(self.options(k, line))
+            combos *= len(self._options_ok(k, line) if k == self._choice_idx[0] else self.options(k, line))
         return len(used) < combos
 
     def lines_after(self, hist) -> tuple[int, ...]:
@@ -303,8 +337,23 @@ class Automaton:
                                             if self._line_ok(ln) and self._free_choices(ln, hist))
         return got
 
+    def _option_viable(self, k: int, line: int, choices: tuple, o: str) -> bool:
+        """Whether option ``o`` of Choice ``k`` leaves the anchored Copy after it a place to start."""
+        nxt = next((j for j in range(k + 1, len(self.fields)) if isinstance(self.fields[j], (Choice, Copy))), None)
+        f = self.fields[nxt] if nxt is not None else None
+        if not isinstance(f, Copy) or (f.start_ok is None and f.end_ok is None):
+            return True
+        return bool(self._starts(f, (line, choices + (o,))))
+
+    def _options_ok(self, k: int, line: int, choices: tuple = ()) -> tuple[str, ...]:
+        key = ("o", k, line, choices)
+        got = self._anchored.get(key)
+        if got is None:
+            got = self._anchored[key] = tuple(o for o in self.options(k, line) if self._option_viable(k, line, choices, o))
+        return got
+
     def _free_options(self, k: int, claim, hist) -> list[str]:
-        opts = self.options(k, claim[0])
+        opts = self._options_ok(k, claim[0], claim[1])
         if k != self._last_choice or claim[0] != hist[0]:
             return list(opts)
         return [o for o in opts if claim[1] + (o,) not in hist[1]]
@@ -394,7 +443,7 @@ class Automaton:
         if run or not have:
             return None
         for s in starts:
-            if s + kk in self.code.ends(s, f.require)[0]:
+            if s + kk in self._ends(f, claim[1], s)[0]:
                 return claim, hist
         return None
 
@@ -404,8 +453,7 @@ class Automaton:
         if sub is None:  # the first character: every start on the line that can end
             if ch in " \t\n":
                 return _DEAD
-            row = claim[0] - self.g.first_line
-            starts = frozenset(s for s in code.starts(row) if t[s] == ch and code.ends(s, f.require)[1] > s)
+            starts = frozenset(s for s in self._starts(f, claim) if t[s] == ch and self._ends(f, claim[1], s)[1] > s)
             if not starts:
                 return _DEAD
             return ("f", k, (starts, 1, ch, 0, self._holds(f, ch)), claim, hist)
@@ -414,12 +462,12 @@ class Automaton:
             if run >= f.max_space:
                 return _DEAD
             keep = frozenset(s for s in starts if s + kk < len(t) and code.gap[s + kk]
-                             and code.ends(s, f.require)[1] > s + kk)  # and the code can go on after it
+                             and self._ends(f, claim[1], s)[1] > s + kk)  # and the code can go on after it
             if not keep:
                 return _DEAD
             return ("f", k, (keep, kk, (tail + ch)[-self._req:], run + 1, have), claim, hist)
         keep = frozenset(s for s in starts if s + kk < len(t) and t[s + kk] == ch
-                         and code.ends(s, f.require)[1] > s + kk)
+                         and self._ends(f, claim[1], s)[1] > s + kk)
         if not keep:
             return _DEAD
         tail = (tail + ch)[-self._req:]
@@ -465,10 +513,10 @@ class Automaton:
             return {o[n] for o in self._free_options(k, claim, hist) if len(o) > n and o.startswith(sub)}
         t = self.code.text
         if sub is None:
-            return {t[s] for s in self.code.starts(claim[0] - self.g.first_line)}
+            return {t[s] for s in self._starts(f, claim)}
         starts, kk = sub[0], sub[1]
         out = {t[s + kk] for s in starts if s + kk < len(t)}
-        if any(s + kk < len(t) and self.code.gap[s + kk] and self.code.ends(s, self.fields[k].require)[1] > s + kk
+        if any(s + kk < len(t) and self.code.gap[s + kk] and self._ends(f, claim[1], s)[1] > s + kk
                for s in starts):
             out.add(" ")
         return out

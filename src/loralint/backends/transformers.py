@@ -400,6 +400,10 @@ class TransformersBackend(Backend):
             kw["logits_processor"] = LogitsProcessorList(procs)
         gen = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg, **kw)
         new = gen[:, width:].tolist()
+        if self._cons is not None:  # the last step's token (generation stopped before a processor saw it)
+            for r, i in enumerate(batch):
+                if self._cons[i] is not None and new[r]:
+                    self._cons[i].advance(new[r][-1])
         for r, i in enumerate(batch):
             out[i] = self._finish(new[r], caps[i])
 

@@ -253,13 +253,25 @@ class PredicateRule(Rule):
             return self.no_findings_answer
         return "\n".join(f"{f.line}: {f.kind}: {f.text}" for f in findings)
 
+    def locate(self, claim: Claim, doc, row: int, last_row: int):
+        """The condition's text in the file (whitespace-insensitive), where its kind's syntax puts a condition:
+        right after `if (` (`else if (` for else if, not after an `else` for if), `while (`, a `for (...;`
+        header's first `;`, or, for a ternary, right before its `?`. A real span in the wrong place (a
+        `const x = a && b` called a ternary, a line of a condition called an if) is no finding."""
+        hit = doc.find(claim.text, row, last_row)
+        if hit is None or not kind_fits(claim.kind, doc, hit):
+            return None
+        return hit
+
     def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None):
         """`LINE: KIND: CONDITION` lines: a line of the window (ascending; one line again only with another
         kind: an `if` and a ternary may start on one line), a kind, and a span of the code from that line that
-        holds && or || and that verification finds in the file; or `No violations found.`"""
+        holds && or ||, that verification finds in the file, where the kind's syntax puts a condition
+        (:func:`start_fits`, :func:`end_fits`); or `No violations found.`"""
         from ..decoding import AnswerGrammar, Choice, Copy, Line, Lit
 
-        return AnswerGrammar(fields=(Line(), Lit(": "), Choice(KINDS), Lit(": "), Copy(require=("&&", "||"))),
+        return AnswerGrammar(fields=(Line(), Lit(": "), Choice(KINDS), Lit(": "),
+                                     Copy(require=("&&", "||"), start_ok=start_fits, end_ok=end_fits)),
                              lines=lines, first_line=first_line, empty=self.no_findings_answer,
                              repeat_line=True, comments=comments or {})
 
@@ -277,6 +289,64 @@ class PredicateRule(Rule):
             return line.strip("`") if line.startswith("`") else line
 
         return parse_lines(text, self.no_findings_answer, claim, unwrap)
+
+
+#: the code before a condition of each statement kind ends with its opener (whitespace and comments between
+#: tokens; a copy may take the statement's own parenthesis, or start inside extra ones or after a `!`)
+_OPENER = re.compile(r"(?:(?<![\w$.])(else)\s+)?(?<![\w$.])(if|while)\s*(?:\(\s*[(!\s]*)?$")
+_FOR = re.compile(r"(?<![\w$.])for\s*(?:await\s*)?\([^;]*;\s*[(!\s]*$")
+_TERNARY_AFTER = re.compile(r"^[\s)]*\?(?![.?])")
+_LOOK = 4  # rows looked at before a condition (and after it, for a ternary's `?`)
+
+
+def kind_fits(kind: str, doc, hit: tuple[int, int, int, int, bool]) -> bool:
+    """Whether a condition found at ``hit`` (:meth:`loralint.verify.FileText.find`) sits where ``kind``'s syntax
+    puts one (the text around it, comments skipped). The same test constrained decoding applies to a copy's
+    start and end (:func:`start_fits`, :func:`end_fits`), so no answer can name a misplaced condition."""
+    r1, c1, r2, c2, _ = hit
+    return start_fits((kind,), doc, r1, c1) and end_fits((kind,), doc, r2, c2)
+
+
+def start_fits(choices: tuple[str, ...], doc, row: int, col: int) -> bool:
+    """A statement kind's condition starts right after its opener (`if (`, `else if (`, `while (`, a `for`
+    header's first `;`); a ternary's anywhere (its end is what places it)."""
+    kind = choices[0] if choices else None
+    if kind not in KINDS or kind == "ternary":
+        return True
+    before = _raw_between(doc, max(0, row - _LOOK), 0, row, col)
+    if kind == "for":
+        return bool(_FOR.search(before))
+    m = _OPENER.search(before)
+    if not m:
+        return False
+    if kind in ("while", "do...while"):
+        return m.group(2) == "while"
+    if kind == "else if":
+        return m.group(2) == "if" and m.group(1) == "else"
+    return m.group(2) == "if" and not m.group(1)
+
+
+def end_fits(choices: tuple[str, ...], doc, row: int, col: int) -> bool:
+    """A ternary's condition ends right before its `?` (closing parentheses between); other kinds anywhere."""
+    if not choices or choices[0] != "ternary":
+        return True
+    last = min(len(doc.lines) - 1, row + _LOOK)
+    return bool(_TERNARY_AFTER.match(_raw_between(doc, row, col, last)))
+
+
+def _raw_between(doc, r1: int, c1: int, r2: int, c2: int | None = None) -> str:
+    """The file's text from (r1, c1) to (r2, c2) (to the end of row r2 when c2 is None), comments blanked."""
+    rows = []
+    for r in range(r1, r2 + 1):
+        line = doc.lines[r]
+        a = c1 if r == r1 else 0
+        b = (c2 if c2 is not None else len(line)) if r == r2 else len(line)
+        chars = list(line)
+        for ca, cb in doc.comments.get(r, ()):
+            for i in range(max(ca, 0), min(cb, len(chars))):
+                chars[i] = " "
+        rows.append("".join(chars[a:b]))
+    return "\n".join(rows)
 
 
 RULE = register(PredicateRule())
