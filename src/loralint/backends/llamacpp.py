@@ -156,23 +156,43 @@ class LlamaCppBackend(Backend):
                 self.tok = None
         self.generated_tokens = 0
         self.prompt_tokens = 0
+        self.prefix = self._prefix_cache(kw)
+
+    def _prefix_cache(self, kw: dict):
+        """The on-disk KV state of the prompts' shared prefix (:mod:`.prefixcache`); None when turned off or
+        without token ids of our own (llama.cpp's chat template)."""
+        from . import prefixcache
+
+        if not prefixcache.enabled() or (self.chat is None and self.tok is None):
+            return None
+        settings = {k: kw.get(k) for k in ("flash_attn", "type_k", "type_v", "n_batch", "n_ubatch")}
+        return prefixcache.PrefixCache(self.llm, prefixcache.state_key(self.model_path, self.lora_path, settings))
+
+    def _prompt_ids(self, msgs) -> list[int] | None:
+        """The prompt's token ids as training made them (None: llama.cpp's own chat template is used)."""
+        if self.chat is not None:
+            return self.chat.encode(msgs)
+        if self.tok is not None:
+            text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            return self.tok(text, add_special_tokens=False)["input_ids"]
+        return None
 
     def identity(self) -> dict:
         return llamacpp_identity(self.adapter, self.gguf, self.base)
 
     def generate(self, prompts, max_new_tokens, progress=None, constraints=None) -> list[Result]:
         out: list[Result] = []
+        answered: list[list[int]] = []
         for msgs, cap in zip(prompts, limits(max_new_tokens, len(prompts))):
             greedy = dict(max_tokens=cap, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
             try:
-                if self.chat is not None:
-                    r = self.llm.create_completion(self.chat.encode(msgs), **greedy)
-                    content = r["choices"][0].get("text") or ""
-                elif self.tok is not None:
-                    text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-                    ids = self.tok(text, add_special_tokens=False)["input_ids"]
+                ids = self._prompt_ids(msgs)
+                if ids is not None:
+                    if self.prefix is not None:
+                        self.prefix.restore(ids)
                     r = self.llm.create_completion(ids, **greedy)
                     content = r["choices"][0].get("text") or ""
+                    answered.append(ids)
                 else:
                     r = self.llm.create_chat_completion(messages=msgs, **greedy)
                     content = r["choices"][0]["message"].get("content") or ""
@@ -186,4 +206,6 @@ class LlamaCppBackend(Backend):
                 out.append(BackendError(f"llama.cpp: {type(e).__name__}: {e}"))
             if progress:
                 progress(1)
+        if self.prefix is not None and answered:
+            self.prefix.remember(answered)
         return out
