@@ -186,3 +186,22 @@ def test_the_shipped_adapter_answers_the_same_with_a_restored_prefix(tmp_path, m
     eng = create_backend("llamacpp", adapter=ad)
     assert texts(eng, ps, 64) == want
     assert eng.prefix.restored >= 60  # chat template, system turn, the rule's instructions, the fence
+
+
+def test_the_context_grows_for_a_long_prompt_with_the_same_answer(engine, monkeypatch):
+    from loralint.backends import llamacpp
+
+    long = prompts("\n".join(f"{i}| if (a{i} && b) {{ run(x{i}) }}" for i in range(1, 160)) + "\n```")
+    eng = engine(on=False)
+    assert eng.llm.n_ctx() == llamacpp.FIRST_CTX and eng.n_ctx_max == 8192
+    need = len(eng._prompt_ids(long[0])) + 24
+    assert need > llamacpp.FIRST_CTX
+    got = texts(eng, long)
+    assert eng.llm.n_ctx() >= need and got[0]
+    small = engine(on=False)
+    small_answers = texts(small, prompts(*CODE))
+    assert small.llm.n_ctx() == llamacpp.FIRST_CTX
+    monkeypatch.setattr(llamacpp, "FIRST_CTX", 8192)  # as before: the whole context from the start
+    whole = engine(on=False)
+    assert whole.llm.n_ctx() == 8192 and texts(whole, long) == got
+    assert texts(whole, prompts(*CODE)) == small_answers  # a context sized for windows: the same answers
