@@ -1,20 +1,23 @@
 """How long reviewing one commit takes (issue #15 item 3: <= 2 s on 2 cores, cold process, model load included).
 
-    python benchmarks/commit_review.py                       # 3 warm pairs, 1 cold run
-    python benchmarks/commit_review.py --runs 5 --cold 2 --file /work/main/.cache/corpus/jquery@4.0.0/src/ajax.js
+    python benchmarks/commit_review.py                       # 3 rounds, 1 first run with the GGUF prepared
+    python benchmarks/commit_review.py --runs 5 --file /work/main/.cache/corpus/jquery@4.0.0/src/ajax.js
 
 A git repository is made in a temporary folder from one real corpus file, committed, then two lines far apart
 are changed (two windows to review). Each measurement is a new process running
-``loralint scan --diff HEAD --no-cache --format json`` (no answer cache: the model answers both windows):
+``loralint scan --diff HEAD --no-cache --format json`` (no answer cache: the model answers both windows), with
+the GGUF already prepared in the user cache (``$LORALINT_CACHE/gguf``, linked in):
 
-- old: ``--backend transformers`` (the reference engine, the default before);
-- new, cold: the default engine with an empty GGUF cache (``$LORALINT_CACHE`` a fresh folder whose ``bases``
-  links to the user's, so only the one-time f16 GGUF preparation is added), reported apart;
-- new, warm: the default engine with the GGUF prepared (a new process each time).
+- before: the default engine of the tree at ``--baseline`` (a git revision, extracted with ``git archive``;
+  default the commit before the prefix cache: llama.cpp on the f16 GGUF, an 8192-token context);
+- new, cold: this tree, no stored prefix state (a fresh ``kv`` folder each run: the first scan after install);
+- new, warm: this tree, the prompt prefix's KV state stored by an earlier run (every later scan);
+- first run (one, reported apart): this tree with an empty cache, the one-time f16 GGUF preparation included;
+- ``--transformers``: also the reference engine (``--backend transformers``).
 
-Old and warm new runs alternate (old, new, old, new ...) so a drift of the shared machine hits both; the ratio
-is taken pair by pair. Wall seconds and the CPU seconds the process used (user + sys) are both reported: on a
-loaded machine wall time swings, CPU time much less. The findings of old and new are compared.
+The rows alternate (before, cold, warm, before, ...) so a drift of the shared machine hits all; ratios are
+taken round by round. Wall seconds and the CPU seconds the process used (user + sys) are both reported: on a
+loaded machine wall time swings, CPU time much less. The findings of every run are compared with the first.
 
 Prints a table and writes benchmarks/results/commit_review.json.
 """
@@ -73,76 +76,107 @@ def med(xs: list[float]) -> float:
     return round(statistics.median(xs), 3) if xs else float("nan")
 
 
+BASELINE = "25edf6b"  # llama.cpp f16, n_ctx 8192, no prefix state: the default CPU engine before this benchmark's work
+
+
+def stats(rs: list[dict]) -> dict:
+    return {"wall_s": [round(r["wall"], 3) for r in rs], "cpu_s": [round(r["cpu"], 3) for r in rs],
+            "wall_median_s": med([r["wall"] for r in rs]), "cpu_median_s": med([r["cpu"] for r in rs])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--file", default=DEFAULT_FILE, help="a real JS/TS file to commit and change")
-    ap.add_argument("--runs", type=int, default=3, help="warm pairs (old, new)")
-    ap.add_argument("--cold", type=int, default=1, help="cold runs of the new default (GGUF prepared each time)")
+    ap.add_argument("--runs", type=int, default=3, help="rounds (before, new cold, new warm)")
+    ap.add_argument("--baseline", default=BASELINE, help="git revision of the engine to compare with")
+    ap.add_argument("--prepare", type=int, default=1, help="first runs with the GGUF prepared (0: none)")
+    ap.add_argument("--transformers", action="store_true", help="also time the reference engine")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "commit_review.json"))
     args = ap.parse_args()
     src = Path(args.file)
     if not src.is_file():
         raise SystemExit(f"no file at {src} (the corpus: `loralint corpus fetch`, or pass --file)")
     py = sys.executable
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     user_cache = Path(os.environ.get("LORALINT_CACHE", Path.home() / ".cache" / "loralint"))
+    base_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], check=True,
+                              capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="loralint-commit-") as tmp:
         tmp = Path(tmp)
         repo = make_repo(src, tmp)
-        scan = [py, "-m", "loralint", "scan", "--diff", "HEAD", "--no-cache", "--format", "json", str(repo)]
-        old_cmd, new_cmd = scan[:4] + ["--backend", "transformers"] + scan[4:], scan
+        old_tree = tmp / "baseline"
+        old_tree.mkdir()
+        arch = subprocess.run(["git", "-C", str(ROOT), "archive", base_rev, "src"], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(old_tree)], input=arch.stdout, check=True)
 
-        def fresh_cache(k: int) -> Path:
-            c = tmp / f"cache-{k}"
+        def env_for(tree: Path, cache: Path) -> dict:
+            return dict(os.environ, PYTHONPATH=str(tree / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                        LORALINT_CACHE=str(cache))
+
+        def cache_dir(name: str, link_gguf: bool = True) -> Path:
+            c = tmp / name
             c.mkdir()
-            if (user_cache / "bases").is_dir():
-                (c / "bases").symlink_to(user_cache / "bases")
+            for sub in ("bases",) + (("gguf",) if link_gguf else ()):
+                if (user_cache / sub).is_dir():
+                    (c / sub).symlink_to(user_cache / sub)
             return c
 
-        cold = []
-        for k in range(max(1, args.cold)):
-            c = fresh_cache(k)
-            r = run(new_cmd, dict(env, LORALINT_CACHE=str(c)))
-            cold.append(r)
-            print(f"cold {k + 1}: {r['wall']:.2f} s wall, {r['cpu']:.2f} s cpu", file=sys.stderr)
-        warm_env = dict(env, LORALINT_CACHE=str(tmp / "cache-0"))
-        old, new = [], []
+        scan = [py, "-m", "loralint", "scan", "--diff", "HEAD", "--no-cache", "--format", "json", str(repo)]
+        first = []
+        for k in range(args.prepare):
+            r = run(scan, env_for(ROOT, cache_dir(f"first-{k}", link_gguf=False)))
+            first.append(r)
+            print(f"first run {k + 1} (GGUF prepared): {r['wall']:.2f} s wall, {r['cpu']:.2f} s cpu", file=sys.stderr)
+        warm_cache = cache_dir("warm")
+        run(scan, env_for(ROOT, warm_cache))  # stores the prefix state the warm runs restore
+        before, cold, warm, ref = [], [], [], []
         for k in range(args.runs):
-            old.append(run(old_cmd, warm_env))
-            new.append(run(new_cmd, warm_env))
-            print(f"pair {k + 1}: old {old[-1]['wall']:.2f} s, new {new[-1]['wall']:.2f} s", file=sys.stderr)
-        same = all(r["findings"] == old[0]["findings"] for r in old + new + cold)
+            before.append(run(scan, env_for(old_tree, cache_dir(f"before-{k}"))))
+            cold.append(run(scan, env_for(ROOT, cache_dir(f"cold-{k}"))))
+            warm.append(run(scan, env_for(ROOT, warm_cache)))
+            if args.transformers:
+                ref.append(run(scan[:4] + ["--backend", "transformers"] + scan[4:], env_for(ROOT, warm_cache)))
+            print(f"round {k + 1}: before {before[-1]['wall']:.2f} s, new cold {cold[-1]['wall']:.2f} s, "
+                  f"new warm {warm[-1]['wall']:.2f} s", file=sys.stderr)
+        kv = sorted(p.name for p in (warm_cache / "kv").glob("*")) if (warm_cache / "kv").is_dir() else []
+        every = before + cold + warm + ref + first
+        same = all(r["findings"] == before[0]["findings"] for r in every)
         n_lines = len(src.read_text().split("\n"))
 
-    rows = {
-        "old (transformers)": old,
-        "new, warm (llama.cpp f16, GGUF cached)": new,
-        "new, cold (incl. GGUF preparation)": cold,
-    }
-    ratio_wall = [o["wall"] / n["wall"] for o, n in zip(old, new)]
-    ratio_cpu = [o["cpu"] / n["cpu"] for o, n in zip(old, new) if n["cpu"] > 0]
-    print(f"\ncommit review: {src.name} ({n_lines} lines), 2 changed windows, cold process, --no-cache; "
+    rows = {f"before ({base_rev}: llama.cpp f16, n_ctx 8192)": before,
+            "new, cold (no prefix state stored)": cold,
+            "new, warm (prefix state stored)": warm}
+    if ref:
+        rows["reference (transformers)"] = ref
+    if first:
+        rows["first run (incl. GGUF preparation)"] = first
+
+    def ratio(a, b, key):
+        return med([x[key] / y[key] for x, y in zip(a, b) if y[key] > 0])
+
+    print(f"\ncommit review: {src.name} ({n_lines} lines), 2 changed windows, new process, --no-cache; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"{'path':<44} {'runs':>4} {'wall median s':>14} {'cpu median s':>13}")
+    print(f"{'path':<46} {'runs':>4} {'wall median s':>14} {'cpu median s':>13}")
     for name, rs in rows.items():
-        print(f"{name:<44} {len(rs):>4} {med([r['wall'] for r in rs]):>14.2f} {med([r['cpu'] for r in rs]):>13.2f}")
-    print(f"{'old / new warm (pairwise median)':<44} {len(ratio_wall):>4} {med(ratio_wall):>13.2f}x "
-          f"{med(ratio_cpu):>12.2f}x")
-    print(f"same findings old/new: {same} ({len(old[0]['findings'])} findings)")
+        print(f"{name:<46} {len(rs):>4} {med([r['wall'] for r in rs]):>14.2f} {med([r['cpu'] for r in rs]):>13.2f}")
+    for name, rs in (("before / new cold", cold), ("before / new warm", warm)):
+        print(f"{name + ' (round by round, median)':<46} {len(rs):>4} {ratio(before, rs, 'wall'):>13.2f}x "
+              f"{ratio(before, rs, 'cpu'):>12.2f}x")
+    print(f"same findings in every run: {same} ({len(before[0]['findings'])} findings)")
     out = {
         "benchmark": "commit_review",
         "file": str(src), "lines": n_lines, "changed_windows": 2,
-        "command": " ".join(["loralint"] + new_cmd[3:-1] + ["REPO"]),
+        "command": " ".join(["loralint"] + scan[3:-1] + ["REPO"]),
+        "bench_command": "python benchmarks/commit_review.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version()},
-        "old_transformers": {"wall_s": [round(r["wall"], 3) for r in old], "cpu_s": [round(r["cpu"], 3) for r in old],
-                             "wall_median_s": med([r["wall"] for r in old]), "cpu_median_s": med([r["cpu"] for r in old])},
-        "new_warm": {"wall_s": [round(r["wall"], 3) for r in new], "cpu_s": [round(r["cpu"], 3) for r in new],
-                     "wall_median_s": med([r["wall"] for r in new]), "cpu_median_s": med([r["cpu"] for r in new])},
-        "new_cold": {"wall_s": [round(r["wall"], 3) for r in cold], "cpu_s": [round(r["cpu"], 3) for r in cold],
-                     "wall_median_s": med([r["wall"] for r in cold]), "cpu_median_s": med([r["cpu"] for r in cold]),
-                     "notice": next((ln for ln in cold[0]["stderr"].splitlines() if "preparing" in ln), None)},
-        "ratio_old_over_new_warm": {"wall_median": med(ratio_wall), "cpu_median": med(ratio_cpu)},
-        "same_findings": same, "findings": old[0]["findings"],
+        "baseline": base_rev,
+        "before": stats(before), "new_cold": stats(cold), "new_warm": stats(warm),
+        "first_run_with_gguf_preparation": dict(stats(first), notice=next(
+            (ln for ln in first[0]["stderr"].splitlines() if "preparing" in ln), None)) if first else None,
+        "reference_transformers": stats(ref) if ref else None,
+        "ratio_before_over_new_cold": {"wall_median": ratio(before, cold, "wall"), "cpu_median": ratio(before, cold, "cpu")},
+        "ratio_before_over_new_warm": {"wall_median": ratio(before, warm, "wall"), "cpu_median": ratio(before, warm, "cpu")},
+        "prefix_state_files": kv,
+        "same_findings": same, "findings": before[0]["findings"],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

@@ -322,7 +322,8 @@ def llamacpp_identity(adapter: Adapter | None, gguf: str | os.PathLike | None, b
     digest (its own GGUF files included), the GGUF given, and the type of the GGUF prepared from a PEFT adapter
     (answers of a GGUF model can differ from the reference engine's: another key)."""
     ident = {"backend": "llamacpp", "adapter": adapter.digest if adapter else None,
-             "gguf": _file_fingerprint(str(gguf)) if gguf else None, "base": base}
+             "gguf": _file_fingerprint(str(gguf)) if gguf else None, "base": base,
+             "attention": "flash"}  # llamacpp.FLASH_ATTN (its numerics: answers cached without it are not reused)
     if not gguf and adapter is not None and adapter.is_peft and not adapter.gguf_files():
         ident["prepared"] = PREPARED_GGUF_TYPE
     return ident
