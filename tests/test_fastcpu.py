@@ -201,3 +201,31 @@ def test_same_findings_as_the_reference_engine_on_the_fixtures():
     assert ref.stats()["windows"] == fast.stats()["windows"] > 5
     assert [f.to_dict() for f in fast.findings] == [f.to_dict() for f in ref.findings]
     assert len(ref.findings) > 0
+
+
+def test_the_light_tokenizer_gives_constrained_decoding_the_same_vocabulary():
+    """llama.cpp's prompts are encoded by ChatTokenizer (no transformers import); the answer grammar's token
+    trie built from it is the transformers tokenizer's, piece for piece, with the same end-of-turn ids."""
+    from transformers import AutoTokenizer
+
+    from loralint.decoding import Vocabulary
+
+    ad = resolve_adapter(None)
+    light, hf = ChatTokenizer(tokenizer_folder(ad, None)), AutoTokenizer.from_pretrained(ad.path)
+    a, b = Vocabulary(light), Vocabulary(hf)
+    assert len(a.pieces) == len(b.pieces) > 49000
+    assert a.pieces == b.pieces and a.end_ids == b.end_ids and a.end_ids
+
+
+@pytest.mark.slow
+def test_constrained_llama_cpp_finds_what_the_constrained_reference_engine_finds():
+    if not have_llama_cpp():
+        pytest.skip("llama-cpp-python is not installed")
+    from loralint import decoding, scan
+
+    calls = decoding.STATS["allowed_calls"]
+    ref = scan([str(FIXTURES)], backend="transformers", cache=False, constrained=True)
+    fast = scan([str(FIXTURES)], cache=False)  # the default engine, constrained by default
+    assert fast.backend == "llamacpp" and decoding.STATS["allowed_calls"] > calls
+    assert [f.to_dict() for f in fast.findings] == [f.to_dict() for f in ref.findings]
+    assert len(ref.findings) > 0 and fast.stats()["unverified"] == 0

@@ -291,7 +291,9 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
         ad = opts.adapter if isinstance(opts.adapter, Adapter) else (None if kind == "llamacpp" and gguf else
                                                                       resolve_adapter(opts.adapter, rule, base))
         ident = model_identity(ad, base) if kind == "transformers" else llamacpp_identity(ad, gguf, base)
-    can_constrain = (engine_obj.supports_constraints if engine_obj is not None else kind == "transformers")
+    # the engines the project runs itself decode under the rule's grammar (in process, and llama.cpp through its
+    # logits processors); a server answers as it likes (its answers are verified, as every engine's)
+    can_constrain = (engine_obj.supports_constraints if engine_obj is not None else kind in ("transformers", "llamacpp"))
     use_constraints = bool(can_constrain and (constrained is None or constrained))
     decoding = DECODING | {"constrained": True} if use_constraints else DECODING
     cache_key = settings_key(ident, the_rule, {"target": window_lines}, decoding)

@@ -99,3 +99,26 @@ class ChatTokenizer:
 
     def token_id(self, token: str) -> int | None:
         return self.tok.token_to_id(token)
+
+    # what loralint.decoding.Vocabulary reads of a tokenizer (the names transformers' tokenizers give it)
+    def __len__(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.tok.get_vocab(with_added_tokens=True)
+
+    @property
+    def added_tokens_decoder(self) -> dict:
+        return self.tok.get_added_tokens_decoder()
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return [i for i, t in self.added_tokens_decoder.items() if getattr(t, "special", False)]
+
+    @property
+    def eos_token_id(self) -> int | None:
+        eos = self.special.get("eos_token")
+        return self.tok.token_to_id(eos) if eos else None
+
+    def convert_tokens_to_ids(self, token: str) -> int | None:
+        return self.tok.token_to_id(token)

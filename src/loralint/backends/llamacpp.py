@@ -194,6 +194,7 @@ class LlamaCppBackend(Backend):
             except Exception:  # noqa: BLE001 - no tokenizer: llama.cpp's own template and tokenizer
                 self.tok = None
         self.llm = loading.result()
+        self.tokenizer = self.chat or self.tok  # the token ids constrained decoding reasons about
         self.generated_tokens = 0
         self.prompt_tokens = 0
         self.prefix = self._prefix_cache(kw)
@@ -234,10 +235,15 @@ class LlamaCppBackend(Backend):
     def identity(self) -> dict:
         return llamacpp_identity(self.adapter, self.gguf, self.base)
 
+    #: constrained decoding (loralint.decoding) through llama-cpp-python's logits processors: each step, the
+    #: tokens the window's answer grammar does not allow are set to -inf before the greedy pick
+    supports_constraints = True
+
     def generate(self, prompts, max_new_tokens, progress=None, constraints=None) -> list[Result]:
         out: list[Result] = []
         answered: list[list[int]] = []
-        for msgs, cap in zip(prompts, limits(max_new_tokens, len(prompts))):
+        cons = constraints if constraints is not None else [None] * len(prompts)
+        for msgs, cap, con in zip(prompts, limits(max_new_tokens, len(prompts)), cons):
             greedy = dict(max_tokens=cap, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
             try:
                 ids = self._prompt_ids(msgs)
@@ -245,6 +251,8 @@ class LlamaCppBackend(Backend):
                     self._fit_context(len(ids) + cap)
                     if self.prefix is not None:
                         self.prefix.restore(ids)
+                    if con is not None:
+                        greedy["logits_processor"] = _constrained(con, len(ids))
                     r = self.llm.create_completion(ids, **greedy)
                     content = r["choices"][0].get("text") or ""
                     answered.append(ids)
@@ -264,3 +272,12 @@ class LlamaCppBackend(Backend):
         if self.prefix is not None and answered:
             self.prefix.remember(answered)
         return out
+
+
+def _constrained(constraint, prompt_len: int):
+    """llama-cpp-python's logits processors for one prompt under its :class:`loralint.decoding.TokenConstraint`."""
+    from llama_cpp import LogitsProcessorList
+
+    from ..decoding import LogitsProcessor
+
+    return LogitsProcessorList([LogitsProcessor(constraint, prompt_len)])
