@@ -9,14 +9,20 @@ that shape of work:
   the rule's instructions). Their longest common token prefix runs once; its keys and values are copied into
   every row of every batch (kept across calls).
 - **Length buckets, no padding waste.** Prompts are grouped by answer-limit bucket, then sorted by length
-  and cut into big batches of near-equal length (the padding is a few tokens a row, masked); the measured
-  alternatives (left padding to the longest, packing through position ids) are 1.6-2x slower, see the README.
+  and cut into big batches; each prefill forward (a chunk of ``prefill_tokens``) is left-padded to its own
+  longest row (a few percent of padding; padding every chunk to the batch's longest row computed more pad
+  tokens than prompt tokens on the H200). The measured alternatives (packing through position ids,
+  uncompiled FlexAttention) are 1.6-2x slower, see the README.
 - **Static KV cache, one CUDA graph per decode step.** Each batch's keys/values live in preallocated
   buffers (``[rows, kv_heads, length, head_dim]`` a layer) written by an attention function registered with
   transformers' ``AttentionInterface`` (so any model whose attention goes through that interface runs:
   Llama, Qwen, ...). The decode step (forward of one token a row, greedy pick, finished rows masked on the
   device, token recorded on the device) is captured once per (adapter, rows, length) as a CUDA graph and
   replayed; the host looks at the device every ``check_every`` steps only to stop once all rows are done.
+- **Compaction.** At each look, once the rows still answering fit a buffer of half the rows or fewer, their
+  keys/values, mask and state are gathered into such a buffer and decoding goes on there: a batch's few
+  long answers no longer make all its rows decode (``row_steps`` / ``wasted_row_steps`` in the profile).
+  Buffer rows and lengths come from a few sizes, so shapes and their graphs serve many batches.
 - **Adapters.** One adapter: merged into the weights. Several: loaded unmerged under their names (PEFT);
   ``generate(..., adapters=[name per prompt])`` routes each prompt; batches hold one adapter each
   (``set_adapter``, graphs per adapter), or, with ``mix_adapters=True``, rows of several adapters at once
@@ -25,8 +31,9 @@ that shape of work:
   pick, a constrained row's logits outside ``allowed()`` are -inf; the chosen token goes to ``advance()``; a
   ``finished`` constraint ends its row. Batches with constrained rows sync with the host at every step;
   the others never do.
-- **Overlap.** The next group's chat templates and tokenization run in a background thread while the GPU
-  works on the current one (the fast tokenizer releases the GIL).
+- **Overlap.** A call's prompts go in pieces (512, 1024, 2048 ... prompts a piece, per adapter): the next
+  piece's chat templates and tokenization run in a background thread while the GPU works on the current
+  one (the fast tokenizer releases the GIL); only the first piece's is waited for (``tokenize_wait``).
 
 On a CPU the same code runs without CUDA graphs (tests compare it with the reference engine there).
 Where it cannot run (no CUDA when chosen automatically, an attention interface the model lacks, graph
@@ -230,11 +237,13 @@ class GpuEngine(Backend):
         # LORALINT_GPU_COMPACT=0: decode each batch in its own buffer to the end (no compaction)
         self.compact = (os.environ.get("LORALINT_GPU_COMPACT", "1") != "0") if compact is None else compact
         self.compactions = 0
+        # one more look at the device at this step: "No violations found." and its end-of-turn are 5 tokens
+        self.first_look = 6
         # prompts of one call are answered in pieces of 512, 1024, 2048 ... (LORALINT_GPU_FIRST_PIECE)
         self.first_piece = max(1, int(os.environ.get("LORALINT_GPU_FIRST_PIECE", "512")))
         self.prefill_forwards = 0
-        self.timing = {"tokenize": 0.0, "tokenize_wait": 0.0, "prefix": 0.0, "prefill": 0.0, "decode": 0.0, "capture": 0.0,
-                       "compact": 0.0}
+        self.timing = {"tokenize": 0.0, "tokenize_wait": 0.0, "prefix": 0.0, "prefill": 0.0, "decode": 0.0,
+                       "capture": 0.0, "compact": 0.0}
         self._prefixes: dict[tuple, tuple[list, list]] = {}
         self._shapes: dict[tuple, _Batch] = {}
         self._graph_failed = False
@@ -296,8 +305,9 @@ class GpuEngine(Backend):
                 "cuda_graphs": self.cuda_graphs and not self._graph_failed, "batch_tokens": self.batch_tokens,
                 "max_batch": self.max_batch, "prefill_tokens": self.prefill_tokens,
                 "check_every": self.check_every, "adapters": list(self.adapters) or None,
-                "mix_adapters": self.mix_adapters, "batching": "answer-limit bucket, then length-sorted, padded "
-                "to the batch's longest (rounded up to 8)", "prefix_caching": True}
+                "mix_adapters": self.mix_adapters, "batching": "answer-limit bucket, length-sorted; each prefill "
+                "chunk padded to its own longest row (rounded up to 8)", "prefix_caching": True,
+                "compact": self.compact, "first_piece": self.first_piece}
 
     def encode(self, messages: list[dict]) -> list[int]:
         text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
@@ -548,6 +558,13 @@ class GpuEngine(Backend):
         step = 1 << (n.bit_length() - 3)  # a quarter of the power of 2 below n
         return _up(n, step)
 
+    def _compact_rows(self, n: int) -> int:
+        """Buffer rows for a batch's rows still answering: on CUDA a power of 2 from 8, with a power-of-2 length
+        (so the few small shapes, and their graphs, serve every batch's tail)."""
+        if not self.cuda_shapes:
+            return n
+        return max(8, 1 << (n - 1).bit_length())
+
     def _length_for(self, n: int) -> int:
         if not self.cuda_shapes:
             return _up(n, 8)
@@ -672,9 +689,9 @@ class GpuEngine(Backend):
             out[i] = self._finish(toks[r], caps[i])
 
     def _decode(self, b: _Batch, n: int, T: int, cons, names, bias: bool, adapter) -> list[list[int]]:
-        """Greedy decoding of a prefilled batch whose first token is picked. Returns each row's tokens. Once the rows still
-        answering fit a buffer of half the rows or fewer, they move into one (compaction: their keys/values,
-        mask and state gathered), so the long answers of a few rows do not make the whole batch's rows pay."""
+        """Greedy decoding of a prefilled batch whose first token is picked; each row's tokens. Once the rows
+        still answering fit a buffer of half the rows or fewer, they move into one (compaction: their
+        keys/values, mask and state gathered), so the long answers of a few rows do not make all rows pay."""
         import torch
 
         cur = list(range(n))  # the batch rows (of this call) in the buffer's rows, in order
@@ -687,11 +704,11 @@ class GpuEngine(Backend):
                 fed = steps
                 if not self._advance(b, cons, len(cur), steps - 1):
                     break
-            if steps % self.check_every == 0:
+            if steps % self.check_every == 0 or steps == self.first_look:
                 live = int((~b.done[:len(cur)]).sum())
                 if live == 0:
                     break
-                if self.compact and self._rows_for(live) <= b.rows // 2:
+                if self.compact and self._compact_rows(live) <= b.rows // 2:
                     try:
                         b2, cur, cons, names = self._compact(b, cur, cons, names, steps, final, adapter)
                     except Exception as e:  # noqa: BLE001 - decode on in the batch as it is
@@ -731,15 +748,19 @@ class GpuEngine(Backend):
             if d:
                 final[cur[j]] = toks[j]
         live = len(keep)
-        b2 = self._shape(self._rows_for(live), b.length, b.bias is not None, adapter, avoid=b)
+        length = b.length if not self.cuda_shapes else 1 << (b.length - 1).bit_length()
+        b2 = self._shape(self._compact_rows(live), length, b.bias is not None, adapter, avoid=b)
         idx = torch.tensor(keep, dtype=torch.long, device=self.device_t)
+        L = b.length  # (b2 may be longer: its further columns stay masked)
         for li in range(self.n_layers):
-            b2.k[li][:live].copy_(b.k[li].index_select(0, idx))
-            b2.v[li][:live].copy_(b.v[li].index_select(0, idx))
+            b2.k[li][:live, :, :L].copy_(b.k[li].index_select(0, idx))
+            b2.v[li][:live, :, :L].copy_(b.v[li].index_select(0, idx))
         b2.mask.zero_()
-        b2.mask[:live].copy_(b.mask.index_select(0, idx))
+        b2.mask[:live, :, :, :L].copy_(b.mask.index_select(0, idx))
         b2.mask[live:, :, :, 0] = True  # padding rows attend to something (no NaN)
-        for x, y in ((b2.ids, b.ids), (b2.pos, b.pos), (b2.limit, b.limit), (b2.done, b.done), (b2.out, b.out)):
+        b2.out.zero_()
+        b2.out[:live, :L].copy_(b.out.index_select(0, idx))
+        for x, y in ((b2.ids, b.ids), (b2.pos, b.pos), (b2.limit, b.limit), (b2.done, b.done)):
             x.zero_()
             x[:live].copy_(y.index_select(0, idx))
         b2.done[live:] = True
