@@ -90,6 +90,71 @@ def before_counters(eng, prompts, caps, results, cuda_shapes: bool) -> dict:
             "row_steps": row_steps, "live_row_steps": live_steps, "wasted_row_steps": row_steps - live_steps}
 
 
+def padding_only(corpus: Path, n_files: int, chunk: int = 4096) -> dict:
+    """Prefill padding (and forwards) for every window of ``n_files`` corpus files, as ``loralint scan``
+    would send them (calls of ``chunk`` windows), before and now, at the engine's H200 settings; no model run
+    (padding depends on prompt lengths only)."""
+    from loralint.backends import max_new_tokens_for, resolve_adapter, shipped_adapter_dir
+    from loralint.backends.gpu_engine import GpuEngine, _up
+    from loralint.backends.transformers import adapter_tokenizer
+    from loralint.languages import fence_for, grammar_for
+    from loralint.rules import get_rule
+    from loralint.windows import DEFAULT_TARGET, file_windows, window_messages
+    from scan_speed import corpus_files_all
+
+    adapter = resolve_adapter(str(shipped_adapter_dir()))
+    eng = GpuEngine.__new__(GpuEngine)
+    eng.tok, eng.chat_template_kwargs, eng.timing = adapter_tokenizer(adapter, adapter.base), {}, {"tokenize": 0.0}
+    eng.max_batch, eng.batch_tokens, eng.prefill_tokens, eng.cuda_shapes = 1024, 1_293_399, 262_144, True
+    eng.first_piece = 512
+    rule = get_rule("predicate")
+    prompts, caps = [], []
+    files = corpus_files_all(corpus, n_files)
+    for p in files:
+        lines, wins = file_windows(Path(p).read_bytes(), grammar_for(p), target=DEFAULT_TARGET)
+        prompts += [window_messages(rule, lines, w, fence_for(p)) for w in wins]
+        caps += [max_new_tokens_for(lines[w.start:w.end]) for w in wins]
+    res = {"files": len(files), "windows": len(prompts), "prompt_tokens": 0, "own_tokens": 0}
+    before = {"padding_tokens": 0, "prefill_forwards": 0, "computed_tokens": 0}
+    now = {"padding_tokens": 0, "prefill_forwards": 0, "computed_tokens": 0}
+
+    def prefix_len(seqs):
+        P = min(len(x) for x in seqs) - 1
+        for x in seqs[1:]:
+            n = 0
+            while n < P and x[n] == seqs[0][n]:
+                n += 1
+            P = n
+        return P if P >= 8 else 0
+
+    for s in range(0, len(prompts), chunk):
+        idx = list(range(s, min(len(prompts), s + chunk)))
+        g = eng._tokenize(prompts, None, idx)
+        live = list(zip(g.idx, g.ids))
+        res["prompt_tokens"] += sum(len(x) for _, x in live)
+        P = prefix_len([x for _, x in live])
+        res["own_tokens"] += sum(len(x) - P for _, x in live)
+        for batch in eng._batches(live, caps, P):  # before: one group a call, padded to the batch's longest
+            lens = [len(x) - P for _, x in batch]
+            W = _up(max(lens), 8)
+            before["padding_tokens"] += sum(W - x for x in lens)
+            before["computed_tokens"] += W * len(lens)
+            before["prefill_forwards"] += -(-len(lens) // max(1, eng.prefill_tokens // W))
+        k, size = 0, eng.first_piece  # now: pieces, then each prefill chunk padded to its own longest
+        while k < len(live):
+            take = len(live) - k if len(live) - k < 1.5 * size else size
+            piece = live[k:k + take]
+            k, size = k + take, size * 2
+            P = prefix_len([x for _, x in piece])
+            for batch in eng._batches(piece, caps, P):
+                lens = sorted((len(x) - P for _, x in batch), reverse=True)
+                for r0, r1, w in eng._prefill_chunks(lens):
+                    now["padding_tokens"] += sum(w - x for x in lens[r0:r1])
+                    now["computed_tokens"] += w * (r1 - r0)
+                    now["prefill_forwards"] += 1
+    return res | {"before": before, "now": now}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--windows", type=int, default=240)
@@ -103,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="Buffer rows and widths as on a CPU (exact), not rounded as on CUDA.")
     ap.add_argument("--reference", action="store_true", help="Also the reference engine: answers compared.")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--padding-files", type=int, default=0,
+                    help="Only the prefill padding, before and now, for every window of this many corpus files "
+                         "(tokenizer only, no model run; the H200 run had 1570).")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engine_counters.json"))
     a = ap.parse_args(argv)
 
@@ -116,6 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     corpus = Path(a.corpus)
     if not corpus.is_dir():
         corpus = Path("/work/main/.cache/corpus")
+    if a.padding_files:
+        info = padding_only(corpus, a.padding_files)
+        print("counter | before | now")
+        for k in info["now"]:
+            print(f"{k} | {info['before'][k]} | {info['now'][k]}")
+        print(f"{info['files']} files, {info['windows']} windows, {info['prompt_tokens']} prompt tokens "
+              f"({info['own_tokens']} after the shared prefix)")
+        out = Path(a.out).with_name("engine_padding.json")
+        out.write_text(json.dumps(info, indent=2) + "\n")
+        print(f"written {out}", file=sys.stderr)
+        return 0
     prompts, caps = corpus_windows(corpus, a.windows, a.stride)
     adapter = resolve_adapter(str(shipped_adapter_dir()))
     kw = {"cuda_shapes": not a.cpu_shapes} | ({"compact": False} if a.no_compact else {})

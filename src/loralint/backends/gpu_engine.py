@@ -575,7 +575,7 @@ class GpuEngine(Backend):
     def _prefill_chunks(self, lens: list[int]) -> list[tuple[int, int, int]]:
         """(first row, end row, width) of each prefill forward: rows in order, as many as fit
         ``prefill_tokens`` at the width of the longest among them (rounded up to 8 on CUDA), cut where the rows
-        get an eighth shorter once a chunk holds an eighth of the budget: a batch of length-sorted rows is
+        get a 16th shorter once a chunk holds an eighth of the budget: a batch of length-sorted rows is
         padded chunk by chunk (a few percent), not to the batch's longest row."""
         align = 8 if self.cuda_shapes else 1
         out, r0 = [], 0
@@ -587,8 +587,8 @@ class GpuEngine(Backend):
                 w2 = max(w, _up(lens[r1], align))
                 if (r1 + 1 - r0) * w2 > self.prefill_tokens:
                     break
-                if lens[r1] * 8 < w * 7 and (r1 - r0) * w * 8 >= self.prefill_tokens:
-                    break  # a row an eighth shorter, and the chunk big enough already: a narrower chunk next
+                if lens[r1] * 16 < w * 15 and (r1 - r0) * w * 8 >= self.prefill_tokens:
+                    break  # a row a 16th shorter, and the chunk big enough already: a narrower chunk next
                 w, r1 = w2, r1 + 1
             out.append((r0, r1, w))
             r0 = r1
@@ -655,8 +655,13 @@ class GpuEngine(Backend):
             b.mask[r0:r1, 0, 0, P:P + w] = valid
             if P:
                 m = torch.cat([torch.ones(rc, 1, w, P, dtype=torch.bool, device=dev), m], dim=-1)
+            # on CUDA the columns attended to are a multiple of 16 (SDPA's memory-efficient kernel copies a mask
+            # that is not), the further ones masked
+            kv_len = min(b.length, _up(P + w, 16)) if self.cuda_shapes else P + w
+            if kv_len > P + w:
+                m = torch.cat([m, torch.zeros(rc, 1, w, kv_len - P - w, dtype=torch.bool, device=dev)], dim=-1)
             ctx = _Ctx()
-            ctx.k, ctx.v, ctx.kv_len, ctx.r0, ctx.r1 = b.k, b.v, P + w, r0, r1
+            ctx.k, ctx.v, ctx.kv_len, ctx.r0, ctx.r1 = b.k, b.v, kv_len, r0, r1
             ctx.cols = torch.arange(P, P + w, device=dev)
             ctx.mask = self._grouped_mask(m, dtype=self.dtype)
             parts.append(self._forward(ctx, ids, pos, names[r0:r1] if names is not None else None))
