@@ -575,7 +575,7 @@ class GpuEngine(Backend):
     def _prefill_chunks(self, lens: list[int]) -> list[tuple[int, int, int]]:
         """(first row, end row, width) of each prefill forward: rows in order, as many as fit
         ``prefill_tokens`` at the width of the longest among them (rounded up to 8 on CUDA), cut where the rows
-        get a 16th shorter once a chunk holds an eighth of the budget: a batch of length-sorted rows is
+        get a 16th shorter once a chunk holds 8k tokens (or an eighth of the budget): a batch of length-sorted rows is
         padded chunk by chunk (a few percent), not to the batch's longest row."""
         align = 8 if self.cuda_shapes else 1
         out, r0 = [], 0
@@ -587,7 +587,7 @@ class GpuEngine(Backend):
                 w2 = max(w, _up(lens[r1], align))
                 if (r1 + 1 - r0) * w2 > self.prefill_tokens:
                     break
-                if lens[r1] * 16 < w * 15 and (r1 - r0) * w * 8 >= self.prefill_tokens:
+                if lens[r1] * 16 < w * 15 and (r1 - r0) * w >= min(8192, self.prefill_tokens // 8):
                     break  # a row a 16th shorter, and the chunk big enough already: a narrower chunk next
                 w, r1 = w2, r1 + 1
             out.append((r0, r1, w))
