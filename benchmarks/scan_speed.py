@@ -390,6 +390,9 @@ PROFILE_NOTES = {
     "decode_steps": "decode steps, summed over batches", "graphs_captured": "count",
     "row_steps": "buffer rows x decode steps (KV rows read)", "live_row_steps": "of which rows still answering",
     "wasted_row_steps": "row_steps - live_row_steps", "compactions": "count", "generated_tokens": "tokens",
+    "graph_steps": "decode steps replayed from a CUDA graph (the rest eager: big shapes)",
+    "load_model": "of load: base + adapter (merged), on the device", "load_tokenizer": "of load: tokenizer",
+    "load_self_check": "of load: the engine's start-up check against a plain forward",
 }
 
 

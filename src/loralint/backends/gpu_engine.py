@@ -237,6 +237,9 @@ class GpuEngine(Backend):
         # LORALINT_GPU_COMPACT=0: decode each batch in its own buffer to the end (no compaction)
         self.compact = (os.environ.get("LORALINT_GPU_COMPACT", "1") != "0") if compact is None else compact
         self.compactions = 0
+        self.graph_steps = 0
+        # decode steps of shapes up to this many rows x columns replay a CUDA graph; bigger ones run eagerly
+        self.graph_tokens = int(os.environ.get("LORALINT_GPU_GRAPH_TOKENS", "262144"))
         # one more look at the device at this step: "No violations found." and its end-of-turn are 5 tokens
         self.first_look = 6
         # prompts of one call are answered in pieces of 512, 1024, 2048 ... (LORALINT_GPU_FIRST_PIECE)
@@ -307,7 +310,8 @@ class GpuEngine(Backend):
                 "check_every": self.check_every, "adapters": list(self.adapters) or None,
                 "mix_adapters": self.mix_adapters, "batching": "answer-limit bucket, length-sorted; each prefill "
                 "chunk padded to its own longest row (rounded up to 8)", "prefix_caching": True,
-                "compact": self.compact, "first_piece": self.first_piece}
+                "compact": self.compact, "first_piece": self.first_piece,
+                "graph_tokens": self.graph_tokens}
 
     def encode(self, messages: list[dict]) -> list[int]:
         text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
@@ -703,7 +707,7 @@ class GpuEngine(Backend):
         final: dict[int, list[int]] = {}
         steps = fed = 1
         shape_from = 0
-        graph = self._graph(b, names) if (self.cuda_graphs and names is None) else None
+        graph = self._graph_for(b, names)
         while steps < T:
             if bias:  # constrained rows: their tokens to their constraints, the next step's bias (a sync a step)
                 fed = steps
@@ -725,9 +729,10 @@ class GpuEngine(Backend):
                     else:
                         self.row_steps += b.rows * (steps - shape_from)
                         shape_from, b = steps, b2
-                        graph = self._graph(b, names) if (self.cuda_graphs and names is None) else None
+                        graph = self._graph_for(b, names)
             if graph is not None:
                 graph.replay()
+                self.graph_steps += 1
             else:
                 self._step(b, names)
             steps += 1
@@ -800,6 +805,15 @@ class GpuEngine(Backend):
         b.col += 1
         b.pos += 1
         b.select(logits)
+
+    def _graph_for(self, b: _Batch, names):
+        """The graph to decode ``b`` with, or None (eager): graphs for shapes of at most ``graph_tokens`` rows x
+        columns only. A bigger shape's step is bound by reading its keys/values (a 1,024-row batch: ~6 ms on
+        an H200), which hides the host's kernel launches; each capture costs (it empties the CUDA cache), and
+        big shapes are many and decode a few steps each before their rows move into a small shape."""
+        if not self.cuda_graphs or names is not None or b.rows * b.length > self.graph_tokens:
+            return None
+        return self._graph(b, names)
 
     def _graph(self, b: _Batch, names):
         """The decode step of this shape as a CUDA graph (captured once); None: eager (it said why once)."""
@@ -936,7 +950,7 @@ class GpuEngine(Backend):
             "graphs_captured": self.graphs_captured, "generated_tokens": self.generated_tokens,
             "row_steps": self.row_steps, "live_row_steps": self.live_row_steps,
             "wasted_row_steps": self.row_steps - self.live_row_steps, "compactions": self.compactions,
-            "prefill_forwards": self.prefill_forwards}
+            "prefill_forwards": self.prefill_forwards, "graph_steps": self.graph_steps}
 
 
 def _up(x: int, m: int) -> int:
