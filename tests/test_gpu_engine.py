@@ -206,3 +206,66 @@ def test_scan_with_the_gpu_engine_finds_what_the_reference_finds(adapters):
     via_ref = scan([str(fixture)], adapter=str(memo.path), window_lines=15, cache=False, device="cpu")
     assert [f.to_dict() for f in via_gpu.findings] == [f.to_dict() for f in via_ref.findings]
     assert len(via_gpu.findings) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("several", [False, True], ids=["one-adapter", "two-adapters"])
+def test_compaction_gives_the_reference_answers_with_fewer_row_steps(adapters, several):
+    """Batches whose rows end at very different steps (limits 4 to 32): once most rows are done the rest move
+    into a smaller buffer. The answers are the reference engine's (and the engine's own without compaction);
+    the rows x steps decoded drop; prefill padding stays a few percent of the prompt tokens."""
+    from loralint.backends.gpu_engine import GpuEngine
+    from loralint.backends.transformers import TransformersBackend
+
+    memo, rand, _rand2 = adapters
+    prompts, caps = mixed_prompts(step=4)
+    # one answer-limit bucket (up to 32), a few long answers a batch: most rows end long before the batch does
+    caps = [32 if k % 11 == 0 else 4 + k % 5 for k in range(len(prompts))]
+    assert len(prompts) >= 200
+    # one adapter: buffer rows, lengths and widths rounded as on CUDA (padding rows, longer tail buffers)
+    kw = dict(device="cpu", max_batch=96, batch_tokens=200_000, prefill_tokens=6_000, check_every=4,
+              cuda_shapes=not several)
+    if several:
+        names = ["memo" if k % 2 else "rand" for k in range(len(prompts))]
+        make = lambda compact: GpuEngine(adapters={"memo": memo, "rand": rand}, compact=compact, **kw)  # noqa: E731
+        want = [None] * len(prompts)
+        for name, ad in (("memo", memo), ("rand", rand)):
+            idx = [k for k, n in enumerate(names) if n == name]
+            ans = texts(TransformersBackend(ad, device="cpu").generate([prompts[k] for k in idx],
+                                                                        [caps[k] for k in idx]))
+            for k, a in zip(idx, ans):
+                want[k] = a
+    else:
+        names = None
+        make = lambda compact: GpuEngine(memo, compact=compact, **kw)  # noqa: E731
+        want = texts(TransformersBackend(memo, device="cpu").generate(prompts, caps))
+    eng, plain = make(True), make(False)
+    got = texts(eng.generate(prompts, caps, adapters=names))
+    assert got == want
+    assert texts(plain.generate(prompts, caps, adapters=names)) == want
+    p, q = eng.profile(), plain.profile()
+    assert p["compactions"] >= 2 and q["compactions"] == 0
+    assert p["row_steps"] < 0.6 * q["row_steps"]
+    assert p["live_row_steps"] == q["live_row_steps"] <= p["row_steps"]
+    assert p["wasted_row_steps"] == p["row_steps"] - p["live_row_steps"]
+    assert p["padding_tokens"] < 0.05 * p["prompt_tokens"]
+
+
+def test_prefill_chunks_pad_each_chunk_to_its_own_longest_row():
+    """Rows sorted longest first: each prefill forward holds what fits the token budget at its own width."""
+    from loralint.backends.gpu_engine import GpuEngine
+
+    eng = GpuEngine.__new__(GpuEngine)
+    eng.cuda_shapes, eng.prefill_tokens = True, 1000
+    lens = [300, 290, 250, 100, 99, 97, 12, 5]
+    chunks = eng._prefill_chunks(lens)
+    assert chunks == [(0, 2, 304), (2, 3, 256), (3, 5, 104), (5, 7, 104), (7, 8, 8)]
+    assert all((r1 - r0) * w <= 1000 for r0, r1, w in chunks)
+    eng.cuda_shapes = False
+    assert eng._prefill_chunks(lens)[:2] == [(0, 2, 300), (2, 3, 250)]
+    assert eng._prefill_chunks([2000, 10]) == [(0, 1, 2000), (1, 2, 10)]  # a row longer than the budget: alone
+    # buffer rows on CUDA: few sizes (each a captured graph), at most a quarter more than asked
+    eng.cuda_shapes = True
+    sizes = {eng._rows_for(n) for n in range(1, 1025)}
+    assert len(sizes) <= 40 and all(n <= eng._rows_for(n) <= max(n * 1.25, n + 7) for n in range(1, 1025))
+    assert eng._rows_for(1000) == 1024 and eng._rows_for(5) == 8

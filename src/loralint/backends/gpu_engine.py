@@ -9,14 +9,20 @@ that shape of work:
   the rule's instructions). Their longest common token prefix runs once; its keys and values are copied into
   every row of every batch (kept across calls).
 - **Length buckets, no padding waste.** Prompts are grouped by answer-limit bucket, then sorted by length
-  and cut into big batches of near-equal length (the padding is a few tokens a row, masked); the measured
-  alternatives (left padding to the longest, packing through position ids) are 1.6-2x slower, see the README.
+  and cut into big batches; each prefill forward (a chunk of ``prefill_tokens``) is left-padded to its own
+  longest row (a few percent of padding; padding every chunk to the batch's longest row computed more pad
+  tokens than prompt tokens on the H200). The measured alternatives (packing through position ids,
+  uncompiled FlexAttention) are 1.6-2x slower, see the README.
 - **Static KV cache, one CUDA graph per decode step.** Each batch's keys/values live in preallocated
   buffers (``[rows, kv_heads, length, head_dim]`` a layer) written by an attention function registered with
   transformers' ``AttentionInterface`` (so any model whose attention goes through that interface runs:
   Llama, Qwen, ...). The decode step (forward of one token a row, greedy pick, finished rows masked on the
   device, token recorded on the device) is captured once per (adapter, rows, length) as a CUDA graph and
   replayed; the host looks at the device every ``check_every`` steps only to stop once all rows are done.
+- **Compaction.** At each look, once the rows still answering fit a buffer of half the rows or fewer, their
+  keys/values, mask and state are gathered into such a buffer and decoding goes on there: a batch's few
+  long answers no longer make all its rows decode (``row_steps`` / ``wasted_row_steps`` in the profile).
+  Buffer rows and lengths come from a few sizes, so shapes and their graphs serve many batches.
 - **Adapters.** One adapter: merged into the weights. Several: loaded unmerged under their names (PEFT);
   ``generate(..., adapters=[name per prompt])`` routes each prompt; batches hold one adapter each
   (``set_adapter``, graphs per adapter), or, with ``mix_adapters=True``, rows of several adapters at once
@@ -25,8 +31,9 @@ that shape of work:
   pick, a constrained row's logits outside ``allowed()`` are -inf; the chosen token goes to ``advance()``; a
   ``finished`` constraint ends its row. Batches with constrained rows sync with the host at every step;
   the others never do.
-- **Overlap.** The next group's chat templates and tokenization run in a background thread while the GPU
-  works on the current one (the fast tokenizer releases the GIL).
+- **Overlap.** A call's prompts go in pieces (512, 1024, 2048 ... prompts a piece, per adapter): the next
+  piece's chat templates and tokenization run in a background thread while the GPU works on the current
+  one (the fast tokenizer releases the GIL); only the first piece's is waited for (``tokenize_wait``).
 
 On a CPU the same code runs without CUDA graphs (tests compare it with the reference engine there).
 Where it cannot run (no CUDA when chosen automatically, an attention interface the model lacks, graph
@@ -35,6 +42,7 @@ capture failing) it says so in one line and uses the reference engine (or eager 
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -179,7 +187,7 @@ class GpuEngine(Backend):
                  adapters: dict[str, Adapter] | None = None, model=None, tokenizer=None,
                  chat_template_kwargs: dict | None = None, cuda_graphs: bool | None = None,
                  check_every: int = 8, mix_adapters: bool = False, prefill_tokens: int | None = None,
-                 **_ignored):
+                 compact: bool | None = None, cuda_shapes: bool | None = None, **_ignored):
         import torch
 
         _register()
@@ -197,10 +205,14 @@ class GpuEngine(Backend):
         t0 = time.perf_counter()
         self.model = model if model is not None else self._load_model()
         self.model.eval()
+        if self.device_t.type == "cuda" and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
         self.tok = tokenizer if tokenizer is not None else self._load_tokenizer()
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
         self.load_seconds = time.perf_counter() - t0
+        self.load_timing = {"load_model": t1 - t0, "load_tokenizer": self.load_seconds - (t1 - t0)}
         self.peft = hasattr(self.model, "peft_config")
         inner = self.model.get_base_model() if self.peft else self.model
         self.text_config = inner.config.get_text_config(decoder=True) if hasattr(inner.config, "get_text_config") \
@@ -212,6 +224,8 @@ class GpuEngine(Backend):
         self.pad_id = self.tok.pad_token_id
         self.cuda = self.device_t.type == "cuda" and torch.cuda.is_available()
         self.cuda_graphs = self.cuda if cuda_graphs is None else (cuda_graphs and self.cuda)
+        # buffer rows, lengths and prefill widths rounded as on CUDA (for counting on a CPU what a GPU computes)
+        self.cuda_shapes = self.cuda if cuda_shapes is None else cuda_shapes
         self.batch_tokens = batch_tokens or self._default_batch_tokens()
         self.max_batch = max_batch or (1024 if self.cuda else 64)
         self.prefill_tokens = prefill_tokens or (262_144 if self.cuda else 4096)
@@ -220,11 +234,25 @@ class GpuEngine(Backend):
         self.prefix_tokens_saved = 0
         self.padding_tokens = 0
         self.graphs_captured = 0
-        self.timing = {"tokenize": 0.0, "prefix": 0.0, "prefill": 0.0, "decode": 0.0, "capture": 0.0}
+        # LORALINT_GPU_COMPACT=0: decode each batch in its own buffer to the end (no compaction)
+        self.compact = (os.environ.get("LORALINT_GPU_COMPACT", "1") != "0") if compact is None else compact
+        self.compactions = 0
+        self.graph_steps = 0
+        # decode steps of shapes up to this many rows x columns replay a CUDA graph; bigger ones run eagerly
+        self.graph_tokens = int(os.environ.get("LORALINT_GPU_GRAPH_TOKENS", "262144"))
+        # one more look at the device at this step: "No violations found." and its end-of-turn are 5 tokens
+        self.first_look = 6
+        # prompts of one call are answered in pieces of 512, 1024, 2048 ... (LORALINT_GPU_FIRST_PIECE)
+        self.first_piece = max(1, int(os.environ.get("LORALINT_GPU_FIRST_PIECE", "512")))
+        self.prefill_forwards = 0
+        self.timing = {"tokenize": 0.0, "tokenize_wait": 0.0, "prefix": 0.0, "prefill": 0.0, "decode": 0.0,
+                       "capture": 0.0, "compact": 0.0}
         self._prefixes: dict[tuple, tuple[list, list]] = {}
         self._shapes: dict[tuple, _Batch] = {}
         self._graph_failed = False
         self._decode_steps = 0
+        self.row_steps = 0  # rows x decode steps computed (the rows of the buffers, padding rows too)
+        self.live_row_steps = 0  # of which a row still answering (up to its end-of-turn)
         if self.mix_adapters and (not self.peft or len(self.adapters) < 2):
             self.mix_adapters = False
         if self.mix_adapters:
@@ -280,8 +308,10 @@ class GpuEngine(Backend):
                 "cuda_graphs": self.cuda_graphs and not self._graph_failed, "batch_tokens": self.batch_tokens,
                 "max_batch": self.max_batch, "prefill_tokens": self.prefill_tokens,
                 "check_every": self.check_every, "adapters": list(self.adapters) or None,
-                "mix_adapters": self.mix_adapters, "batching": "answer-limit bucket, then length-sorted, padded "
-                "to the batch's longest (rounded up to 8)", "prefix_caching": True}
+                "mix_adapters": self.mix_adapters, "batching": "answer-limit bucket, length-sorted; each prefill "
+                "chunk padded to its own longest row (rounded up to 8)", "prefix_caching": True,
+                "compact": self.compact, "first_piece": self.first_piece,
+                "graph_tokens": self.graph_tokens}
 
     def encode(self, messages: list[dict]) -> list[int]:
         text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
@@ -309,12 +339,22 @@ class GpuEngine(Backend):
             groups.setdefault(a if self.peft else None, []).append(i)
         if self.mix_adapters and len(groups) > 1:
             groups = {"*": [i for g in groups.values() for i in g]}
-        order = list(groups.items())
+        # groups in pieces: tokenization of the next piece overlaps the GPU work of this one; the first piece
+        # is small (its tokenization is the only one waited for), each later one twice the one before
+        order = []
+        for a, idx in groups.items():
+            s, size = 0, self.first_piece
+            while s < len(idx):
+                rest = len(idx) - s
+                take = rest if rest < 1.5 * size else size
+                order.append((a, idx[s:s + take]))
+                s, size = s + take, size * 2
         with torch.inference_mode(), self._attn():
-            # tokenization of the next group overlaps the GPU work of this one
             pending = self._tokenize_async(prompts, order[0]) if order else None
             for k, (adapter, idx) in enumerate(order):
+                w0 = time.perf_counter()
                 group = pending.result()
+                self.timing["tokenize_wait"] += time.perf_counter() - w0
                 pending = self._tokenize_async(prompts, order[k + 1]) if k + 1 < len(order) else None
                 for i, msg in group.error.items():
                     out[i] = BackendError(msg)
@@ -485,40 +525,100 @@ class GpuEngine(Backend):
             out.append(cur)
         return out
 
-    def _shape(self, rows: int, length: int, bias: bool, adapter) -> _Batch:
+    def _shape(self, rows: int, length: int, bias: bool, adapter, avoid: "_Batch | None" = None) -> _Batch:
         """Buffers (and graph) of a shape: reused by later batches that fit it with little waste (rows and
-        columns within a quarter); the older shapes are let go."""
+        columns within a quarter). Shapes stay (their graphs with them) while their buffers together hold at
+        most twice ``batch_tokens``; the least recently used go first."""
         key = (rows, length, bias, adapter)
         b = self._shapes.get(key)
-        for (r, n, bi, a), x in self._shapes.items():
-            if b is None and bi == bias and a == adapter and rows <= r <= rows * 1.25 + 8 and \
-                    length <= n <= length * 1.25 + 64:
-                b = x
+        if b is avoid:
+            b = None
         if b is None:
-            self._shapes = {k: v for k, v in list(self._shapes.items())[-1:]}  # keep one older shape
-            b = self._shapes[key] = _Batch(self, rows, length, bias)
+            for (r, n, bi, a), x in self._shapes.items():
+                if x is not avoid and bi == bias and a == adapter and rows <= r <= rows * 1.25 + 8 and \
+                        length <= n <= length * 1.25 + 64:
+                    b, key = x, (r, n, bi, a)
+                    break
+        if b is None:
+            budget = 2 * self.batch_tokens
+            while self._shapes and sum(x.rows * x.length for x in self._shapes.values()) + rows * length > budget:
+                old = next(k for k, x in self._shapes.items() if x is not avoid) if \
+                    any(x is not avoid for x in self._shapes.values()) else None
+                if old is None:
+                    break
+                self._shapes.pop(old)
+            b = _Batch(self, rows, length, bias)
+        self._shapes.pop(key, None)
+        self._shapes[key] = b  # most recently used last
         return b
+
+    def _rows_for(self, n: int) -> int:
+        """Buffer rows for ``n`` rows: on CUDA a few sizes only (each shape is a captured graph), at most a
+        quarter more: 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, ... (quarter steps of powers of 2)."""
+        if not self.cuda_shapes:
+            return n
+        if n <= 64:
+            return _up(n, 8)
+        step = 1 << (n.bit_length() - 3)  # a quarter of the power of 2 below n
+        return _up(n, step)
+
+    def _compact_rows(self, n: int) -> int:
+        """Buffer rows for a batch's rows still answering: on CUDA a power of 2 from 8, with a power-of-2 length
+        (so the few small shapes, and their graphs, serve every batch's tail)."""
+        if not self.cuda_shapes:
+            return n
+        return max(8, 1 << (n - 1).bit_length())
+
+    def _length_for(self, n: int) -> int:
+        if not self.cuda_shapes:
+            return _up(n, 8)
+        if n <= 512:
+            return _up(n, 64)
+        return _up(n, 1 << (n.bit_length() - 3))
+
+    def _prefill_chunks(self, lens: list[int]) -> list[tuple[int, int, int]]:
+        """(first row, end row, width) of each prefill forward: rows in order, as many as fit
+        ``prefill_tokens`` at the width of the longest among them (rounded up to 8 on CUDA), cut where the rows
+        get a 16th shorter once a chunk holds 8k tokens (or an eighth of the budget): a batch of length-sorted rows is
+        padded chunk by chunk (a few percent), not to the batch's longest row."""
+        align = 8 if self.cuda_shapes else 1
+        out, r0 = [], 0
+        n = len(lens)
+        while r0 < n:
+            w = _up(lens[r0], align)
+            r1 = r0 + 1
+            while r1 < n:
+                w2 = max(w, _up(lens[r1], align))
+                if (r1 + 1 - r0) * w2 > self.prefill_tokens:
+                    break
+                if lens[r1] * 16 < w * 15 and (r1 - r0) * w >= min(8192, self.prefill_tokens // 8):
+                    break  # a row a 16th shorter, and the chunk big enough already: a narrower chunk next
+                w, r1 = w2, r1 + 1
+            out.append((r0, r1, w))
+            r0 = r1
+        return out
 
     def _run_batch(self, batch, caps, P, pk, constraints, adapters, out, adapter=None) -> None:
         import torch
 
         dev = self.device_t
+        batch = sorted(batch, key=lambda x: -len(x[1]))  # longest first: chunks of near-equal width
         n = len(batch)
         lens = [len(ids) - P for _, ids in batch]
-        W = _up(max(lens), 8 if self.cuda else 1)
+        chunks = self._prefill_chunks(lens)
+        W = max(w for _, _, w in chunks)
         T = max(caps[i] for i, _ in batch)
         cons = [constraints[i] if constraints is not None else None for i, _ in batch]
         bias = any(c is not None for c in cons)
         mixed = adapters is not None
-        rows = _up(n, 8) if self.cuda else n
-        length = _up(P + W + T, 64 if self.cuda else 8)
-        b = self._shape(rows, length, bias, adapter)
+        b = self._shape(self._rows_for(n), self._length_for(P + W + T), bias, adapter)
         rows = b.rows
         names = None
         if mixed:
             first = next(iter(self.adapters))
             names = [(adapters[i] or first) for i, _ in batch] + [first] * (rows - n)
-        # ---- prefill (eager): prefix copied in, then each row's own tokens, left-padded to W
+        # ---- prefill (eager): prefix copied in, then each chunk's own tokens, left-padded to the chunk's width
+        #      at columns P .. P + width (a row's unused columns up to P + W stay masked)
         t0 = time.perf_counter()
         b.mask.zero_()
         b.done.zero_()
@@ -541,39 +641,41 @@ class GpuEngine(Backend):
                     b.v[li][:, :, :P].copy_(vs[li].expand(rows, -1, -1, -1))
         else:
             b.mask[:, :, :, 0] = True  # padding rows attend to something (no NaN)
-        ids = torch.full((n, W), self.pad_id, dtype=torch.long)
-        pos = torch.zeros((n, W), dtype=torch.long)
-        for r, (i, seq) in enumerate(batch):
-            own = seq[P:]
-            ids[r, W - len(own):] = torch.tensor(own, dtype=torch.long)
-            pos[r, W - len(own):] = torch.arange(P, P + len(own))
-        ids, pos = ids.to(dev, non_blocking=True), pos.to(dev, non_blocking=True)
-        pad = torch.tensor([W - x for x in lens], dtype=torch.long, device=dev)
-        c = torch.arange(W, device=dev)
-        valid = c[None, :] >= pad[:, None]  # [n, W]
-        causal = c[None, :] <= c[:, None]  # [W(q), W(k)]
-        own_mask = (causal[None] & valid[:, None, :]) | torch.eye(W, dtype=torch.bool, device=dev)[None]
-        b.mask[:n, 0, 0, P:P + W] = valid
-        ctx = _Ctx()
-        ctx.k, ctx.v, ctx.kv_len = b.k, b.v, P + W
-        ctx.cols = torch.arange(P, P + W, device=dev)
         parts = []
-        logits_dtype = self.dtype
-        step_rows = max(1, self.prefill_tokens // max(W, 1))
-        for r0 in range(0, n, step_rows):
-            r1 = min(n, r0 + step_rows)
-            ctx.r0, ctx.r1 = r0, r1
-            m = own_mask[r0:r1, None]
+        for r0, r1, w in chunks:
+            rc = r1 - r0
+            ids = torch.full((rc, w), self.pad_id, dtype=torch.long)
+            pos = torch.zeros((rc, w), dtype=torch.long)
+            for r in range(r0, r1):
+                own = batch[r][1][P:]
+                ids[r - r0, w - len(own):] = torch.tensor(own, dtype=torch.long)
+                pos[r - r0, w - len(own):] = torch.arange(P, P + len(own))
+            ids, pos = ids.to(dev, non_blocking=True), pos.to(dev, non_blocking=True)
+            pad = torch.tensor([w - x for x in lens[r0:r1]], dtype=torch.long, device=dev)
+            c = torch.arange(w, device=dev)
+            valid = c[None, :] >= pad[:, None]  # [rc, w]
+            causal = c[None, :] <= c[:, None]  # [w(q), w(k)]
+            m = ((causal[None] & valid[:, None, :]) | torch.eye(w, dtype=torch.bool, device=dev)[None])[:, None]
+            b.mask[r0:r1, 0, 0, P:P + w] = valid
             if P:
-                m = torch.cat([torch.ones(r1 - r0, 1, W, P, dtype=torch.bool, device=dev), m], dim=-1)
-            ctx.mask = self._grouped_mask(m, dtype=logits_dtype)
-            parts.append(self._forward(ctx, ids[r0:r1], pos[r0:r1], names[r0:r1] if names is not None else None))
+                m = torch.cat([torch.ones(rc, 1, w, P, dtype=torch.bool, device=dev), m], dim=-1)
+            # on CUDA the columns attended to are a multiple of 16 (SDPA's memory-efficient kernel copies a mask
+            # that is not), the further ones masked
+            kv_len = min(b.length, _up(P + w, 16)) if self.cuda_shapes else P + w
+            if kv_len > P + w:
+                m = torch.cat([m, torch.zeros(rc, 1, w, kv_len - P - w, dtype=torch.bool, device=dev)], dim=-1)
+            ctx = _Ctx()
+            ctx.k, ctx.v, ctx.kv_len, ctx.r0, ctx.r1 = b.k, b.v, kv_len, r0, r1
+            ctx.cols = torch.arange(P, P + w, device=dev)
+            ctx.mask = self._grouped_mask(m, dtype=self.dtype)
+            parts.append(self._forward(ctx, ids, pos, names[r0:r1] if names is not None else None))
+            self.padding_tokens += sum(w - x for x in lens[r0:r1])
+            self.prefill_forwards += 1
         logits = torch.cat(parts)
         if rows > n:
             logits = torch.cat([logits, logits.new_zeros(rows - n, logits.shape[-1])])
-        self.padding_tokens += sum(W - x for x in lens)
         self.prompt_tokens += sum(len(s) for _, s in batch)
-        # ---- decode state
+        # ---- decode state: every row's next token at column P + W, then one column a step
         b.pos.zero_()
         b.pos[:n, 0] = torch.tensor([P + x for x in lens], dtype=torch.long, device=dev)
         b.col.fill_(P + W)
@@ -586,28 +688,104 @@ class GpuEngine(Backend):
         self.timing["prefill"] += t1 - t0
         if bias:
             self._set_bias(b, cons, n)
-        b.select(logits)
+        b.select(logits)  # the first answer token, from the prefill's logits
+        toks = self._decode(b, n, T, cons, names, bias, adapter)
+        self.timing["decode"] += time.perf_counter() - t1
+        eos = set(self.eos_ids)
+        self.live_row_steps += sum(min(caps[i], next((k + 1 for k, t in enumerate(r) if t in eos), len(r)))
+                                   for r, (i, _) in zip(toks, batch))
+        for r, (i, _) in enumerate(batch):
+            out[i] = self._finish(toks[r], caps[i])
+
+    def _decode(self, b: _Batch, n: int, T: int, cons, names, bias: bool, adapter) -> list[list[int]]:
+        """Greedy decoding of a prefilled batch whose first token is picked; each row's tokens. Once the rows
+        still answering fit a buffer of half the rows or fewer, they move into one (compaction: their
+        keys/values, mask and state gathered), so the long answers of a few rows do not make all rows pay."""
+        import torch
+
+        cur = list(range(n))  # the batch rows (of this call) in the buffer's rows, in order
+        final: dict[int, list[int]] = {}
         steps = fed = 1
-        graph = self._graph(b, names) if (self.cuda_graphs and not mixed) else None
+        shape_from = 0
+        graph = self._graph_for(b, names)
         while steps < T:
             if bias:  # constrained rows: their tokens to their constraints, the next step's bias (a sync a step)
                 fed = steps
-                if not self._advance(b, cons, n, steps - 1):
+                if not self._advance(b, cons, len(cur), steps - 1):
                     break
-            elif steps % self.check_every == 0 and not bool((~b.done).any()):
-                break
+            if steps % self.check_every == 0 or steps == self.first_look:
+                live = int((~b.done[:len(cur)]).sum())
+                if live == 0:
+                    break
+                if self.compact and self._compact_rows(live) <= b.rows // 2:
+                    try:
+                        b2, cur, cons, names = self._compact(b, cur, cons, names, steps, final, adapter)
+                    except Exception as e:  # noqa: BLE001 - decode on in the batch as it is
+                        if isinstance(e, torch.OutOfMemoryError) and self.cuda:
+                            torch.cuda.empty_cache()
+                        self.compact = False
+                        notice(f"gpu engine: compacting a batch failed ({type(e).__name__}: {str(e)[:120]}); "
+                               f"decoding without compaction")
+                    else:
+                        self.row_steps += b.rows * (steps - shape_from)
+                        shape_from, b = steps, b2
+                        graph = self._graph_for(b, names)
             if graph is not None:
                 graph.replay()
+                self.graph_steps += 1
             else:
                 self._step(b, names)
             steps += 1
         if bias and fed < steps:
-            self._advance(b, cons, n, steps - 1)
-        toks = b.out[:n, :steps].tolist()
+            self._advance(b, cons, len(cur), steps - 1)
+        self.row_steps += b.rows * (steps - shape_from)
         self._decode_steps += steps
-        self.timing["decode"] += time.perf_counter() - t1
-        for r, (i, _) in enumerate(batch):
-            out[i] = self._finish(toks[r], caps[i])
+        toks = b.out[:len(cur), :steps].tolist()
+        for j, r in enumerate(cur):
+            final[r] = toks[j]
+        return [final[r] for r in range(n)]
+
+    def _compact(self, b: _Batch, cur, cons, names, steps, final, adapter):
+        """The rows of ``b`` still answering, gathered into a smaller buffer (same columns); the finished
+        rows' tokens go to ``final``. Returns the new buffer, row map, constraints and adapter names."""
+        import torch
+
+        t0 = time.perf_counter()
+        done = b.done[:len(cur)].tolist()
+        toks = b.out[:len(cur), :steps].tolist()
+        keep = [j for j, d in enumerate(done) if not d]
+        for j, d in enumerate(done):
+            if d:
+                final[cur[j]] = toks[j]
+        live = len(keep)
+        length = b.length if not self.cuda_shapes else 1 << (b.length - 1).bit_length()
+        b2 = self._shape(self._compact_rows(live), length, b.bias is not None, adapter, avoid=b)
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device_t)
+        L = b.length  # (b2 may be longer: its further columns stay masked)
+        for li in range(self.n_layers):
+            b2.k[li][:live, :, :L].copy_(b.k[li].index_select(0, idx))
+            b2.v[li][:live, :, :L].copy_(b.v[li].index_select(0, idx))
+        b2.mask.zero_()
+        b2.mask[:live, :, :, :L].copy_(b.mask.index_select(0, idx))
+        b2.mask[live:, :, :, 0] = True  # padding rows attend to something (no NaN)
+        b2.out.zero_()
+        b2.out[:live, :L].copy_(b.out.index_select(0, idx))
+        for x, y in ((b2.ids, b.ids), (b2.pos, b.pos), (b2.limit, b.limit), (b2.done, b.done)):
+            x.zero_()
+            x[:live].copy_(y.index_select(0, idx))
+        b2.done[live:] = True
+        b2.col.copy_(b.col)
+        b2.step.copy_(b.step)
+        cur = [cur[j] for j in keep]
+        if cons is not None:
+            cons = [cons[j] for j in keep]
+        if names is not None:
+            names = [names[j] for j in keep] + [names[0]] * (b2.rows - live)
+        if b2.bias is not None:
+            self._set_bias(b2, cons, live)
+        self.compactions += 1
+        self.timing["compact"] += time.perf_counter() - t0
+        return b2, cur, cons, names
 
     def _grouped_mask(self, m, dtype):
         """A prefill's bool mask ``[rows, 1, q, kv]`` made once for all layers: repeated for the query heads
@@ -627,6 +805,15 @@ class GpuEngine(Backend):
         b.col += 1
         b.pos += 1
         b.select(logits)
+
+    def _graph_for(self, b: _Batch, names):
+        """The graph to decode ``b`` with, or None (eager): graphs for shapes of at most ``graph_tokens`` rows x
+        columns only. A bigger shape's step is bound by reading its keys/values (a 1,024-row batch: ~6 ms on
+        an H200), which hides the host's kernel launches; each capture costs (it empties the CUDA cache), and
+        big shapes are many and decode a few steps each before their rows move into a small shape."""
+        if not self.cuda_graphs or names is not None or b.rows * b.length > self.graph_tokens:
+            return None
+        return self._graph(b, names)
 
     def _graph(self, b: _Batch, names):
         """The decode step of this shape as a CUDA graph (captured once); None: eager (it said why once)."""
@@ -716,6 +903,15 @@ class GpuEngine(Backend):
         prefix then one decode step at a time, against one plain forward. None: yes; else why not."""
         import torch
 
+        t0 = time.perf_counter()
+        try:
+            return self._self_check()
+        finally:
+            self.load_timing["load_self_check"] = time.perf_counter() - t0
+
+    def _self_check(self) -> str | None:
+        import torch
+
         ids = self.encode([{"role": "user", "content": "while (a && b || c) { x = y ? 1 : 2; }"}])[:48]
         n, P = len(ids), len(ids) // 2
         with torch.inference_mode():
@@ -748,10 +944,13 @@ class GpuEngine(Backend):
         return None
 
     def profile(self) -> dict:
-        return {k: round(v, 3) for k, v in self.timing.items()} | {
+        return {k: round(v, 3) for k, v in (self.load_timing | self.timing).items()} | {
             "prompt_tokens": self.prompt_tokens, "prefix_tokens_saved": self.prefix_tokens_saved,
             "padding_tokens": self.padding_tokens, "decode_steps": self._decode_steps,
-            "graphs_captured": self.graphs_captured, "generated_tokens": self.generated_tokens}
+            "graphs_captured": self.graphs_captured, "generated_tokens": self.generated_tokens,
+            "row_steps": self.row_steps, "live_row_steps": self.live_row_steps,
+            "wasted_row_steps": self.row_steps - self.live_row_steps, "compactions": self.compactions,
+            "prefill_forwards": self.prefill_forwards, "graph_steps": self.graph_steps}
 
 
 def _up(x: int, m: int) -> int:
