@@ -546,12 +546,15 @@ def scan_rules(paths: Iterable[str | os.PathLike], rules: Iterable[str], **kwarg
                     engines[r] = RuleEngine(eng, r)
     runs: list[ScanResult] = []
     try:
+        settings = scan_kw.pop("settings", None)
         for r in ids:
             e = engines[r]
+            # per-file-ignores take a file out of one rule's review only
+            kw = dict(scan_kw, settings=replace(settings, rule=r) if hasattr(settings, "rule") else settings)
             if isinstance(e, BackendOptions):
-                runs.append(scan(paths, adapters.get(r), rule=r, backend=e, **scan_kw))
+                runs.append(scan(paths, adapters.get(r), rule=r, backend=e, **kw))
             else:
-                runs.append(scan(paths, rule=r, backend=e, **scan_kw))
+                runs.append(scan(paths, rule=r, backend=e, **kw))
     finally:
         for eng in shared:
             eng.close()
