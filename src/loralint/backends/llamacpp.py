@@ -255,7 +255,8 @@ class LlamaCppMultiBackend(LlamaCppBackend):
     drops the KV cache (its keys and values were computed by another adapter). The adapters must share a base;
     they are PEFT folders (prepared once into the user cache: the base as an f16 GGUF, each LoRA as f32)."""
 
-    def __init__(self, adapters: dict[str, Adapter], base: str | None = None, **kw):
+    def __init__(self, adapters: dict[str, Adapter], base: str | None = None, base_type: str = PREPARED_TYPE,
+                 lora_type: str = PREPARED_LORA_TYPE, **kw):
         if not adapters:
             raise ValueError("LlamaCppMultiBackend needs adapters")
         bases = {base or a.base for a in adapters.values()}
@@ -268,6 +269,7 @@ class LlamaCppMultiBackend(LlamaCppBackend):
         self.adapters = dict(adapters)
         self.adapter_names = tuple(adapters)
         self.base_spec = bases.pop()
+        self.base_type, self.lora_type = base_type, lora_type
         kw.pop("gguf", None)
         super().__init__(adapter=next(iter(adapters.values())), gguf=None, base=base, **kw)
         self._loras: dict[str, object] = {}
@@ -276,13 +278,13 @@ class LlamaCppMultiBackend(LlamaCppBackend):
         self._use_adapter(self.adapter_names[0])
 
     def _model_files(self, adapter, gguf, base) -> tuple[Path, Path | None]:
-        return prepared_base_gguf(self.base_spec), None
+        return prepared_base_gguf(self.base_spec, self.base_type), None
 
     def _load_loras(self) -> None:
         import llama_cpp
 
         for name, ad in self.adapters.items():
-            path = prepared_lora_gguf(ad, self.base)
+            path = prepared_lora_gguf(ad, self.base, self.lora_type)
             ptr = llama_cpp.llama_adapter_lora_init(self.llm._model.model, str(path).encode("utf-8"))
             if not ptr:
                 raise BackendUnavailable(f"llama.cpp cannot load the LoRA {path} of the {name} adapter")
@@ -305,12 +307,14 @@ class LlamaCppMultiBackend(LlamaCppBackend):
         self._active = name
 
     def identity(self) -> dict:
-        return {"backend": "llamacpp", "adapters": {n: llamacpp_identity(a, None, self.base, runtime_lora=True)
-                                                    for n, a in self.adapters.items()}}
+        return {"backend": "llamacpp", "adapters": {n: self.adapter_identity(n) for n in self.adapters}}
 
     def adapter_identity(self, name: str) -> dict:
         """The identity of one adapter's answers (the scan cache key of its rule)."""
-        return llamacpp_identity(self.adapters[name], None, self.base, runtime_lora=True)
+        ident = llamacpp_identity(self.adapters[name], None, self.base, runtime_lora=True)
+        if (self.base_type, self.lora_type) != (PREPARED_TYPE, PREPARED_LORA_TYPE):
+            ident["prepared"] = f"{self.base_type}+lora-{self.lora_type}"
+        return ident
 
     def generate(self, prompts, max_new_tokens, progress=None, constraints=None, adapters=None) -> list[Result]:
         from . import adapter_groups
