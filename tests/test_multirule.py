@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tiny_export import MESSAGES, kit, need_llama_cpp
-from tiny_scan import memorizing_adapter
+from tiny_scan import StubServer, memorizing_adapter, prompt_code
 
 #: a file with violations of two rules (predicate at line 2, else-return at lines 4 and 12)
 TWO_RULES = """function canShip (order, user) {
@@ -141,3 +141,33 @@ def test_llamacpp_runtime_lora_answers_equal_the_merged_gguf(lk, tmp_path, monke
     assert [r.text for r in got] == [want[n][i] for n, i in order]
     assert want["predicate"] != want["naming"]  # the adapters do change the answers
     assert multi.adapter_identity("predicate") != multi.adapter_identity("naming")
+
+
+def _oracle_reply(body: dict) -> str:
+    """A server whose model named after a rule answers as that rule's oracle (a perfect adapter per rule)."""
+    from loralint.checker import oracle_findings
+    from loralint.rules import get_rule
+    from loralint.sources import SourceFile
+
+    rule = get_rule(body["model"])
+    first, lines = prompt_code(body["messages"])
+    text = "\n" * (first - 1) + "\n".join(lines)
+    found, _ = oracle_findings(SourceFile("w.js", "w.js", "javascript", text.encode()), [rule])
+    return rule.render_answer(found)
+
+
+def test_several_rules_through_a_server_ask_each_rule_its_model(tmp_path, capsys):
+    """`scan --api URL --rule a,b`: each rule's windows go to the model served under the rule's name."""
+    import json
+
+    from loralint.checker import check
+    from loralint.cli import main
+
+    src = tmp_path / "two.js"
+    src.write_text(TWO_RULES)
+    with StubServer(_oracle_reply, model=["else-return", "predicate"]) as url:
+        rc = main(["scan", str(src), "--api", url, "--rule", "predicate,else-return", "--no-cache", "-f", "json", "-q"])
+    assert rc == 1
+    got = {(f["rule"], f["line"], f["kind"]) for f in json.loads(capsys.readouterr().out)}
+    want = {(f.rule, f.line, f.kind) for f in check([str(src)], rules=["predicate", "else-return"]).findings}
+    assert got == want and {r for r, _, _ in got} == {"predicate", "else-return"}

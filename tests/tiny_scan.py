@@ -129,7 +129,7 @@ class StubServer:
             ...
     """
 
-    def __init__(self, reply, model: str = "stub-model"):
+    def __init__(self, reply, model: str | list[str] = "stub-model"):  # several: the served models' names
         self.reply = reply
         self.model = model
         self.requests: list[dict] = []
@@ -161,7 +161,8 @@ class StubServer:
 
             def do_GET(self):
                 if self.path.rstrip("/") == "/v1/models":
-                    self._send(200, json.dumps({"object": "list", "data": [{"id": stub.model}]}).encode())
+                    ids = stub.model if isinstance(stub.model, (list, tuple)) else [stub.model]
+                    self._send(200, json.dumps({"object": "list", "data": [{"id": m} for m in ids]}).encode())
                 else:
                     self._send(404, b'{"error": "not found"}')
 
@@ -183,7 +184,7 @@ class StubServer:
                     return
                 text, finish = (out, "stop") if isinstance(out, str) else out
                 self._send(200, json.dumps({
-                    "id": "x", "object": "chat.completion", "model": stub.model,
+                    "id": "x", "object": "chat.completion", "model": body.get("model") or str(stub.model),
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": finish}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": max(1, len(text) // 4)}}).encode())

@@ -101,7 +101,7 @@ def check_paths(paths: List[Path]) -> None:
 def scan_rule_ids(kw: dict, settings=None) -> list[str]:
     """The rules `loralint scan` reviews: ``--rule a,b``; else, with --adapter/--api/--gguf, the adapter's rule
     (else predicate); else every rule with a shipped adapter that the configuration selects."""
-    from ..backends import AdapterNotFound, meta_rule, resolve_adapter, shipped_rules
+    from ..backends import TRAIN_HINT, AdapterNotFound, meta_rule, resolve_adapter, shipped_rules
     from ..cli import UserError
     from ..rules import all_rules
 
@@ -123,7 +123,7 @@ def scan_rule_ids(kw: dict, settings=None) -> list[str]:
     chosen = settings.selected_rules(None) if settings is not None else None
     ids = [r for r in (chosen if chosen is not None else shipped) if r in shipped]
     if not ids:
-        raise UserError("no selected rule has a shipped adapter: name one with --rule and its adapter with --adapter")
+        raise UserError(f"no selected rule has an adapter shipped with this loralint: {TRAIN_HINT}")
     return ids
 
 
