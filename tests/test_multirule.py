@@ -171,3 +171,21 @@ def test_several_rules_through_a_server_ask_each_rule_its_model(tmp_path, capsys
     got = {(f["rule"], f["line"], f["kind"]) for f in json.loads(capsys.readouterr().out)}
     want = {(f.rule, f.line, f.kind) for f in check([str(src)], rules=["predicate", "else-return"]).findings}
     assert got == want and {r for r, _, _ in got} == {"predicate", "else-return"}
+
+
+def test_scan_reviews_every_shipped_rule_unless_told(tmp_path):
+    """No --rule: every rule with a shipped adapter (the configuration's ignore applies); --rule a,b selects;
+    --adapter/--api without --rule: one rule."""
+    from loralint.backends import shipped_rules
+    from loralint.cli import UserError
+    from loralint.commands.scan_cmd import scan_rule_ids
+    from loralint.config import Settings
+
+    shipped = shipped_rules()
+    assert "predicate" in shipped and "else-return" in shipped and "naming" not in shipped
+    assert scan_rule_ids({"rule": None}) == shipped
+    assert scan_rule_ids({"rule": None}, Settings(ignore=["predicate"])) == [r for r in shipped if r != "predicate"]
+    assert scan_rule_ids({"rule": "predicate, naming,predicate"}) == ["predicate", "naming"]
+    assert scan_rule_ids({"rule": None, "api": "http://127.0.0.1:1"}) == ["predicate"]
+    with pytest.raises(UserError, match="unknown rule 'nope'"):
+        scan_rule_ids({"rule": "predicate,nope"})
