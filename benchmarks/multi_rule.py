@@ -136,7 +136,7 @@ def main() -> None:
                      "other_s": round(total - res.load_seconds - res.generate_seconds, 2),
                      "engines_loaded": res.engines_loaded, "findings": len(res.findings),
                      "findings_by_rule": {r: len(keys(res, r)) for r in res.rules},
-                     "errors": len(res.errors), "backend": res.backend})
+                     "errors": len(res.errors), "backend": res.backend, "per_rule": res.per_rule})
     ratio = t_multi / t_one if t_one else float("inf")
     ratio_no_load = ((t_multi - multi.load_seconds) / (t_one - one.load_seconds)) if t_one > one.load_seconds else None
     same = keys(one, args.one) == keys(multi, args.one)
@@ -148,6 +148,14 @@ def main() -> None:
               f"{r['engines_loaded']:>6}  {r['findings_by_rule']}")
     print(f"\n{len(rules)} rules / 1 rule: {ratio:.2f}x total (goal <= 3.2x), "
           f"{ratio_no_load:.2f}x without model load" if ratio_no_load else f"ratio {ratio:.2f}x")
+    for r, v in multi.per_rule.items():
+        print(f"  {r:<12} in the shared engine: {v['windows']} windows, {v['generate_seconds']:.1f}s, "
+              f"{v['generated_tokens']} tokens generated")
+    alone = one.per_rule.get(args.one, {})
+    shared_one = multi.per_rule.get(args.one, {})
+    overhead = (shared_one.get("generate_seconds", 0) / alone["generate_seconds"]) if alone.get("generate_seconds") else None
+    if overhead:
+        print(f"{args.one} in the shared engine (adapter applied at run time) / alone (merged): {overhead:.2f}x")
     print(f"{args.one} findings, one-rule engine (merged) vs shared engine: {'the same' if same else 'DIFFERENT'} "
           f"({len(keys(one, args.one))} vs {len(keys(multi, args.one))})")
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"multi_rule_{'cuda' if (device or '').startswith('cuda') else 'cpu'}.json")
@@ -155,7 +163,9 @@ def main() -> None:
     out.write_text(json.dumps({
         "benchmark": "multi_rule", "goal": "total(all rules) <= 3.2 x total(one rule), same files, same run",
         "ratio_total": round(ratio, 3), "ratio_without_load": round(ratio_no_load, 3) if ratio_no_load else None,
-        "one_rule_findings_same_in_shared_engine": same, "rows": rows, "engine": kind, "device": device or "cpu",
+        "one_rule_findings_same_in_shared_engine": same,
+        "one_rule_generate_shared_over_alone": round(overhead, 3) if overhead else None,
+        "one_rule_tokens": {"alone": alone.get("generated_tokens"), "shared": shared_one.get("generated_tokens")}, "rows": rows, "engine": kind, "device": device or "cpu",
         "stand_in_adapters": {r: "predicate adapter weights" for r in stand_in},
         "adapters": adapters, "files": [os.path.relpath(f, args.corpus) for f in files], "window": args.window,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),

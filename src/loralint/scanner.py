@@ -73,6 +73,8 @@ class ScanResult(RunResult):
     load_seconds: float = 0.0  # loading the model (0: none loaded, or loaded before the run)
     rules: list[str] = field(default_factory=list)  # the rules reviewed (scan_rules: several)
     engines_loaded: int = 0  # models loaded for the run (scan_rules: one a base, whatever the rules)
+    #: rule -> {"generate_seconds", "generated_tokens", "windows"} (scan_rules: the cost of each rule)
+    per_rule: dict[str, dict] = field(default_factory=dict)
 
     @property
     def unverified(self) -> int:
@@ -388,6 +390,8 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     out.load_seconds = load_seconds
     out.engines_loaded = 1 if load_seconds else 0
     out.generated_tokens = (getattr(engine_obj, "generated_tokens", 0) - tokens_before) if engine_obj else 0
+    out.per_rule = {rule: {"generate_seconds": round(gen_seconds, 3), "windows": len(jobs),
+                           "generated_tokens": out.generated_tokens}}
     if engine_obj is not None and not isinstance(backend, Backend):
         engine_obj.close()  # an engine made here is let go; one passed in belongs to the caller
     out.cache_note = store.summary()
@@ -595,7 +599,8 @@ def merge_runs(runs: list[ScanResult]) -> ScanResult:
                       backend=", ".join(dict.fromkeys(r.backend for r in runs)),
                       generated_tokens=sum(r.generated_tokens for r in runs),
                       cache_note="; ".join(r.cache_note for r in runs if r.cache_note) or None,
-                      rules=[x for r in runs for x in r.rules])
+                      rules=[x for r in runs for x in r.rules],
+                      per_rule={k: v for r in runs for k, v in r.per_rule.items()})
 
 __all__ = ["FileScan", "ScanResult", "changed_lines", "parse_unified_diff", "scan", "scan_rules"]
 
