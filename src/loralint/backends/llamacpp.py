@@ -212,6 +212,11 @@ def _prepare_once(out: Path, what: str, make, announce=None) -> Path:
     """``make(tmp)`` writes ``out`` once (to a temporary name, then renamed into place); reused after."""
     if out.is_file():
         return out
+    import importlib.util
+
+    for lib in ("torch", "transformers", "peft", "gguf"):  # the export needs the model stack (as prepared_gguf)
+        if lib in sys.modules and sys.modules[lib] is None or importlib.util.find_spec(lib) is None:
+            raise ModuleNotFoundError(f"No module named {lib!r}", name=lib)
     from ..export import ExportError
 
     say = announce or (lambda msg: models._announce and print(msg, file=sys.stderr, flush=True))
