@@ -37,7 +37,8 @@ def tiny_base(tmp_path: Path, seed: int = 0) -> Path:
     return tiny_model_dir(tmp_path, "qwen3", seed, name="tiny-base", pad_token_id=None, initializer_range=0.2)
 
 
-def window_examples(tok, files: list[Path], window_lines: int) -> list[tuple[list[int], list[int]]]:
+def window_examples(tok, files: list[Path], window_lines: int,
+                    rule_id: str = "predicate") -> list[tuple[list[int], list[int]]]:
     """(prompt ids, answer ids + end of turn) for every window of ``files``, as the scanner will build them."""
     from loralint.checker import oracle_findings
     from loralint.languages import fence_for, grammar_for
@@ -45,7 +46,7 @@ def window_examples(tok, files: list[Path], window_lines: int) -> list[tuple[lis
     from loralint.sources import SourceFile
     from loralint.windows import file_windows, window_messages
 
-    rule = get_rule("predicate")
+    rule = get_rule(rule_id)
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     out = []
     for path in files:
@@ -63,18 +64,19 @@ def window_examples(tok, files: list[Path], window_lines: int) -> list[tuple[lis
 
 
 def memorizing_adapter(tmp_path: Path, files: list[Path], window_lines: int = 15, max_steps: int = 400,
-                       lr: float = 1e-2, seed: int = 0) -> Path:
-    """Train (once per ``tmp_path``) a LoRA adapter that answers every window of ``files`` like the oracle."""
+                       lr: float = 1e-2, seed: int = 0, rule: str = "predicate", name: str = "adapter") -> Path:
+    """Train (once per ``tmp_path`` and ``name``) a LoRA adapter that answers every window of ``files`` like
+    ``rule``'s oracle (adapters of one ``tmp_path`` share its tiny base)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = Path(tmp_path) / "adapter"
+    out = Path(tmp_path) / name
     if (out / "loralint.json").exists():
         return out
     base = tiny_base(tmp_path, seed)
     tok = AutoTokenizer.from_pretrained(base)
-    examples = window_examples(tok, files, window_lines)
+    examples = window_examples(tok, files, window_lines, rule)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is many times faster than two busy ones
     try:
@@ -104,7 +106,7 @@ def memorizing_adapter(tmp_path: Path, files: list[Path], window_lines: int = 15
         torch.set_num_threads(threads)
     (out / "loralint.json").write_text(json.dumps({
         "format": 1, "kind": "lora-adapter", "base": {"spec": str(base), "name": "tiny-qwen3", "kind": "dir"},
-        "rule": {"id": "predicate"}, "train": {"steps": step + 1}}, indent=1))
+        "rule": {"id": rule}, "train": {"steps": step + 1}}, indent=1))
     return out
 
 
@@ -127,7 +129,7 @@ class StubServer:
             ...
     """
 
-    def __init__(self, reply, model: str = "stub-model"):
+    def __init__(self, reply, model: str | list[str] = "stub-model"):  # several: the served models' names
         self.reply = reply
         self.model = model
         self.requests: list[dict] = []
@@ -159,7 +161,8 @@ class StubServer:
 
             def do_GET(self):
                 if self.path.rstrip("/") == "/v1/models":
-                    self._send(200, json.dumps({"object": "list", "data": [{"id": stub.model}]}).encode())
+                    ids = stub.model if isinstance(stub.model, (list, tuple)) else [stub.model]
+                    self._send(200, json.dumps({"object": "list", "data": [{"id": m} for m in ids]}).encode())
                 else:
                     self._send(404, b'{"error": "not found"}')
 
@@ -181,7 +184,7 @@ class StubServer:
                     return
                 text, finish = (out, "stop") if isinstance(out, str) else out
                 self._send(200, json.dumps({
-                    "id": "x", "object": "chat.completion", "model": stub.model,
+                    "id": "x", "object": "chat.completion", "model": body.get("model") or str(stub.model),
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": finish}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": max(1, len(text) // 4)}}).encode())

@@ -70,6 +70,11 @@ class ScanResult(RunResult):
     backend: str = ""
     generated_tokens: int = 0
     cache_note: str | None = None  # bad cache entries met (read as misses), said once with --verbose
+    load_seconds: float = 0.0  # loading the model (0: none loaded, or loaded before the run)
+    rules: list[str] = field(default_factory=list)  # the rules reviewed (scan_rules: several)
+    engines_loaded: int = 0  # models loaded for the run (scan_rules: one a base, whatever the rules)
+    #: rule -> {"generate_seconds", "generated_tokens", "windows"} (scan_rules: the cost of each rule)
+    per_rule: dict[str, dict] = field(default_factory=dict)
 
     @property
     def unverified(self) -> int:
@@ -338,10 +343,16 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     if on_total:
         on_total(len(jobs))
     gen_seconds = 0.0
+    load_seconds = 0.0
     tokens_before = 0
     if jobs:
-        if engine_obj is None:
-            engine_obj = opts.create(rule, adapter=ad)
+        if engine_obj is None or isinstance(engine_obj, RuleEngine):
+            if engine_obj is None:
+                l0 = time.perf_counter()
+                engine_obj = opts.create(rule, adapter=ad)
+                load_seconds = time.perf_counter() - l0
+            else:
+                engine_obj.load()  # one rule's view of an engine several rules share: loaded on first use
             if engine_obj.identity() != ident:  # the default engine fell back to another: its answers, its key
                 use_constraints = bool(engine_obj.supports_constraints and (constrained is None or constrained))
                 decoding = DECODING | {"constrained": True} if use_constraints else DECODING
@@ -376,9 +387,13 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
         results[f.src.path] = _finish(f, the_rule)
         details[f.src.path] = f.detail  # type: ignore[assignment]
     out = ScanResult(files=[results[p] for p in order], skipped_dirs=skipped, details=details,
-                     changed=changed_out, backend=(engine_obj.name if engine_obj else kind) or "")
+                     changed=changed_out, backend=(engine_obj.name if engine_obj else kind) or "", rules=[rule])
     out.generate_seconds = gen_seconds
+    out.load_seconds = load_seconds
+    out.engines_loaded = 1 if load_seconds else 0
     out.generated_tokens = (getattr(engine_obj, "generated_tokens", 0) - tokens_before) if engine_obj else 0
+    out.per_rule = {rule: {"generate_seconds": round(gen_seconds, 3), "windows": len(jobs),
+                           "generated_tokens": out.generated_tokens}}
     if engine_obj is not None and not isinstance(backend, Backend):
         engine_obj.close()  # an engine made here is let go; one passed in belongs to the caller
     out.cache_note = store.summary()
@@ -400,10 +415,100 @@ def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Wind
 
 
 
+#: scan()'s own keywords (the rest choose the model: BackendOptions' fields)
+_SCAN_KEYS = ("cache", "cache_dir", "diff", "max_bytes", "window_lines", "chunk", "progress", "on_total", "settings",
+              "constrained")
+
+
+class SharedEngine:
+    """One in-process engine for several rules: their adapters (``{rule: Adapter}``, on one base) loaded into it
+    together, when the first window needs an answer (a fully cached run loads nothing). :class:`RuleEngine` is
+    one rule's view of it."""
+
+    def __init__(self, opts: BackendOptions, adapters: dict[str, Adapter]):
+        self.opts = opts
+        self.adapters = adapters
+        self.kind = opts.kind
+        self.engine: Backend | None = None
+        self.load_seconds = 0.0
+        self.loads = 0  # engines built (one for all the rules)
+
+    def get(self) -> Backend:
+        if self.engine is None:
+            t0 = time.perf_counter()
+            first = next(iter(self.adapters))
+            self.engine = self.opts.create(first, adapter=self.adapters[first], adapters=self.adapters)
+            self.loads += 1
+            self.load_seconds = time.perf_counter() - t0
+        return self.engine
+
+    def identity(self, rule: str) -> dict:
+        """What decides ``rule``'s answers (its scan-cache key): per rule and adapter, as a one-rule scan's
+        (transformers: the same; llama.cpp: the LoRA applied at run time on the base, a key of its own)."""
+        ad = self.adapters[rule]
+        eng = self.engine
+        if eng is not None and hasattr(eng, "adapter_identity"):
+            return eng.adapter_identity(rule)
+        if (eng.name if eng is not None else self.kind) == "llamacpp":
+            return llamacpp_identity(ad, None, self.opts.base, runtime_lora=len(self.adapters) > 1)
+        return model_identity(ad, self.opts.base)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+
+class RuleEngine(Backend):
+    """One rule's view of a :class:`SharedEngine`: its prompts go to the shared engine under the rule's adapter."""
+
+    def __init__(self, shared: SharedEngine, rule: str):
+        self.shared = shared
+        self.rule = rule
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.shared.engine.name if self.shared.engine is not None else self.shared.kind
+
+    @property
+    def supports_constraints(self) -> bool:  # type: ignore[override]
+        if self.shared.engine is not None:
+            return self.shared.engine.supports_constraints
+        return self.shared.kind == "transformers"
+
+    @property
+    def generated_tokens(self) -> int:
+        return getattr(self.shared.engine, "generated_tokens", 0)
+
+    def __getattr__(self, attr):  # the tokenizer and end-of-turn ids (constrained decoding), ...
+        if attr.startswith("_") or attr in ("shared", "rule"):
+            raise AttributeError(attr)
+        return getattr(self.shared.get(), attr)
+
+    def load(self) -> Backend:
+        return self.shared.get()
+
+    def identity(self) -> dict:
+        return self.shared.identity(self.rule)
+
+    def generate(self, prompts, max_new_tokens, progress=None, constraints=None, adapters=None):
+        eng = self.shared.get()
+        kw = {"constraints": constraints} if constraints is not None else {}
+        if len(self.shared.adapters) > 1:
+            kw["adapters"] = [self.rule] * len(prompts)
+        return eng.generate(prompts, max_new_tokens, progress=progress, **kw)
+
+
 def scan_rules(paths: Iterable[str | os.PathLike], rules: Iterable[str], **kwargs) -> ScanResult:
     """:func:`scan` for several rules, one report: each rule reviewed with its own adapter (the shipped one, or
-    ``adapters={rule: folder}``), findings merged file by file in source order. Each rule's run is a
-    :func:`scan` of its own (its model loaded for it); the counts of ``details`` add up over the rules."""
+    ``adapters={rule: folder}``), each finding under its rule's id, findings merged file by file in source order.
+
+    In-process engines load the base once for all the rules: the rules' adapters go into ONE engine
+    (:class:`SharedEngine`: transformers/gpu with PEFT adapters unmerged, llama.cpp with GGUF LoRAs on one GGUF
+    base), and each rule's windows are one stream of batches under its adapter; adapters on different bases get
+    one engine a base. A server (``api=``) is asked per rule, for the model it serves under the rule's name. The
+    answer cache stays per rule and adapter; the counts of ``details`` add up over the rules. One rule is
+    exactly :func:`scan` (its adapter merged into the weights)."""
+    t0 = time.perf_counter()
     adapters = dict(kwargs.pop("adapters", None) or {})
     if kwargs.get("adapter") is not None:
         raise TypeError("scan(rules=...) takes adapters={rule: folder}, not one adapter")
@@ -411,7 +516,63 @@ def scan_rules(paths: Iterable[str | os.PathLike], rules: Iterable[str], **kwarg
     ids = list(dict.fromkeys(rules))
     if not ids:
         raise ValueError("no rules to scan")
-    runs = [scan(paths, adapters.get(r), rule=r, **kwargs) for r in ids]
+    if len(ids) == 1:
+        return scan(paths, adapters.get(ids[0]), rule=ids[0], **kwargs)
+    paths = [str(p) for p in paths]
+    backend = kwargs.pop("backend", None)
+    scan_kw = {k: kwargs.pop(k) for k in _SCAN_KEYS if k in kwargs}
+    outer = scan_kw.get("on_total")
+    if outer is not None:  # one progress bar over all the rules' windows: its total grows rule by rule
+        totals: list[int] = []
+        scan_kw["on_total"] = lambda n: (totals.append(n), outer(sum(totals)))
+
+    shared: list[SharedEngine] = []
+    if isinstance(backend, Backend):
+        engines = {r: backend for r in ids}
+        if set(ids) <= set(backend.adapter_names):  # the caller's engine serves every rule's adapter
+            one = SharedEngine(BackendOptions(), {r: None for r in ids})  # type: ignore[misc]
+            one.engine, one.kind = backend, backend.name
+            one.identity = lambda r, b=backend: (b.adapter_identity(r) if hasattr(b, "adapter_identity")
+                                                 else {**b.identity(), "adapter_name": r})
+            engines = {r: RuleEngine(one, r) for r in ids}
+    else:
+        opts = (replace(backend, **kwargs) if isinstance(backend, BackendOptions)
+                else BackendOptions(backend=backend if isinstance(backend, str) else None, **kwargs))
+        engines = {r: opts for r in ids}
+        if opts.kind != "openai" and not opts.gguf:
+            groups: dict[str, dict[str, Adapter]] = {}
+            for r in ids:
+                ad = resolve_adapter(adapters.get(r), r, opts.base)
+                shareable = ad.is_peft and not (opts.kind == "llamacpp" and ad.gguf_files())
+                groups.setdefault(f"base:{opts.base or ad.base}" if shareable else f"own:{r}", {})[r] = ad
+            for group in groups.values():
+                eng = SharedEngine(opts, group)
+                shared.append(eng)
+                for r in group:
+                    engines[r] = RuleEngine(eng, r)
+    runs: list[ScanResult] = []
+    try:
+        settings = scan_kw.pop("settings", None)
+        for r in ids:
+            e = engines[r]
+            # per-file-ignores take a file out of one rule's review only
+            kw = dict(scan_kw, settings=replace(settings, rule=r) if hasattr(settings, "rule") else settings)
+            if isinstance(e, BackendOptions):
+                runs.append(scan(paths, adapters.get(r), rule=r, backend=e, **kw))
+            else:
+                runs.append(scan(paths, rule=r, backend=e, **kw))
+    finally:
+        for eng in shared:
+            eng.close()
+    out = merge_runs(runs)
+    out.seconds = time.perf_counter() - t0
+    out.load_seconds = sum(e.load_seconds for e in shared) + sum(r.load_seconds for r in runs)
+    out.engines_loaded = sum(e.loads for e in shared) + sum(r.engines_loaded for r in runs)
+    return out
+
+
+def merge_runs(runs: list[ScanResult]) -> ScanResult:
+    """Several rules' scans of the same files as one report (findings sorted file by file; counts added)."""
     first = runs[0]
     files: dict[str, FileResult] = {}
     details: dict[str, FileScan] = {}
@@ -439,7 +600,9 @@ def scan_rules(paths: Iterable[str | os.PathLike], rules: Iterable[str], **kwarg
                       generate_seconds=sum(r.generate_seconds for r in runs),
                       backend=", ".join(dict.fromkeys(r.backend for r in runs)),
                       generated_tokens=sum(r.generated_tokens for r in runs),
-                      cache_note="; ".join(r.cache_note for r in runs if r.cache_note) or None)
+                      cache_note="; ".join(r.cache_note for r in runs if r.cache_note) or None,
+                      rules=[x for r in runs for x in r.rules],
+                      per_rule={k: v for r in runs for k, v in r.per_rule.items()})
 
 __all__ = ["FileScan", "ScanResult", "changed_lines", "parse_unified_diff", "scan", "scan_rules"]
 

@@ -3,6 +3,11 @@
     backend = create_backend("transformers", adapter="path/to/adapter")
     outs = backend.generate([messages, ...], max_new_tokens=[96, ...])   # Completion | BackendError each
 
+    # several rules, one model: the base loaded once, each rule's adapter chosen per prompt
+    backend = create_backend(adapters={"predicate": resolve_adapter(None, "predicate"),
+                                       "else-return": resolve_adapter(None, "else-return")})
+    outs = backend.generate(prompts, caps, adapters=["predicate", "else-return", ...])
+
 Three engines, one behaviour (greedy decoding, stop at the end-of-turn token, at most ``max_new_tokens``):
 
 - ``transformers`` (the reference; the default on a GPU or without llama-cpp-python): base + PEFT adapter in
@@ -36,6 +41,8 @@ DEFAULT_BACKEND = "transformers"
 #: the GGUF type a PEFT adapter is prepared as for llama.cpp: f16 gave the reference engine's findings on the
 #: fixtures (21 of 21) where q8_0 lost one, at the same speed on a CPU (measured, benchmarks/commit_review.py)
 PREPARED_GGUF_TYPE = "f16"
+#: the GGUF type of a LoRA applied at run time on the prepared base (several rules in one llama.cpp engine)
+PREPARED_LORA_TYPE = "f32"
 BACKENDS = ("transformers", "openai", "llamacpp")
 ADAPTER_META = "loralint.json"
 #: files LlamaFactory writes next to an adapter (and loralint does not)
@@ -94,13 +101,19 @@ class Backend:
     #: whether :meth:`generate` enforces ``constraints`` (constrained decoding, :mod:`loralint.decoding`)
     supports_constraints = False
 
+    #: the adapters one engine serves, by name (the rule's id), when built with ``adapters=``: ``generate``'s
+    #: ``adapters=[name per prompt]`` picks one a prompt (switched per batch); empty for a one-adapter engine
+    adapter_names: tuple[str, ...] = ()
+
     def generate(self, prompts: Sequence[Messages], max_new_tokens: int | Sequence[int],
-                 progress: Progress | None = None, constraints=None) -> list[Result]:
+                 progress: Progress | None = None, constraints=None, adapters=None) -> list[Result]:
         """Greedy completions of chat ``prompts`` (one list of messages each), in order.
 
         ``max_new_tokens`` is one limit for all or one a prompt; ``progress(k)`` is called as prompts finish.
         ``constraints``: one :class:`loralint.decoding.TokenConstraint` (or None) a prompt; engines that
-        ``supports_constraints`` let a row pick only the tokens its constraint allows; others ignore them."""
+        ``supports_constraints`` let a row pick only the tokens its constraint allows; others ignore them.
+        ``adapters``: one adapter name (of :attr:`adapter_names`) a prompt, for an engine built with several
+        (None: its first)."""
         raise NotImplementedError
 
     def identity(self) -> dict:
@@ -115,6 +128,22 @@ class Backend:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def adapter_groups(adapters: Sequence[str | None] | None, n: int, names: Sequence[str]) -> dict[str | None, list[int]]:
+    """Prompt indices by adapter name, in first-seen order (``adapters``: one name or None a prompt, None: all the
+    first of ``names``). Raises ValueError for a name the engine does not serve."""
+    if adapters is None:
+        return {names[0] if names else None: list(range(n))}
+    if len(adapters) != n:
+        raise ValueError(f"{len(adapters)} adapter names for {n} prompts")
+    out: dict[str | None, list[int]] = {}
+    for i, a in enumerate(adapters):
+        a = a if a is not None else (names[0] if names else None)
+        if a is not None and a not in names:
+            raise ValueError(f"no adapter {a!r} in this engine (it serves {', '.join(names) or 'one unnamed'})")
+        out.setdefault(a, []).append(i)
+    return out
 
 
 def limits(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
@@ -138,7 +167,7 @@ class FunctionBackend(Backend):
         self.ident = ident
         self.calls = 0
 
-    def generate(self, prompts, max_new_tokens, progress=None, constraints=None):
+    def generate(self, prompts, max_new_tokens, progress=None, constraints=None, adapters=None):
         out: list[Result] = []
         for msgs, n in zip(prompts, limits(max_new_tokens, len(prompts))):
             self.calls += 1
@@ -222,6 +251,15 @@ def meta_rule(meta: dict) -> str | None:
 def shipped_adapter_dir(rule: str = "predicate") -> Path:
     """Where the package's own adapter for ``rule`` lives (``loralint/adapters/<rule>/``)."""
     return Path(str(resources.files("loralint"))) / "adapters" / rule
+
+
+def shipped_rules() -> list[str]:
+    """The rules this loralint ships an adapter for, in the rules' registry order (`loralint scan` without
+    ``--rule`` reviews them all)."""
+    from ..rules import all_rules
+
+    return [r for r in all_rules() if (shipped_adapter_dir(r) / "adapter_config.json").is_file()
+            or (shipped_adapter_dir(r) / ADAPTER_META).is_file()]
 
 
 def _digest(folder: Path) -> str:
@@ -317,15 +355,19 @@ def _file_fingerprint(path) -> str | None:
     return f"{os.path.realpath(path)}:{st.st_size}:{int(st.st_mtime)}" if st else None
 
 
-def llamacpp_identity(adapter: Adapter | None, gguf: str | os.PathLike | None, base: str | None) -> dict:
+def llamacpp_identity(adapter: Adapter | None, gguf: str | os.PathLike | None, base: str | None,
+                      runtime_lora: bool = False) -> dict:
     """What decides the llamacpp engine's answers (the scan cache's key), known before loading it: the adapter's
     digest (its own GGUF files included), the GGUF given, and the type of the GGUF prepared from a PEFT adapter
-    (answers of a GGUF model can differ from the reference engine's: another key)."""
+    (answers of a GGUF model can differ from the reference engine's: another key). ``runtime_lora``: the adapter
+    applied at run time on the f16 base (several rules in one engine), not merged into it: another key."""
     ident = {"backend": "llamacpp", "adapter": adapter.digest if adapter else None,
              "gguf": _file_fingerprint(str(gguf)) if gguf else None, "base": base,
              "attention": "flash"}  # llamacpp.FLASH_ATTN (its numerics: answers cached without it are not reused)
     if not gguf and adapter is not None and adapter.is_peft and not adapter.gguf_files():
         ident["prepared"] = PREPARED_GGUF_TYPE
+        if runtime_lora:
+            ident["prepared"] += f"+lora-{PREPARED_LORA_TYPE}"
     return ident
 
 
@@ -388,9 +430,13 @@ class BackendOptions:
         return (self.backend or ("openai" if self.api else None) or ("llamacpp" if self.gguf else None)
                 or default_backend(self.device, self.adapter, self.engine))
 
-    def create(self, rule: str = "predicate", adapter: Adapter | None = None) -> "Backend":
-        """The backend (``adapter``: the one already resolved, if any)."""
+    def create(self, rule: str = "predicate", adapter: Adapter | None = None,
+               adapters: dict[str, Adapter] | None = None) -> "Backend":
+        """The backend (``adapter``: the one already resolved, if any; ``adapters``: several, by rule id, served
+        by one engine)."""
         fields = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("backend", "adapter")}
+        if adapters:
+            fields["adapters"] = adapters
         kind = self.kind
         try:
             return create_backend(kind, adapter=adapter or self.adapter, rule=rule, **fields)
@@ -411,10 +457,19 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
                    model: str | None = None, rule: str = "predicate", device: str | None = None, concurrency: int = 8,
                    timeout: float = 120.0, retries: int = 2, batch_tokens: int | None = None,
                    max_batch: int | None = None, engine: str | None = None, gguf: str | None = None,
-                   **options) -> Backend:
+                   adapters: dict[str, Adapter] | None = None, **options) -> Backend:
     """Build a backend by name. ``api`` alone selects ``openai``, ``gguf`` ``llamacpp``; otherwise
-    :func:`default_backend` chooses."""
+    :func:`default_backend` chooses. ``adapters``: several adapters (name -> :class:`Adapter`, on one base) that
+    one in-process engine serves: the base loaded once, ``generate(..., adapters=[name per prompt])`` routes
+    (transformers and gpu: PEFT adapters unmerged, ``set_adapter`` per batch; llamacpp: GGUF LoRAs on one GGUF
+    base, switched per batch). One adapter in ``adapters`` is the same as ``adapter=`` (merged)."""
+    if adapters and len(adapters) == 1:
+        adapter, adapters = next(iter(adapters.values())), None
+    if adapters:
+        adapter = next(iter(adapters.values()))
     kind = kind or ("openai" if api else None) or ("llamacpp" if gguf else None) or default_backend(device, adapter, engine)
+    if adapters and kind != "openai":  # (a server is asked per rule: the model it serves under the rule's name)
+        options["adapters"] = adapters
     if kind == "openai":
         if not api:
             raise BackendUnavailable("the openai backend needs --api URL (e.g. http://127.0.0.1:8080)")
@@ -440,6 +495,10 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
         ad = None
         if gguf is None:
             ad = adapter if isinstance(adapter, Adapter) else resolve_adapter(adapter, rule, base)
+        if options.get("adapters"):
+            from .llamacpp import LlamaCppMultiBackend
+
+            return LlamaCppMultiBackend(base=base, **options)
         return LlamaCppBackend(adapter=ad, gguf=gguf, base=base, **options)
     raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
 
@@ -447,5 +506,5 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
 __all__ = [
     "Adapter", "adapter_warnings", "AdapterNotFound", "Backend", "BackendOptions", "BackendError", "BackendUnavailable", "Completion", "FunctionBackend",
     "Messages", "as_result", "create_backend", "default_backend", "llamacpp_identity", "max_new_tokens_for", "model_identity",
-    "resolve_adapter", "shipped_adapter_dir",
+    "resolve_adapter", "shipped_adapter_dir", "shipped_rules", "adapter_groups",
 ]

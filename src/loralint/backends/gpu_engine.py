@@ -967,7 +967,7 @@ def create(adapter: Adapter | None, *, auto: bool = False, **kw) -> Backend:
 
     device = kw.get("device") or models.default_device()
     ref_kw = {k: v for k, v in kw.items() if k in ("base", "device", "dtype", "batch_tokens", "max_batch", "model",
-                                                   "tokenizer", "chat_template_kwargs")}
+                                                   "tokenizer", "chat_template_kwargs", "adapters")}
     if not device.startswith("cuda") or not torch.cuda.is_available():
         notice(f"the gpu engine needs CUDA (device {device}); using the transformers engine")
         return TransformersBackend(adapter, **ref_kw)
@@ -978,7 +978,7 @@ def create(adapter: Adapter | None, *, auto: bool = False, **kw) -> Backend:
         if why is None:
             return eng
         notice(f"the gpu engine does not fit this model ({why}); using the transformers engine")
-        ref_kw.update(model=eng.model, tokenizer=eng.tok) if len(eng.adapters) <= 1 else None
+        ref_kw.update(model=eng.model, tokenizer=eng.tok)
         return TransformersBackend(adapter, **ref_kw)
     except BackendError:
         raise

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .. import models
 from . import PREPARED_GGUF_TYPE as PREPARED_TYPE  # part of the scan cache key (llamacpp_identity)
+from . import PREPARED_LORA_TYPE
 from . import Adapter, Backend, BackendError, BackendUnavailable, Completion, Result, limits, llamacpp_identity
 
 #: the context the engine starts with (a window's prompt and answer take ~500 tokens); a longer prompt gets a
@@ -171,7 +172,7 @@ class LlamaCppBackend(Backend):
         self.adapter = adapter
         self.base = base
         self.gguf = gguf
-        self.model_path, self.lora_path = find_gguf(adapter, gguf, base)
+        self.model_path, self.lora_path = self._model_files(adapter, gguf, base)
         threads = n_threads or physical_cores()
         self.n_ctx_max = n_ctx
         kw = dict(model_path=str(self.model_path), n_ctx=min(n_ctx, FIRST_CTX), n_gpu_layers=n_gpu_layers,
@@ -232,6 +233,10 @@ class LlamaCppBackend(Backend):
             return self.tok(text, add_special_tokens=False)["input_ids"]
         return None
 
+    def _model_files(self, adapter, gguf, base) -> tuple[Path, Path | None]:
+        """(model GGUF, LoRA GGUF or None) to load (:func:`find_gguf`; the several-adapter engine's own)."""
+        return find_gguf(adapter, gguf, base)
+
     def identity(self) -> dict:
         return llamacpp_identity(self.adapter, self.gguf, self.base)
 
@@ -281,3 +286,162 @@ def _constrained(constraint, prompt_len: int):
     from ..decoding import LogitsProcessor
 
     return LogitsProcessorList([LogitsProcessor(constraint, prompt_len)])
+
+
+# ------------------------------------------------------------------------- several adapters, one base
+def prepared_base_path(base: str, qtype: str = PREPARED_TYPE) -> Path:
+    """Where the prepared GGUF of the base model ``base`` (a spec) lives in the user cache."""
+    b = models.resolve(base)
+    label = Path(str(b.name)).name.removesuffix(".gguf")
+    tag = hashlib.sha256(f"{base}|{b.name}".encode()).hexdigest()[:12]
+    return models.cache_root() / "gguf" / f"base-{label}-{tag}-{qtype}.gguf"
+
+
+def prepared_lora_path(adapter: Adapter, base: str | None = None, qtype: str = PREPARED_LORA_TYPE) -> Path:
+    """Where the prepared GGUF LoRA of ``adapter`` (on ``base``, default its own) lives in the user cache."""
+    return prepared_path(adapter, base, f"lora-{qtype}")
+
+
+def _prepare_once(out: Path, what: str, make, announce=None) -> Path:
+    """``make(tmp)`` writes ``out`` once (to a temporary name, then renamed into place); reused after."""
+    if out.is_file():
+        return out
+    import importlib.util
+
+    for lib in ("torch", "transformers", "peft", "gguf"):  # the export needs the model stack (as prepared_gguf)
+        if lib in sys.modules and sys.modules[lib] is None or importlib.util.find_spec(lib) is None:
+            raise ModuleNotFoundError(f"No module named {lib!r}", name=lib)
+    from ..export import ExportError
+
+    say = announce or (lambda msg: models._announce and print(msg, file=sys.stderr, flush=True))
+    say(f"loralint: preparing {what} for llama.cpp (once): {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        make(tmp)
+        os.replace(tmp, out)
+    except (ExportError, models.ModelNotFound, OSError, ValueError, RuntimeError) as e:
+        raise BackendUnavailable(f"cannot prepare {what} for llama.cpp ({e}); use --backend transformers") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def prepared_base_gguf(base: str, qtype: str = PREPARED_TYPE, announce=None) -> Path:
+    """The base model as a ``qtype`` GGUF, exported once (cached) as the merged GGUF of one adapter is (a
+    quantized GGUF base is dequantized first, so the LoRA applies on the weights it was trained on)."""
+    b = models.resolve(base)
+    from ..export import export
+
+    return _prepare_once(prepared_base_path(base, qtype), f"a GGUF ({qtype}) of the base {b.name}",
+                         lambda tmp: export(base, gguf=qtype, gguf_out=tmp), announce)
+
+
+def prepared_lora_gguf(adapter: Adapter, base: str | None = None, qtype: str = PREPARED_LORA_TYPE,
+                       announce=None) -> Path:
+    """``adapter`` as a GGUF LoRA (``general.type = adapter``, what ``llama_adapter_lora_init`` loads), made once
+    with :func:`loralint.export.export` (``--gguf-lora``) and cached."""
+    from ..export import export
+
+    return _prepare_once(prepared_lora_path(adapter, base, qtype), f"a GGUF LoRA ({qtype}) of the {adapter.rule} adapter",
+                         lambda tmp: export(adapter.path, gguf_lora=tmp, lora_type=qtype, base=base), announce)
+
+
+class LlamaCppMultiBackend(LlamaCppBackend):
+    """Several adapters (rules) on one llama.cpp model: the base GGUF loaded once, each PEFT adapter loaded as a
+    GGUF LoRA (``llama_adapter_lora_init``), the one a batch of prompts asks for set on the context with
+    ``llama_set_adapters_lora`` (scale 1; llama.cpp scales by the LoRA's alpha / rank). Switching adapters
+    drops the KV cache (its keys and values were computed by another adapter). The adapters must share a base;
+    they are PEFT folders (prepared once into the user cache: the base as an f16 GGUF, each LoRA as f32)."""
+
+    def __init__(self, adapters: dict[str, Adapter], base: str | None = None, base_type: str = PREPARED_TYPE,
+                 lora_type: str = PREPARED_LORA_TYPE, **kw):
+        if not adapters:
+            raise ValueError("LlamaCppMultiBackend needs adapters")
+        bases = {base or a.base for a in adapters.values()}
+        if len(bases) != 1 or None in bases:
+            raise BackendUnavailable(f"the adapters {', '.join(adapters)} are not all on one known base "
+                                     f"({', '.join(sorted(map(str, bases)))}): one engine serves one base")
+        for n, a in adapters.items():
+            if not a.is_peft:
+                raise BackendUnavailable(f"the {n} adapter at {a.path} is no PEFT LoRA: it cannot share a base")
+        self.adapters = dict(adapters)
+        self.adapter_names = tuple(adapters)
+        self.base_spec = bases.pop()
+        self.base_type, self.lora_type = base_type, lora_type
+        kw.pop("gguf", None)
+        super().__init__(adapter=next(iter(adapters.values())), gguf=None, base=base, **kw)
+        self._loras: dict[str, object] = {}
+        self._active: str | None = None
+        self._load_loras()
+        self._use_adapter(self.adapter_names[0])
+
+    def _model_files(self, adapter, gguf, base) -> tuple[Path, Path | None]:
+        return prepared_base_gguf(self.base_spec, self.base_type), None
+
+    def _prefix_cache(self, kw: dict):
+        return None  # a stored prefix state holds one adapter's keys and values: not shared between adapters
+
+    def _fit_context(self, need: int) -> None:
+        """A larger context is a new model object: the LoRAs are loaded on it again, the active one set again."""
+        old = self.llm
+        super()._fit_context(need)
+        if self.llm is not old:
+            name = self._active or self.adapter_names[0]
+            self._loras, self._active = {}, None
+            self._load_loras()
+            self._use_adapter(name)
+
+    def _load_loras(self) -> None:
+        import llama_cpp
+
+        for name, ad in self.adapters.items():
+            path = prepared_lora_gguf(ad, self.base, self.lora_type)
+            ptr = llama_cpp.llama_adapter_lora_init(self.llm._model.model, str(path).encode("utf-8"))
+            if not ptr:
+                raise BackendUnavailable(f"llama.cpp cannot load the LoRA {path} of the {name} adapter")
+            self._loras[name] = ptr
+            self.llm._stack.callback(llama_cpp.llama_adapter_lora_free, ptr)  # freed with the model
+
+    def _use_adapter(self, name: str) -> None:
+        """Make ``name``'s LoRA the context's only adapter (a no-op when it already is)."""
+        import ctypes
+
+        import llama_cpp
+
+        if name == self._active:
+            return
+        arr = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._loras[name])
+        scales = (ctypes.c_float * 1)(1.0)
+        if llama_cpp.llama_set_adapters_lora(self.llm._ctx.ctx, arr, 1, scales):
+            raise RuntimeError(f"llama.cpp could not set the {name} LoRA")
+        self.llm.reset()  # the cached keys/values belong to the previous adapter
+        self._active = name
+
+    def identity(self) -> dict:
+        return {"backend": "llamacpp", "adapters": {n: self.adapter_identity(n) for n in self.adapters}}
+
+    def adapter_identity(self, name: str) -> dict:
+        """The identity of one adapter's answers (the scan cache key of its rule)."""
+        ident = llamacpp_identity(self.adapters[name], None, self.base, runtime_lora=True)
+        if (self.base_type, self.lora_type) != (PREPARED_TYPE, PREPARED_LORA_TYPE):
+            ident["prepared"] = f"{self.base_type}+lora-{self.lora_type}"
+        return ident
+
+    def generate(self, prompts, max_new_tokens, progress=None, constraints=None, adapters=None) -> list[Result]:
+        from . import adapter_groups
+
+        caps = limits(max_new_tokens, len(prompts))
+        out: list[Result | None] = [None] * len(prompts)
+        for name, idx in adapter_groups(adapters, len(prompts), self.adapter_names).items():
+            try:
+                self._use_adapter(name)
+            except RuntimeError as e:
+                for i in idx:
+                    out[i] = BackendError(f"llama.cpp: {e}")
+                continue
+            cons = [constraints[i] for i in idx] if constraints is not None else None
+            got = super().generate([prompts[i] for i in idx], [caps[i] for i in idx], progress, constraints=cons)
+            for i, r in zip(idx, got):
+                out[i] = r
+        return [r if r is not None else BackendError("no answer") for r in out]

@@ -188,7 +188,8 @@ class OpenAIBackend(Backend):
         return Completion(content, truncated=choice.get("finish_reason") == "length", tokens=tokens)
 
     # --------------------------------------------------------------- interface
-    def generate(self, prompts, max_new_tokens, progress=None, constraints=None) -> list[Result]:
+    def generate(self, prompts, max_new_tokens, progress=None, constraints=None, adapters=None) -> list[Result]:
+        # (adapters: one server model serves one rule; scan_rules asks a backend a rule, see create_backend)
         caps = limits(max_new_tokens, len(prompts))
         out: list[Result | None] = [None] * len(prompts)
         futures = {self._pool.submit(self._one, m, c): i for i, (m, c) in enumerate(zip(prompts, caps))}

@@ -104,16 +104,20 @@ class TransformersBackend(Backend):
     def __init__(self, adapter: Adapter | None, base: str | None = None, device: str | None = None,
                  dtype=None, batch_tokens: int | None = None, max_batch: int | None = None,
                  engine: str | None = None, merge: bool = True, model=None, tokenizer=None,
-                 chat_template_kwargs: dict | None = None):
+                 chat_template_kwargs: dict | None = None, adapters: dict[str, Adapter] | None = None):
         import torch
 
-        self.adapter = adapter
+        #: several adapters (name -> Adapter) on the one base, unmerged: generate(adapters=[...]) picks per prompt
+        self.adapters = dict(adapters or {}) if adapters and len(adapters) > 1 else {}
+        self.adapter_names = tuple(self.adapters)
+        self.adapter = adapter if adapter is not None or not self.adapters else next(iter(self.adapters.values()))
+        self._active = self.adapter_names[0] if self.adapter_names else None
         self.device = device or models.default_device()
         self.dtype = dtype or models.default_dtype(self.device)
         self.engine = engine or "batched"
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
-        self.base_spec = base or (adapter.base if adapter else None)
+        self.base_spec = base or (self.adapter.base if self.adapter else None)
         self.chat_template_kwargs = chat_template_kwargs or {}
         t0 = time.perf_counter()
         self.model = model if model is not None else self._load_model()
@@ -139,6 +143,8 @@ class TransformersBackend(Backend):
 
     # ------------------------------------------------------------------ loading
     def _load_model(self):
+        if self.adapters:
+            return load_adapted_model(self.adapters, self.base_spec, self.dtype, self.device)
         return load_adapted_model({self.adapter.name: self.adapter} if self.adapter else {}, self.base_spec,
                                   self.dtype, self.device)
 
@@ -168,6 +174,9 @@ class TransformersBackend(Backend):
 
     # --------------------------------------------------------------- interface
     def identity(self) -> dict:
+        if self.adapters:
+            return {"backend": "model", "adapters": {n: a.digest for n, a in self.adapters.items()},
+                    "base": self.base_spec, "chat_template_kwargs": self.chat_template_kwargs}
         return model_identity(self.adapter, self.base_spec, self.chat_template_kwargs)
 
     def encode(self, messages: list[dict]) -> list[int]:
@@ -178,13 +187,39 @@ class TransformersBackend(Backend):
     #: constrained decoding is available (``generate(..., constraints=...)``)
     supports_constraints = True
 
-    def generate(self, prompts, max_new_tokens, progress=None, constraints=None) -> list[Result]:
+    def generate(self, prompts, max_new_tokens, progress=None, constraints=None, adapters=None) -> list[Result]:
         import torch
 
         if constraints is not None and len(constraints) != len(prompts):
             raise ValueError(f"{len(constraints)} constraints for {len(prompts)} prompts")
+        if self.adapters and adapters is not None:
+            return self._generate_routed(prompts, max_new_tokens, progress, constraints, adapters)
+        if self.adapters and self._active != self.adapter_names[0]:
+            self._set_adapter(self.adapter_names[0])
         with torch.inference_mode():
             return self._generate(prompts, max_new_tokens, progress, constraints)
+
+    def _set_adapter(self, name: str) -> None:
+        self.model.set_adapter(name)  # PEFT: the one active adapter of every LoRA layer
+        self._active = name
+
+    def _generate_routed(self, prompts, max_new_tokens, progress, constraints, adapters) -> list[Result]:
+        """Several adapters: the prompts of each adapter as one generate call, that adapter active."""
+        import torch
+
+        from . import adapter_groups
+
+        caps = limits(max_new_tokens, len(prompts))
+        out: list[Result | None] = [None] * len(prompts)
+        for name, idx in adapter_groups(adapters, len(prompts), self.adapter_names).items():
+            if name != self._active:
+                self._set_adapter(name)
+            cons = [constraints[i] for i in idx] if constraints is not None else None
+            with torch.inference_mode():
+                got = self._generate([prompts[i] for i in idx], [caps[i] for i in idx], progress, cons)
+            for i, r in zip(idx, got):
+                out[i] = r
+        return [r if r is not None else BackendError("no answer") for r in out]
 
     def _generate(self, prompts, max_new_tokens, progress=None, constraints=None) -> list[Result]:
         self._cons = constraints if constraints is not None and any(c is not None for c in constraints) else None

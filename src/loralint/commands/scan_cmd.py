@@ -35,6 +35,9 @@ RetriesOpt = typer.Option(2, "--retries", help="Retries of a failed request to -
 BatchTokensOpt = typer.Option(None, "--batch-tokens", help="Token budget of one batch (default: from free memory).")
 MaxBatchOpt = typer.Option(None, "--max-batch", help="Most prompts in one batch.")
 RuleOpt = typer.Option("predicate", "--rule", "-r", help="The rule the adapter checks.")
+ScanRulesOpt = typer.Option(None, "--rule", "-r", help="The rules to review, comma-separated (default: every rule "
+                            "with a shipped adapter, less the configuration's ignore; with --adapter, --api or --gguf: "
+                            "the adapter's rule, else predicate). Several rules share one model load.")
 CacheDirOpt = typer.Option(None, "--cache-dir", help="Answer cache folder (default ~/.cache/loralint/scan).")
 NoCacheOpt = typer.Option(False, "--no-cache", help="Ask the model again even for unchanged files.")
 ConstrainedOpt = typer.Option(None, "--constrained/--no-constrained",
@@ -64,15 +67,19 @@ def backend_kwargs(adapter, base, api, api_key, model, backend, gguf, device, en
                 cache_dir=str(cache_dir) if cache_dir else None, cache=not no_cache, window_lines=window)
 
 
-def model_options(command):
+def model_options(command=None, *, options: dict | None = None):
     """A typer command with the :data:`MODEL_OPTIONS` as its own options (after its arguments); it receives them
-    as one ``kw``: :func:`backend_kwargs` of their values, ready for scan()."""
+    as one ``kw``: :func:`backend_kwargs` of their values, ready for scan(). ``options``: some of them declared
+    otherwise for this command."""
+    if command is None:
+        return functools.partial(model_options, options=options)
+    declared = MODEL_OPTIONS | (options or {})
     sig = inspect.signature(command, eval_str=True)
     own = [p for p in sig.parameters.values() if p.name != "kw"]
     args = [p for p in own if isinstance(p.default, typer.models.ArgumentInfo)]
     rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p not in args]
     model = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind)
-             for name, (kind, opt) in MODEL_OPTIONS.items()]
+             for name, (kind, opt) in declared.items()]
 
     @functools.wraps(command)
     def wrapper(**values):
@@ -91,9 +98,42 @@ def check_paths(paths: List[Path]) -> None:
         raise typer.BadParameter(f"no such file or directory: {', '.join(missing)}", param_hint="PATHS")
 
 
+def scan_rule_ids(kw: dict, settings=None) -> list[str]:
+    """The rules `loralint scan` reviews: ``--rule a,b``; else, with --adapter/--api/--gguf, the adapter's rule
+    (else predicate); else every rule with a shipped adapter that the configuration selects."""
+    from ..backends import TRAIN_HINT, AdapterNotFound, meta_rule, resolve_adapter, shipped_rules
+    from ..cli import UserError
+    from ..rules import all_rules
+
+    given = kw.get("rule")
+    if given:
+        ids = list(dict.fromkeys(r.strip() for r in str(given).split(",") if r.strip()))
+        unknown = [r for r in ids if r not in all_rules()]
+        if unknown or not ids:
+            raise UserError(f"unknown rule {', '.join(unknown) or given!r}; choose among {', '.join(all_rules())}")
+        return ids
+    if kw.get("adapter") or kw.get("api") or kw.get("gguf"):
+        if kw.get("adapter"):
+            try:
+                return [meta_rule(resolve_adapter(kw["adapter"], "predicate", kw.get("base")).meta) or "predicate"]
+            except AdapterNotFound:
+                pass
+        return ["predicate"]
+    shipped = shipped_rules()
+    chosen = settings.selected_rules(None) if settings is not None else None
+    ids = [r for r in (chosen if chosen is not None else shipped) if r in shipped]
+    if not ids:
+        raise UserError(f"no selected rule has an adapter shipped with this loralint: {TRAIN_HINT}")
+    return ids
+
+
 def warn_adapter(kw: dict, quiet: bool) -> None:
     """Say so when the adapter was trained for another rule or prompt format (before anything loads)."""
     if quiet or kw.get("api") or kw.get("gguf"):
+        return
+    if kw.get("rules"):
+        for r in kw["rules"]:
+            warn_adapter(kw | {"rule": r, "rules": None}, quiet)
         return
     from ..backends import AdapterNotFound, adapter_warnings, resolve_adapter
     from ..rules import get_rule
@@ -119,12 +159,17 @@ def run_scan(paths: List[Path], kw: dict, quiet: bool, diff: str | None = None, 
     cpu_threads_yield()
     from ..backends import AdapterNotFound, BackendUnavailable
     from ..models import ModelNotFound
-    from ..scanner import scan
+    from ..scanner import scan, scan_rules
 
     check_paths(paths)
     warn_adapter(kw, quiet)
     try:
         with progress_bar("scanning", not quiet) as (total, advance):
+            if kw.get("rules"):  # several rules, one model load (scan_rules)
+                kw = {k: v for k, v in kw.items() if k not in ("rule", "adapter")}
+                return scan_rules([str(p) for p in paths], diff=diff, progress=advance, on_total=total,
+                                  settings=settings, **kw)
+            kw = {k: v for k, v in kw.items() if k != "rules"}
             return scan([str(p) for p in paths], diff=diff, progress=advance, on_total=total, settings=settings, **kw)
     except (AdapterNotFound, BackendUnavailable, ModelNotFound) as e:
         raise UserError(str(e)) from e
@@ -180,7 +225,7 @@ def print_comparison(result, rule: str, fmt: str, output: Optional[Path]) -> Non
 
 
 @app.command("scan")
-@model_options
+@model_options(options={"rule": (Optional[str], ScanRulesOpt)})
 def scan_command(
     kw: dict,
     paths: List[Path] = typer.Argument(..., help="Files and folders to review (`-`: stdin)."),
@@ -200,7 +245,16 @@ def scan_command(
     and nothing was found)."""
     if compare and fmt not in ("text", "json"):
         raise typer.BadParameter("--compare prints text or json", param_hint="--format")
-    settings = load_run_settings(paths, exclude, no_respect_gitignore, rule=kw["rule"])
+    ids = scan_rule_ids(kw, load_run_settings(paths, exclude, no_respect_gitignore))
+    if len(ids) > 1:
+        if kw.get("adapter"):
+            raise typer.BadParameter(f"one --adapter serves one rule; {len(ids)} rules were chosen ({', '.join(ids)}): "
+                                     "pick one with --rule", param_hint="--adapter")
+        if compare:
+            raise typer.BadParameter("--compare shows one rule: pick it with --rule", param_hint="--compare")
+        kw["rules"] = ids
+    kw["rule"] = ids[0]
+    settings = load_run_settings(paths, exclude, no_respect_gitignore, rule=None if len(ids) > 1 else ids[0])
     with stdin_as_file(paths, stdin_filename) as (names, tmp):
         if tmp and (diff or compare):
             raise typer.BadParameter("--diff and --compare read files from disk, not stdin", param_hint="PATHS")
