@@ -173,7 +173,10 @@ def test_a_cold_scan_on_the_default_engine_imports_no_torch(tiny_adapter, tmp_pa
 def test_a_gguf_that_cannot_be_prepared_falls_back_with_one_line(tmp_path, monkeypatch, capfd):
     if not have_llama_cpp():
         pytest.skip("llama-cpp-python is not installed")
+    from loralint import models
+
     monkeypatch.setenv("LORALINT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "_announce", True)  # an earlier in-process `-q` run leaves notices off
     ad = tmp_path / "ad"
     ad.mkdir()
     (ad / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "nowhere")}))

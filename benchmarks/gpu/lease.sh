@@ -92,9 +92,9 @@ rules)
   tar -C /tmp/work -xJf .cache/gpu-carry/c2/corpus.tar.xz
   python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1  # dequantized once
   say "train_speed: padded, packed, length-grouped mask-free (each in its own process, profiled)"
-  timeout $(( ${SPEED_S:-230} )) python3 benchmarks/train_speed.py --data /tmp/work/naming/train.jsonl --rows 2400 \
+  timeout $(( ${SPEED_S:-235} )) python3 benchmarks/train_speed.py --data /tmp/work/naming/train.jsonl --rows 2000 \
     --modes "${SPEED_MODES:-padded,packed,grouped-maskfree}" --batch-size 64 --warmup 3 --steps 9 --profile \
-    --mode-timeout "${MODE_S:-75}" --out /tmp/work/train_speed_h200.json >> "$log" 2>&1
+    --mode-timeout "${MODE_S:-80}" --out /tmp/work/train_speed_h200.json >> "$log" 2>&1
   cp /tmp/work/train_speed_h200.json "$OUT/" 2>/dev/null
   grep -A8 "^train speed" "$log" | tail -8
   # naming from scratch: what is left of the call, less the load/tokenize/save overhead
@@ -104,8 +104,8 @@ predicate)
   mkdir -p /tmp/work/predicate /tmp/warm
   xz -dc .cache/gpu-carry/c3/predicate-train.jsonl.xz > /tmp/work/predicate/train.jsonl
   tar -C /tmp/warm -xf .cache/gpu-carry/c5/warm.tar
-  train_rule else-return /tmp/work/else-return/train.jsonl "${ELSE_S:-75}" 90 --oversample none --mine 1 \
-    --set init_adapter=/tmp/warm/else-return --set mine_windows=1200 --set num_train_epochs=20
+  train_rule else-return /tmp/work/else-return/train.jsonl "${ELSE_S:-55}" 85 --oversample none --mine 1 \
+    --set init_adapter=/tmp/warm/else-return --set mine_windows=800 --set num_train_epochs=20
   train_rule predicate /tmp/work/predicate/train.jsonl $(( $(left) - 150 )) 140 --mine 1 \
     --set init_adapter=/tmp/warm/predicate --set mine_windows=1500
   ;;
@@ -113,7 +113,7 @@ eval)
   pkgs=$(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/\/tmp\/work\/corpus\//' src/loralint/data/corpus/eval.txt)
   for r in predicate naming else-return; do
     say "eval $r"
-    timeout 110 python3 -m loralint eval $pkgs --rule "$r" --adapter "/tmp/ad/$r" --no-cache --format json \
+    timeout $([ $r = predicate ] && echo 150 || echo 110) python3 -m loralint eval $pkgs --rule "$r" --adapter "/tmp/ad/$r" --no-cache --format json \
       --output "$OUT/eval-$r.json" --update-card >> "$log" 2>&1
     say "eval $r rc=$?"
   done
@@ -121,17 +121,17 @@ eval)
     else-return/README.md else-return/loralint.json 2>> "$log"
   grep -E "recall|precision|rc=" "$log" | tail -20
   say "scan_speed --compare-engines"
-  timeout $(( $(left) > 330 ? 200 : $(left) - 130 )) python3 benchmarks/scan_speed.py --compare-engines --device cuda \
-    --adapter /tmp/ad/predicate --corpus /tmp/work/corpus --limit-files 1700 --total-budget 170 \
+  timeout $(( $(left) > 300 ? 180 : $(left) - 120 )) python3 benchmarks/scan_speed.py --compare-engines --device cuda \
+    --adapter /tmp/ad/predicate --corpus /tmp/work/corpus --limit-files 1700 --total-budget 165 \
     --out "$OUT/scan_speed_h200.json" >> "$log" 2>&1
   say "scan_speed rc=$?"
   say "one rule vs three rules"
-  timeout $(( $(left) > 200 ? 90 : $(left) - 110 )) python3 benchmarks/multi_rule.py --device cuda --corpus /tmp/work/corpus \
-    --adapters predicate=/tmp/ad/predicate,naming=/tmp/ad/naming,else-return=/tmp/ad/else-return \
+  timeout $(( $(left) > 180 ? 80 : $(left) - 100 )) python3 benchmarks/multi_rule.py --device cuda --corpus /tmp/work/corpus \
+    --files 300 --adapters predicate=/tmp/ad/predicate naming=/tmp/ad/naming else-return=/tmp/ad/else-return \
     --out "$OUT/multi_rule_h200.json" >> "$log" 2>&1
   say "multi_rule rc=$?"
   say "constrained vs unconstrained (gpu engine, held-out files)"
-  timeout $(( $(left) - 10 )) python3 benchmarks/constrained.py --device cuda --adapter /tmp/ad/predicate \
+  timeout $(( $(left) - 8 )) python3 benchmarks/constrained.py --device cuda --adapter /tmp/ad/predicate \
     --corpus /tmp/work/corpus --limit-files 0 --max-lines 0 --out "$OUT/constrained_h200.json" >> "$log" 2>&1
   say "constrained rc=$?"
   tail -5 "$log"
