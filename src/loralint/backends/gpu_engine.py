@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .. import models
-from . import Adapter, Backend, BackendError, Completion, Result, limits, model_identity
+from . import Adapter, Backend, BackendError, BackendUnavailable, Completion, Result, limits, model_identity
 
 ENGINE = "gpu"
 ATTN_IMPL = "loralint_static"
@@ -980,8 +980,8 @@ def create(adapter: Adapter | None, *, auto: bool = False, **kw) -> Backend:
         notice(f"the gpu engine does not fit this model ({why}); using the transformers engine")
         ref_kw.update(model=eng.model, tokenizer=eng.tok)
         return TransformersBackend(adapter, **ref_kw)
-    except BackendError:
-        raise
+    except (BackendUnavailable, models.ModelNotFound):
+        raise  # no base, no adapter: the reference engine could not load them either
     except Exception as e:  # noqa: BLE001 - an engine that cannot start: the reference one
         notice(f"the gpu engine cannot start ({type(e).__name__}: {str(e)[:160]}); using the transformers engine")
         return TransformersBackend(adapter, **ref_kw)
