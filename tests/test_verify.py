@@ -129,7 +129,7 @@ function g (a, b, c) {
         ? 1
         : 2
       for (let i = 0; i < 3 && a; i++) {}
-      do { a++ } while (/* more */ a && b)
+      do { a++ } while (/* more */ a && b);
       return x || y ? x : y
     } else if (c && a) {}
 }

@@ -106,9 +106,10 @@ class FileText:
             got = self._rows[key] = ("".join(chars), cols)
         return got
 
-    def find(self, text: str, row: int, last_row: int) -> tuple[int, int, int, int, bool] | None:
+    def find(self, text: str, row: int, last_row: int, accept=None) -> tuple[int, int, int, int, bool] | None:
         """Where ``text`` (whitespace-insensitive) starts on ``row`` and ends by ``last_row``:
-        (row, col, end_row, end_col exclusive, comments skipped), all 0-based."""
+        (row, col, end_row, end_col exclusive, comments skipped), all 0-based; ``accept(hit)``: the first
+        occurrence it accepts (a rule's placement check), not merely the first."""
         raw = "".join(text.split())
         if not raw:
             return None
@@ -136,7 +137,9 @@ class FileText:
                 r1, c1 = _locate(where, i)
                 r2, c2 = _locate(where, j)
                 if self._whole_tokens(r1, c1, r2, c2):
-                    return r1, c1, r2, c2 + 1, skip
+                    hit = (r1, c1, r2, c2 + 1, skip)
+                    if accept is None or accept(hit):
+                        return hit
                 i = stream.find(needle, i + 1)
         return None
 

@@ -258,10 +258,7 @@ class PredicateRule(Rule):
         right after `if (` (`else if (` for else if, not after an `else` for if), `while (`, a `for (...;`
         header's first `;`, or, for a ternary, right before its `?`. A real span in the wrong place (a
         `const x = a && b` called a ternary, a line of a condition called an if) is no finding."""
-        hit = doc.find(claim.text, row, last_row)
-        if hit is None or not kind_fits(claim.kind, doc, hit):
-            return None
-        return hit
+        return doc.find(claim.text, row, last_row, accept=lambda hit: kind_fits(claim.kind, doc, hit))
 
     def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None):
         """`LINE: KIND: CONDITION` lines: a line of the window (ascending; one line again only with another
@@ -293,9 +290,10 @@ class PredicateRule(Rule):
 
 #: the code before a condition of each statement kind ends with its opener (whitespace and comments between
 #: tokens; a copy may take the statement's own parenthesis, or start inside extra ones or after a `!`)
-_OPENER = re.compile(r"(?:(?<![\w$.])(else)\s+)?(?<![\w$.])(if|while)\s*(?:\(\s*[(!\s]*)?$")
+_OPENER = re.compile(r"(?:(?<![\w$.])(else)\s+)?(\}[ \t]*)?(?<![\w$.])(if|while)\s*(?:\(\s*[(!\s]*)?$")
 _FOR = re.compile(r"(?<![\w$.])for\s*(?:await\s*)?\([^;]*;\s*[(!\s]*$")
 _TERNARY_AFTER = re.compile(r"^[\s)]*\?(?![.?])")
+_DO_END = re.compile(r"^[\s)]*;")
 _LOOK = 4  # rows looked at before a condition (and after it, for a ternary's `?`)
 
 
@@ -319,19 +317,23 @@ def start_fits(choices: tuple[str, ...], doc, row: int, col: int) -> bool:
     m = _OPENER.search(before)
     if not m:
         return False
-    if kind in ("while", "do...while"):
-        return m.group(2) == "while"
+    if kind == "while":  # a `while` right after a block's `}` on its line ends a do...while
+        return m.group(3) == "while" and not m.group(2)
+    if kind == "do...while":
+        return m.group(3) == "while"
     if kind == "else if":
-        return m.group(2) == "if" and m.group(1) == "else"
-    return m.group(2) == "if" and not m.group(1)
+        return m.group(3) == "if" and m.group(1) == "else"
+    return m.group(3) == "if" and not m.group(1)
 
 
 def end_fits(choices: tuple[str, ...], doc, row: int, col: int) -> bool:
-    """A ternary's condition ends right before its `?` (closing parentheses between); other kinds anywhere."""
-    if not choices or choices[0] != "ternary":
+    """A ternary's condition ends right before its `?`, a do...while's before the `)` and `;` that end it
+    (closing parentheses between); other kinds anywhere."""
+    kind = choices[0] if choices else None
+    if kind not in ("ternary", "do...while"):
         return True
     last = min(len(doc.lines) - 1, row + _LOOK)
-    return bool(_TERNARY_AFTER.match(_raw_between(doc, row, col, last)))
+    return bool((_TERNARY_AFTER if kind == "ternary" else _DO_END).match(_raw_between(doc, row, col, last)))
 
 
 def _raw_between(doc, r1: int, c1: int, r2: int, c2: int | None = None) -> str:
