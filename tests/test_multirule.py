@@ -189,3 +189,25 @@ def test_scan_reviews_every_shipped_rule_unless_told(tmp_path):
     assert scan_rule_ids({"rule": None, "api": "http://127.0.0.1:1"}) == ["predicate"]
     with pytest.raises(UserError, match="unknown rule 'nope'"):
         scan_rule_ids({"rule": "predicate,nope"})
+
+
+def test_compare_with_several_rules_pairs_each_rule_with_its_own_oracle(tmp_path, capsys):
+    """`scan --compare` of two rules: each model finding is matched with its own rule's oracle (a model that
+    answers like the oracles: everything matched, nothing model-only), with a line of totals per rule."""
+    import json
+
+    from loralint.cli import main
+
+    src = tmp_path / "two.js"
+    src.write_text(TWO_RULES)
+    with StubServer(_oracle_reply, model=["else-return", "predicate"]) as url:
+        rc = main(["scan", str(src), "--api", url, "--rule", "predicate,else-return", "--no-cache", "--compare",
+                   "-f", "json", "-q"])
+        assert rc == 1
+        comps = json.loads(capsys.readouterr().out)
+        assert {c["rule"] for c in comps} == {"predicate", "else-return"}
+        assert all(c["matched"] and not c["model_only"] and not c["oracle_only"] for c in comps)
+        assert all(m["rule"] == c["rule"] for c in comps for m in c["matched"])
+        rc = main(["scan", str(src), "--api", url, "--rule", "predicate,else-return", "--no-cache", "--compare", "-q"])
+    text = capsys.readouterr().out
+    assert "predicate: matched" in text and "else-return: matched" in text and "model only 0, oracle only 0" in text

@@ -38,9 +38,10 @@ class Comparison:
     matched: list[tuple[Finding, Finding]]  # (model, oracle)
     model_only: list[Finding]
     oracle_only: list[Finding]
+    rule: str = "predicate"
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "matched": [m.to_dict() for m, _ in self.matched],
+        return {"path": self.path, "rule": self.rule, "matched": [m.to_dict() for m, _ in self.matched],
                 "model_only": [f.to_dict() for f in self.model_only],
                 "oracle_only": [f.to_dict() for f in self.oracle_only]}
 
@@ -80,15 +81,19 @@ def match(model: list[Finding], oracle: list[Finding]) -> tuple[list[tuple[Findi
     return matched, model_only, sort_findings(oracle_only)
 
 
-def compare(result: ScanResult, rule: str = "predicate") -> list[Comparison]:
-    """Per file: what the model and the oracle agree on, and what only one of them found."""
-    oracle = oracle_results(result, rule)
+def compare(result: ScanResult, rule: str | list[str] = "predicate") -> list[Comparison]:
+    """Per file (and per rule, for several): what the model and the oracle agree on, and what only one of them
+    found. A scan of several rules is compared rule by rule, each model finding with its own rule's oracle."""
+    rules = [rule] if isinstance(rule, str) else list(rule)
     out = []
-    for r in result.files:
-        if r.skipped or r.path not in oracle:
-            continue
-        m, mo, oo = match(r.findings, oracle[r.path].findings)
-        out.append(Comparison(r.path, m, mo, oo))
+    for rid in rules:
+        oracle = oracle_results(result, rid)
+        for r in result.files:
+            if r.skipped or r.path not in oracle:
+                continue
+            mine = [f for f in r.findings if f.rule == rid] if len(rules) > 1 else r.findings
+            m, mo, oo = match(mine, oracle[r.path].findings)
+            out.append(Comparison(r.path, m, mo, oo, rule=rid))
     return out
 
 

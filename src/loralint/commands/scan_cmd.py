@@ -186,8 +186,9 @@ def summary_line(result) -> str:
     return "model: " + "; ".join(parts)
 
 
-def print_comparison(result, rule: str, fmt: str, output: Optional[Path]) -> None:
-    """The seed's --ts: model and oracle findings side by side, per file."""
+def print_comparison(result, rule, fmt: str, output: Optional[Path]) -> None:
+    """The seed's --ts: model and oracle findings side by side, per file (per rule and file for several rules,
+    each with its totals)."""
     from rich.console import Console
     from rich.table import Table
     from rich import box
@@ -201,15 +202,20 @@ def print_comparison(result, rule: str, fmt: str, output: Optional[Path]) -> Non
         return
     console = Console(file=open(output, "w") if output else sys.stdout, width=160 if output else None,
                       highlight=False, soft_wrap=False)
+    rules = [rule] if isinstance(rule, str) else list(rule)
+    totals = {r: [0, 0, 0] for r in rules}
     tm = tmo = too = 0
     for c in comps:
         if not (c.matched or c.model_only or c.oracle_only):
             continue
+        tot = totals.setdefault(c.rule, [0, 0, 0])
+        tot[0], tot[1], tot[2] = tot[0] + len(c.matched), tot[1] + len(c.model_only), tot[2] + len(c.oracle_only)
         rows = [(m.line, m.kind, "match", m.text, o.text) for m, o in c.matched]
         rows += [(m.line, m.kind, "model only", m.text, "") for m in c.model_only]
         rows += [(o.line, o.kind, "oracle only", "", o.text) for o in c.oracle_only]
         rows.sort(key=lambda r: (r[0], r[1]))
-        t = Table(title=c.path, title_justify="left", box=box.SIMPLE, show_edge=False, pad_edge=False)
+        title = c.path if len(rules) == 1 else f"{c.path} ({c.rule})"
+        t = Table(title=title, title_justify="left", box=box.SIMPLE, show_edge=False, pad_edge=False)
         for col in ("line", "kind", "", "model", "oracle (tree-sitter)"):
             t.add_column(col, overflow="fold")
         style = {"match": "green", "model only": "yellow", "oracle only": "red"}
@@ -217,6 +223,10 @@ def print_comparison(result, rule: str, fmt: str, output: Optional[Path]) -> Non
             t.add_row(str(line), kind, f"[{style[what]}]{what}[/]", mt, ot)
         console.print(t)
         tm, tmo, too = tm + len(c.matched), tmo + len(c.model_only), too + len(c.oracle_only)
+    if len(rules) > 1:
+        for r, (m, mo, oo) in totals.items():
+            console.print(f"{r}: matched {m}, model only {mo}, oracle only {oo}: recall "
+                          f"{m / (m + oo) if m + oo else 1.0:.1%}, precision {m / (m + mo) if m + mo else 1.0:.1%}")
     rec = tm / (tm + too) if tm + too else 1.0
     prec = tm / (tm + tmo) if tm + tmo else 1.0
     console.print(f"matched {tm}, model only {tmo}, oracle only {too}: recall {rec:.1%}, precision {prec:.1%}")
@@ -250,8 +260,6 @@ def scan_command(
         if kw.get("adapter"):
             raise typer.BadParameter(f"one --adapter serves one rule; {len(ids)} rules were chosen ({', '.join(ids)}): "
                                      "pick one with --rule", param_hint="--adapter")
-        if compare:
-            raise typer.BadParameter("--compare shows one rule: pick it with --rule", param_hint="--compare")
         kw["rules"] = ids
     kw["rule"] = ids[0]
     settings = load_run_settings(paths, exclude, no_respect_gitignore, rule=None if len(ids) > 1 else ids[0])
@@ -263,7 +271,7 @@ def scan_command(
         result = run_scan([Path(n) for n in names], kw, quiet, diff, settings)
         relabel(result, tmp, stdin_filename or "-")
     if compare:
-        print_comparison(result, kw["rule"], fmt, output)
+        print_comparison(result, ids, fmt, output)
         rc = 1 if result.findings else 0
     else:
         extra = {"unverified_claims": [dict(path=p, **r.to_dict()) for p, d in result.details.items()
