@@ -91,29 +91,11 @@ def prepared_gguf(adapter: Adapter, base: str | None = None, qtype: str = PREPAR
     """A ``qtype`` GGUF of ``adapter`` merged into its base: made once with :func:`loralint.export.export`
     (written to a temporary name, then renamed into place), then reused. ``announce``: the one-line notice
     (default: stderr, unless ``-q``)."""
-    out = prepared_path(adapter, base, qtype)
-    if out.is_file():
-        return out
-    import importlib.util
+    from ..export import export
 
-    for lib in ("torch", "transformers", "peft", "gguf"):  # the merge and the export need the model stack
-        if lib in sys.modules and sys.modules[lib] is None or importlib.util.find_spec(lib) is None:
-            raise ModuleNotFoundError(f"No module named {lib!r}", name=lib)
-    from ..export import ExportError, export
-
-    say = announce or (lambda msg: models._announce and print(msg, file=sys.stderr, flush=True))
-    say(f"loralint: preparing a GGUF ({qtype}) of the {adapter.rule} adapter (once, ~20 s): {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    try:
-        export(adapter.path, gguf=qtype, gguf_out=tmp, base=base)
-        os.replace(tmp, out)
-    except (ExportError, models.ModelNotFound, OSError, ValueError, RuntimeError) as e:
-        raise BackendUnavailable(f"cannot prepare a GGUF of {adapter.path} for llama.cpp ({e}); "
-                                 "use --backend transformers") from e
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return _prepare_once(prepared_path(adapter, base, qtype), f"a GGUF ({qtype}) of the {adapter.rule} adapter",
+                         lambda tmp: export(adapter.path, gguf=qtype, gguf_out=tmp, base=base), announce,
+                         note=" (once, ~20 s)")
 
 
 def physical_cores() -> int:
@@ -302,19 +284,20 @@ def prepared_lora_path(adapter: Adapter, base: str | None = None, qtype: str = P
     return prepared_path(adapter, base, f"lora-{qtype}")
 
 
-def _prepare_once(out: Path, what: str, make, announce=None) -> Path:
-    """``make(tmp)`` writes ``out`` once (to a temporary name, then renamed into place); reused after."""
+def _prepare_once(out: Path, what: str, make, announce=None, note: str = " (once)") -> Path:
+    """``make(tmp)`` writes ``out`` once (to a temporary name, then renamed into place); reused after. Without
+    the model stack (a light install) it raises ModuleNotFoundError for the caller's one-line hint."""
     if out.is_file():
         return out
     import importlib.util
 
-    for lib in ("torch", "transformers", "peft", "gguf"):  # the export needs the model stack (as prepared_gguf)
+    for lib in ("torch", "transformers", "peft", "gguf"):  # the merge and the export need the model stack
         if lib in sys.modules and sys.modules[lib] is None or importlib.util.find_spec(lib) is None:
             raise ModuleNotFoundError(f"No module named {lib!r}", name=lib)
     from ..export import ExportError
 
     say = announce or (lambda msg: models._announce and print(msg, file=sys.stderr, flush=True))
-    say(f"loralint: preparing {what} for llama.cpp (once): {out}")
+    say(f"loralint: preparing {what}{note}: {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
