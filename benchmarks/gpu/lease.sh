@@ -63,7 +63,12 @@ PY
 }
 
 ship() {  # ship NAME: the adapter folder /tmp/ad/NAME as tar parts under $OUT (a returned file is at most 16 MiB)
-  rm -rf "/tmp/ad/$1"/checkpoint-*
+  local d=/tmp/ad/$1 last
+  if [ ! -f "$d/adapter_model.safetensors" ]; then  # a run cut short: its newest checkpoint is the adapter
+    last=$(ls -d "$d"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1)
+    [ -n "$last" ] && cp "$last"/adapter_model.safetensors "$last"/adapter_config.json "$d"/ && say "ship $1: $last"
+  fi
+  rm -rf "$d"/checkpoint-*
   tar -C /tmp/ad -cf - "$1" | split -b 15000000 -d - "$OUT/ad-$1.tar.part"
 }
 
