@@ -56,18 +56,11 @@ def before_counters(eng, prompts, caps, results, cuda_shapes: bool) -> dict:
     batch decoded in its own buffer of ``rows`` (a multiple of 8 on CUDA) until all rows were done, looked at
     every ``check_every`` steps). The padding it gives matches that engine's own counter on a CPU run."""
     from loralint.backends import Completion
-    from loralint.backends.gpu_engine import _up
+    from loralint.backends.gpu_engine import _up, shared_prefix
 
     g = eng._tokenize(prompts, None, list(range(len(prompts))))
     live = [(i, ids) for i, ids in zip(g.idx, g.ids) if i not in g.error]
-    seqs = [ids for _, ids in live]
-    P = min(len(x) for x in seqs) - 1
-    for x in seqs[1:]:
-        n = 0
-        while n < P and x[n] == seqs[0][n]:
-            n += 1
-        P = n
-    P = P if P >= 8 else 0
+    P = shared_prefix([ids for _, ids in live])
     pad = row_steps = live_steps = decode_steps = forwards = 0
     for batch in eng._batches(live, caps, P):
         lens = [len(ids) - P for _, ids in batch]
@@ -95,7 +88,7 @@ def padding_only(corpus: Path, n_files: int, chunk: int = 4096) -> dict:
     would send them (calls of ``chunk`` windows), before and now, at the engine's H200 settings; no model run
     (padding depends on prompt lengths only)."""
     from loralint.backends import max_new_tokens_for, resolve_adapter, shipped_adapter_dir
-    from loralint.backends.gpu_engine import GpuEngine, _up
+    from loralint.backends.gpu_engine import GpuEngine, _up, shared_prefix
     from loralint.backends.transformers import adapter_tokenizer
     from loralint.languages import fence_for, grammar_for
     from loralint.rules import get_rule
@@ -118,21 +111,12 @@ def padding_only(corpus: Path, n_files: int, chunk: int = 4096) -> dict:
     before = {"padding_tokens": 0, "prefill_forwards": 0, "computed_tokens": 0}
     now = {"padding_tokens": 0, "prefill_forwards": 0, "computed_tokens": 0}
 
-    def prefix_len(seqs):
-        P = min(len(x) for x in seqs) - 1
-        for x in seqs[1:]:
-            n = 0
-            while n < P and x[n] == seqs[0][n]:
-                n += 1
-            P = n
-        return P if P >= 8 else 0
-
     for s in range(0, len(prompts), chunk):
         idx = list(range(s, min(len(prompts), s + chunk)))
         g = eng._tokenize(prompts, None, idx)
         live = list(zip(g.idx, g.ids))
         res["prompt_tokens"] += sum(len(x) for _, x in live)
-        P = prefix_len([x for _, x in live])
+        P = shared_prefix([x for _, x in live])
         res["own_tokens"] += sum(len(x) - P for _, x in live)
         for batch in eng._batches(live, caps, P):  # before: one group a call, padded to the batch's longest
             lens = [len(x) - P for _, x in batch]
@@ -145,7 +129,7 @@ def padding_only(corpus: Path, n_files: int, chunk: int = 4096) -> dict:
             take = len(live) - k if len(live) - k < 1.5 * size else size
             piece = live[k:k + take]
             k, size = k + take, size * 2
-            P = prefix_len([x for _, x in piece])
+            P = shared_prefix([x for _, x in piece])
             for batch in eng._batches(piece, caps, P):
                 lens = sorted((len(x) - P for _, x in batch), reverse=True)
                 for r0, r1, w in eng._prefill_chunks(lens):

@@ -242,7 +242,6 @@ def llamacpp_server_rows(paths: list[str], concurrency: int, threads: int | None
 def corpus_files(corpus: Path, packages: list[str] | None, limit: int) -> list[str]:
     """The first ``limit`` readable files of the held-out packages (fetched into ``corpus`` if needed)."""
     from loralint import corpus as corpus_mod
-    from loralint.sources import SourceFile, discover, load
 
     eval_list = ROOT / "src" / "loralint" / "data" / "corpus" / "eval.txt"
     pkgs = corpus_mod.read_list(eval_list)
@@ -252,6 +251,13 @@ def corpus_files(corpus: Path, packages: list[str] | None, limit: int) -> list[s
                     and (d.name in packages or d.name.rsplit("@", 1)[0] in packages)]
     if not all(d.is_dir() for d in folders):
         corpus_mod.fetch(eval_list, corpus)
+    return readable_files(folders, limit)
+
+
+def readable_files(folders: list[Path], limit: int) -> list[str]:
+    """The files loralint reads in ``folders``, in order, at most ``limit``."""
+    from loralint.sources import SourceFile, discover, load
+
     out: list[str] = []
     for d in folders:
         files, _ = discover([str(d)])
@@ -312,22 +318,10 @@ def corpus_files_all(corpus: Path, limit: int) -> list[str]:
     """Readable files of the corpus packages (eval list, then train list), in order, at most ``limit``;
     packages not unpacked under ``corpus`` are left out (a GPU machine has no network)."""
     from loralint import corpus as corpus_mod
-    from loralint.sources import SourceFile, discover, load
 
     lists = ROOT / "src" / "loralint" / "data" / "corpus"
-    out: list[str] = []
-    for lst in ("eval.txt", "train.txt"):
-        for p in corpus_mod.read_list(lists / lst):
-            d = corpus / p.folder
-            if not d.is_dir():
-                continue
-            files, _ = discover([str(d)])
-            for f in files:
-                if isinstance(load(f), SourceFile):
-                    out.append(f)
-                if len(out) >= limit:
-                    return out
-    return out
+    folders = [corpus / p.folder for lst in ("eval.txt", "train.txt") for p in corpus_mod.read_list(lists / lst)]
+    return readable_files([d for d in folders if d.is_dir()], limit)
 
 
 def engine_phase(label: str, make, paths: list[str], budget_s: float, chunk: int) -> tuple[dict, Recorder | None]:

@@ -232,3 +232,19 @@ def test_constrained_llama_cpp_finds_what_the_constrained_reference_engine_finds
     assert fast.backend == "llamacpp" and decoding.STATS["allowed_calls"] > calls
     assert [f.to_dict() for f in fast.findings] == [f.to_dict() for f in ref.findings]
     assert len(ref.findings) > 0 and fast.stats()["unverified"] == 0
+
+
+def test_the_constrained_backends_are_those_whose_engines_constrain():
+    """The scanner decides constrained decoding (and its cache key) before an engine is made, from the backend's
+    name: the list must say what the engines' classes do."""
+    from loralint.backends import BACKENDS, CONSTRAINED_BACKENDS
+    from loralint.backends.gpu_engine import GpuEngine
+    from loralint.backends.llamacpp import LlamaCppBackend
+    from loralint.backends.openai import OpenAIBackend
+    from loralint.backends.transformers import TransformersBackend
+
+    classes = {"transformers": [TransformersBackend, GpuEngine], "llamacpp": [LlamaCppBackend],
+               "openai": [OpenAIBackend]}
+    assert set(classes) == set(BACKENDS)
+    for kind, cls in classes.items():
+        assert all(c.supports_constraints == (kind in CONSTRAINED_BACKENDS) for c in cls), kind

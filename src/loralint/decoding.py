@@ -349,7 +349,8 @@ class Automaton:
         key = ("o", k, line, choices)
         got = self._anchored.get(key)
         if got is None:
-            got = self._anchored[key] = tuple(o for o in self.options(k, line) if self._option_viable(k, line, choices, o))
+            got = self._anchored[key] = tuple(o for o in self.options(k, line)
+                                              if self._option_viable(k, line, choices, o))
         return got
 
     def _free_options(self, k: int, claim, hist) -> list[str]:

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
-from .backends import (Adapter, Backend, BackendError, BackendOptions, Completion, as_result, max_new_tokens_for,
-                       llamacpp_identity, model_identity, resolve_adapter)
+from .backends import (CONSTRAINED_BACKENDS, Adapter, Backend, BackendError, BackendOptions, Completion, as_result,
+                       llamacpp_identity, max_new_tokens_for, model_identity, resolve_adapter)
 from .cache import ScanCache, file_hash, settings_key
 from .checker import FileResult, RunResult
 from .findings import Finding, sort_findings
@@ -296,9 +296,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
         ad = opts.adapter if isinstance(opts.adapter, Adapter) else (None if kind == "llamacpp" and gguf else
                                                                       resolve_adapter(opts.adapter, rule, base))
         ident = model_identity(ad, base) if kind == "transformers" else llamacpp_identity(ad, gguf, base)
-    # the engines the project runs itself decode under the rule's grammar (in process, and llama.cpp through its
-    # logits processors); a server answers as it likes (its answers are verified, as every engine's)
-    can_constrain = (engine_obj.supports_constraints if engine_obj is not None else kind in ("transformers", "llamacpp"))
+    can_constrain = (engine_obj.supports_constraints if engine_obj is not None else kind in CONSTRAINED_BACKENDS)
     use_constraints = bool(can_constrain and (constrained is None or constrained))
     decoding = DECODING | {"constrained": True} if use_constraints else DECODING
     cache_key = settings_key(ident, the_rule, {"target": window_lines}, decoding)

@@ -451,19 +451,16 @@ def lora_config(s: dict):
 def warm_start(model, s: dict):
     """The base with ``init_adapter`` loaded trainable (fp32 weights, whatever dtype they were saved in); its
     rank, alpha and target modules replace the recipe's lora_* settings, which are recorded as the adapter's."""
-    import json as _json
-
     from peft import PeftModel
 
     if s["mode"] == "full":
         raise TrainError("init_adapter continues a LoRA adapter; --mode full trains the whole model")
     folder = Path(str(s["init_adapter"])).expanduser()
-    cfg = folder / "adapter_config.json"
-    if not cfg.is_file():
+    if not (folder / "adapter_config.json").is_file():
         raise TrainError(f"init_adapter {folder}: no adapter_config.json there (a PEFT adapter folder is needed)")
-    conf = _json.loads(cfg.read_text())
     model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
-    s["lora_r"], s["lora_alpha"] = conf.get("r", s["lora_r"]), conf.get("lora_alpha", s["lora_alpha"])
+    conf = model.peft_config[model.active_adapter]
+    s["lora_r"], s["lora_alpha"] = conf.r, conf.lora_alpha
     return model
 
 
@@ -520,7 +517,7 @@ def make_trainer(s: dict, model, tokenizer, args, train_ds, eval_ds, peft_config
                 # right padding: every real token attends only to real tokens before it, so an all-ones mask gives
                 # the same outputs for them; transformers then skips the mask and SDPA runs its causal flash kernel
                 mask = inputs["attention_mask"]
-                pad = mask.numel() - int(mask.sum())
+                pad = mask.numel() - mask.sum()  # a tensor: read once, with the other processes' counts
                 inputs["attention_mask"] = torch.ones_like(mask)
             elif pos is not None and self.model.training and getattr(self.data_collator, "pad_to_multiple_of", None):
                 # TRL counts a padding-free row's length; the padding after its last example is no token of data
@@ -528,9 +525,9 @@ def make_trainer(s: dict, model, tokenizer, args, train_ds, eval_ds, peft_config
                 nz = (pos[0] != 0).nonzero()
                 pad = pos.size(1) - (int(nz[-1]) + 1 if len(nz) else 0)
             out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            if self.model.training and (pad or s.get("mask_free") or pos is not None):
+            if self.model.training and (s.get("mask_free") or pos is not None):  # where padding may be counted
                 dev = inputs["input_ids"].device
-                pad = int(self.accelerator.gather_for_metrics(torch.tensor([pad], device=dev)).sum())
+                pad = int(self.accelerator.gather_for_metrics(torch.as_tensor(pad, device=dev).reshape(1)).sum())
                 if pad:  # the padding is no token of data
                     self._total_train_tokens -= pad
                     self._metrics["train"]["num_tokens"] = [self._total_train_tokens]

@@ -149,6 +149,21 @@ class FileText:
         after = self.lines[r2][c2 + 1] if c2 + 1 < len(self.lines[r2]) else " "
         return not (_word(before) and _word(self.lines[r1][c1])) and not (_word(after) and _word(self.lines[r2][c2]))
 
+    def code_between(self, r1: int, c1: int, r2: int, c2: int | None = None) -> str:
+        """The file's text from (r1, c1) to (r2, c2) (to the end of row r2 when c2 is None), comments blanked to
+        spaces and line breaks kept: what a rule reads around a claim (:meth:`loralint.rules.Rule.locate`)."""
+        rows = []
+        for r in range(r1, r2 + 1):
+            line = self.lines[r]
+            a = c1 if r == r1 else 0
+            b = (c2 if c2 is not None else len(line)) if r == r2 else len(line)
+            chars = list(line)
+            for ca, cb in self.comments.get(r, ()):
+                for i in range(max(ca, 0), min(cb, len(chars))):
+                    chars[i] = " "
+            rows.append("".join(chars[a:b]))
+        return "\n".join(rows)
+
     def text_between(self, r1: int, c1: int, r2: int, c2: int, skip_comments: bool) -> str:
         parts = []
         for r in range(r1, r2 + 1):

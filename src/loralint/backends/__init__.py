@@ -44,6 +44,9 @@ PREPARED_GGUF_TYPE = "f16"
 #: the GGUF type of a LoRA applied at run time on the prepared base (several rules in one llama.cpp engine)
 PREPARED_LORA_TYPE = "f32"
 BACKENDS = ("transformers", "openai", "llamacpp")
+#: the backends that decode under a rule's answer grammar (their engines' ``supports_constraints``), known before
+#: an engine is made (a scan's cache key names the decoding); a server's answers are only verified
+CONSTRAINED_BACKENDS = ("transformers", "llamacpp")
 ADAPTER_META = "loralint.json"
 #: files LlamaFactory writes next to an adapter (and loralint does not)
 LLAMAFACTORY_FILES = ("trainer_state.json", "training_args.bin", "all_results.json", "train_results.json")
@@ -505,6 +508,6 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
 
 __all__ = [
     "Adapter", "adapter_warnings", "AdapterNotFound", "Backend", "BackendOptions", "BackendError", "BackendUnavailable", "Completion", "FunctionBackend",
-    "Messages", "as_result", "create_backend", "default_backend", "llamacpp_identity", "max_new_tokens_for", "model_identity",
+    "Messages", "CONSTRAINED_BACKENDS", "as_result", "create_backend", "default_backend", "llamacpp_identity", "max_new_tokens_for", "model_identity",
     "resolve_adapter", "shipped_adapter_dir", "shipped_rules", "adapter_groups",
 ]

@@ -459,17 +459,8 @@ class GpuEngine(Backend):
     def _run_group(self, adapter, live, caps, constraints, adapters, out, progress) -> None:
         import torch
 
-        # the shared prefix: the longest common token prefix, leaving every prompt one token of its own
-        seqs = [ids for _, ids in live]
-        P = min(len(s) for s in seqs) - 1
-        first = seqs[0]
-        for s in seqs[1:]:
-            n = 0
-            while n < P and s[n] == first[n]:
-                n += 1
-            P = n
-        if P < 8:
-            P = 0
+        first = live[0][1]
+        P = shared_prefix([ids for _, ids in live])
         mixed = adapter == "*"
         ad_names = sorted({(adapters[i] if adapters and adapters[i] else next(iter(self.adapters)))
                            for i, _ in live}) if mixed else [adapter]
@@ -951,6 +942,19 @@ class GpuEngine(Backend):
             "row_steps": self.row_steps, "live_row_steps": self.live_row_steps,
             "wasted_row_steps": self.row_steps - self.live_row_steps, "compactions": self.compactions,
             "prefill_forwards": self.prefill_forwards, "graph_steps": self.graph_steps}
+
+
+def shared_prefix(seqs: Sequence[Sequence[int]], least: int = 8) -> int:
+    """The tokens every prompt begins with (computed once, its keys and values copied into each row), leaving
+    each prompt one token of its own; 0 when fewer than ``least`` (not worth a separate forward)."""
+    first = seqs[0]
+    P = min(len(s) for s in seqs) - 1
+    for s in seqs[1:]:
+        n = 0
+        while n < P and s[n] == first[n]:
+            n += 1
+        P = n
+    return P if P >= least else 0
 
 
 def _up(x: int, m: int) -> int:

@@ -311,7 +311,7 @@ def start_fits(choices: tuple[str, ...], doc, row: int, col: int) -> bool:
     kind = choices[0] if choices else None
     if kind not in KINDS or kind == "ternary":
         return True
-    before = _raw_between(doc, max(0, row - _LOOK), 0, row, col)
+    before = doc.code_between(max(0, row - _LOOK), 0, row, col)
     if kind == "for":
         return bool(_FOR.search(before))
     m = _OPENER.search(before)
@@ -333,22 +333,7 @@ def end_fits(choices: tuple[str, ...], doc, row: int, col: int) -> bool:
     if kind not in ("ternary", "do...while"):
         return True
     last = min(len(doc.lines) - 1, row + _LOOK)
-    return bool((_TERNARY_AFTER if kind == "ternary" else _DO_END).match(_raw_between(doc, row, col, last)))
-
-
-def _raw_between(doc, r1: int, c1: int, r2: int, c2: int | None = None) -> str:
-    """The file's text from (r1, c1) to (r2, c2) (to the end of row r2 when c2 is None), comments blanked."""
-    rows = []
-    for r in range(r1, r2 + 1):
-        line = doc.lines[r]
-        a = c1 if r == r1 else 0
-        b = (c2 if c2 is not None else len(line)) if r == r2 else len(line)
-        chars = list(line)
-        for ca, cb in doc.comments.get(r, ()):
-            for i in range(max(ca, 0), min(cb, len(chars))):
-                chars[i] = " "
-        rows.append("".join(chars[a:b]))
-    return "\n".join(rows)
+    return bool((_TERNARY_AFTER if kind == "ternary" else _DO_END).match(doc.code_between(row, col, last)))
 
 
 RULE = register(PredicateRule())
