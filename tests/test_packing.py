@@ -185,3 +185,49 @@ def test_mask_free_is_decided_per_machine(qwen3):
     assert s["mask_free"] is False  # auto: CUDA only (on CPU SDPA has no flash kernel to gain)
     s = train.resolve_settings(_settings(qwen3, packing=True, mask_free=True), device="cpu")
     assert s["mask_free"] is False  # a packed row has no padding to drop
+
+
+def test_adapters_under_autocast_skip_the_fp32_round_trip(qwen3, tmp_path):
+    """bf16 base, fp32 adapters, bf16 autocast (a GPU run's set-up, here on CPU): skipping PEFT's cast of each
+    adapter input to fp32 (autocast casts it straight back) gives the same loss and gradients with fewer copies;
+    outside autocast the cast still happens, so fp32 runs are untouched."""
+    import torch
+
+    def run(patch: bool):
+        trainer, _, state = _trainer(qwen3, tmp_path, False, "sdpa")
+        trainer.model.to(torch.bfloat16)
+        for n, p in trainer.model.named_parameters():
+            if p.requires_grad:
+                p.data = p.data.float()  # adapters train in fp32 over the bf16 base, as on a GPU
+        if patch:
+            assert train.autocast_adapters(trainer.model) > 0
+        batch = _batch(trainer)
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.profiler.profile() as prof:
+            loss, grads = _loss_and_grads(trainer, batch)
+        copies = sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+        return trainer, batch, loss, grads, copies
+
+    _, _, la, ga, ca = run(False)
+    tb, batch, lb, gb, cb = run(True)
+    assert la == lb
+    for n in ga:
+        assert ga[n].dtype == torch.float32 and ga[n].abs().max() > 0, n
+        assert torch.equal(ga[n], gb[n]), (n, (ga[n] - gb[n]).abs().max())
+    assert cb < ca  # the round trips are gone
+    # without autocast the patched layers still cast: an fp32 model with fp32 adapters runs as before
+    tb.model.float()
+    loss = tb.compute_loss(tb.model, dict(batch))
+    assert torch.isfinite(loss)
+
+
+def test_cudnn_attention_is_off_only_while_training_on_cuda():
+    import torch
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with train.sdpa_kernels({"device": "cuda", "cudnn_attention": "auto"}):
+        assert torch.backends.cuda.cudnn_sdp_enabled() is False
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with train.sdpa_kernels({"device": "cuda", "cudnn_attention": True}):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with train.sdpa_kernels({"device": "cpu", "cudnn_attention": "auto"}):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before

@@ -462,3 +462,15 @@ def test_init_adapter_continues_a_trained_adapter(trained, work, qwen3, tmp_path
     with pytest.raises(train.TrainError, match="adapter_config.json"):
         train.train(work / "data-with-val", tmp_path / "bad", _settings(qwen3, max_steps=1, init_adapter=str(tmp_path)),
                     progress=False)
+
+
+def test_max_train_seconds_stops_at_a_step_end_and_saves(work, qwen3, tmp_path):
+    """A time budget (max_train_seconds): the run stops at the first step end past it, saves the adapter and says
+    where it stopped in the metadata; the planned steps stay recorded."""
+    out = tmp_path / "timed"
+    meta = train.train(work / "data-with-val", out, _settings(qwen3, max_steps=50, max_train_seconds=1e-6),
+                       progress=False)
+    stop = meta["train"]["stopped_by_time"]
+    assert stop["step"] == meta["train"]["steps"] == 1 and stop["planned_steps"] == 50
+    assert (out / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "loralint.json").read_text())["train"]["stopped_by_time"]["step"] == 1

@@ -26,6 +26,7 @@ same command with ``accelerate launch --num_processes N -m loralint train ...`` 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -83,6 +84,14 @@ RECIPE_KEYS: dict[str, tuple[Any, str]] = {
     "mine_weight": (4, "times a disagreement window is repeated in a mining round's data"),
     "mine_replay": (1.0, "other train rows mixed into a mining round, per disagreement row (against forgetting)"),
     "mine_lr_scale": (0.5, "a mining round's learning rate, relative to learning_rate"),
+    "max_train_seconds": (0, "stop the training (not the mining rounds) after this many seconds, at the end of a "
+                              "step, and save what it learnt; 0: no limit (a budgeted GPU run sizes max_steps "
+                              "from a speed measurement and keeps this as its guard)"),
+    "cudnn_attention": ("auto", "let SDPA pick cuDNN's attention kernel; auto: off when training, since cuDNN "
+                                "builds an execution plan for every new batch shape (CPU seconds a shape with "
+                                "length-grouped batches) where FlashAttention's kernel needs none"),
+    "autocast_adapters": ("auto", "under bf16 autocast, skip PEFT's cast of each adapter input to fp32 (autocast "
+                                  "casts it straight back: same numbers, two copies fewer a layer); auto: on"),
 }
 #: SFTConfig fields that may be ``auto`` in a preset, decided per machine by :func:`resolve_settings`
 AUTO_FIELDS = ("bf16", "tf32", "dataloader_num_workers", "use_liger_kernel")
@@ -539,6 +548,46 @@ def make_trainer(s: dict, model, tokenizer, args, train_ds, eval_ds, peft_config
     return trainer
 
 
+def autocast_adapters(model) -> int:
+    """Under autocast, skip PEFT's cast of every adapter input to the adapter weights' dtype (fp32): autocast casts
+    it straight back to bf16 for the matrix product, so the two copies of each activation (and of its gradient)
+    change no number and cost as much device time as the LoRA products themselves. Outside autocast (CPU, fp32)
+    the cast stays. Returns the number of adapted layers."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    def cast(x, dtype):
+        if x.dtype == dtype or torch.is_autocast_enabled(x.device.type):
+            return x
+        return x.to(dtype)
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and hasattr(module, "_cast_input_dtype"):
+            module._cast_input_dtype = cast
+            n += 1
+    return n
+
+
+@contextlib.contextmanager
+def sdpa_kernels(s: dict):
+    """The SDPA kernels training may use (``cudnn_attention``): cuDNN's off while training on CUDA unless asked
+    for; the process's setting is restored afterwards."""
+    import torch
+
+    want = s.get("cudnn_attention", "auto")
+    on = s["device"] == "cuda" and (want is True or str(want).lower() == "true")
+    if s["device"] != "cuda" or on:
+        yield
+        return
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
 # ---------------------------------------------------------------------------------------------- packing
 def pack_length_for(s: dict, lengths: list[int]) -> int:
     """Tokens a packed row holds: ``pack_length``, or (auto) the per-device batch of examples at their mean length,
@@ -661,6 +710,22 @@ class JsonlLog(TrainerCallback):
         self.rows.append(row)
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
+
+
+class TimeLimit(TrainerCallback):
+    """Ends training at the first step end past ``seconds`` from the start of training (``max_train_seconds``)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+        self.stopped_at: int | None = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.seconds > 0 and time.perf_counter() - self.t0 > self.seconds and not control.should_training_stop:
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
 
 
 class Progress(TrainerCallback):
@@ -890,8 +955,9 @@ def train(data: str | Path, out: str | Path, settings: dict | None = None, *, pr
     peft_config = lora_config(s)
     if s.get("init_adapter"):
         model, peft_config = warm_start(model, s), None
+    limit = TimeLimit(float(s.get("max_train_seconds") or 0))
     trainer = make_trainer(s, model, tokenizer, args, train_ds, eval_ds, peft_config,
-                           [logger, Progress(progress)] + list(callbacks or []))
+                           [logger, Progress(progress), limit] + list(callbacks or []))
     trainer.train_dataset, lengths, dropped = drop_long(trainer.train_dataset, int(s["cutoff_len"]))
     if eval_ds is not None:
         trainer.eval_dataset, _, _ = drop_long(trainer.eval_dataset, int(s["cutoff_len"]))
@@ -912,17 +978,25 @@ def train(data: str | Path, out: str | Path, settings: dict | None = None, *, pr
         + (f"; oversampled {sampled['spec']} ({sampled['rows_in']} rows -> {sampled['rows_out']})" if sampled else ""))
 
     # 6. train
-    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    if s["bf16"] and s["mode"] == "lora" and str(s.get("autocast_adapters", "auto")).lower() != "false":
+        autocast_adapters(trainer.model)
+    with sdpa_kernels(s):
+        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     final_eval = {}
     if eval_ds is not None:  # the last step's evaluation (every process keeps the log history), or one now
         last = next((r for r in reversed(trainer.state.log_history) if "eval_loss" in r), None)
         done = last is not None and last["step"] == trainer.state.global_step
         final_eval = last if done else trainer.evaluate()
 
+    if limit.stopped_at is not None:
+        say(f"stopped at step {limit.stopped_at} of {trainer.state.max_steps}: max_train_seconds "
+            f"{s['max_train_seconds']} reached")
     # 6b. hard-example mining: scan train windows with the adapter, train further on the disagreements
     mining, first = [], trainer
     for r in range(1, int(s.get("mine_rounds") or 0) + 1):
-        trainer, info = mine_round(trainer, s, out, r, unique_rows, rule, tokenizer, logger, say, progress and main)
+        with sdpa_kernels(s):
+            trainer, info = mine_round(trainer, s, out, r, unique_rows, rule, tokenizer, logger, say,
+                                       progress and main)
         mining.append(info)
         if not info["disagreements"]:
             break
@@ -937,6 +1011,9 @@ def train(data: str | Path, out: str | Path, settings: dict | None = None, *, pr
         meta["dataset"]["oversampled"] = sampled
     if mining:
         meta["train"]["mining"] = mining
+    if limit.stopped_at is not None:
+        meta["train"]["stopped_by_time"] = {"step": limit.stopped_at, "planned_steps": first.state.max_steps,
+                                            "max_train_seconds": float(s["max_train_seconds"])}
     if trainer.is_world_process_zero():
         write_model_card(out, meta)
         plot_loss(out / TRAIN_LOG, out / LOSS_PLOT, title=f"{rule.id} on {Path(base.name).name}")
