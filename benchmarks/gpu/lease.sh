@@ -58,7 +58,8 @@ try:
     tps, per_step = best["tokens_per_s"], best["tokens_per_step"]
 except Exception as e:
     print(f"no train_speed figure ({e}); assuming 75k tokens/s", file=sys.stderr)
-print(max(10, int(budget * tps / per_step)))
+# a short benchmark run under-reads a long run's speed; max_train_seconds stops a run that would overrun
+print(max(10, int(1.15 * budget * tps / per_step)))
 PY
 }
 
@@ -78,7 +79,7 @@ train_rule() {  # train_rule RULE DATA SECONDS_OF_STEPS RESERVE [loralint train 
   local flags; flags=$(mode_flags)
   say "train $rule: $steps steps ($secs s of steps, $reserve s reserve) $flags $*"
   timeout $((secs + reserve)) python3 -m loralint train --data "$data" --rule "$rule" --out "/tmp/ad/$rule" --overwrite \
-    --max-steps "$steps" $flags "$@" >> "$log" 2>&1
+    --max-steps "$steps" --set max_train_seconds="$secs" $flags "$@" >> "$log" 2>&1
   say "train $rule rc=$?"
   grep -E "training |tokens/s|mine|round|saved|rror" "$log" | grep -v Backend | tail -6
   ship "$rule"
@@ -106,12 +107,13 @@ rules)
   cp /tmp/work/train_speed_h200.json "$OUT/" 2>/dev/null
   grep -A8 "^train speed" "$log" | tail -8
   # naming from scratch: what is left of the call, less the load/tokenize/save overhead
-  train_rule naming /tmp/work/naming/train.jsonl $(( $(left) - 80 )) 70 --oversample none --mine 0
+  train_rule naming /tmp/work/naming/train.jsonl $(( $(left) - 120 )) 110 --oversample none --mine 1 \
+    --set mine_windows=800
   ;;
 predicate)
   mkdir -p /tmp/work/predicate /tmp/warm
   xz -dc .cache/gpu-carry/c3/predicate-train.jsonl.xz > /tmp/work/predicate/train.jsonl
-  tar -C /tmp/warm -xf .cache/gpu-carry/c5/warm.tar
+  tar -C /tmp/warm -xf .cache/gpu-carry/c5/warm.tar  # predicate: the whole folder; else-return: its weights
   train_rule else-return /tmp/work/else-return/train.jsonl "${ELSE_S:-55}" 85 --oversample none --mine 1 \
     --set init_adapter=/tmp/warm/else-return --set mine_windows=800 --set num_train_epochs=20
   train_rule predicate /tmp/work/predicate/train.jsonl $(( $(left) - 150 )) 140 --mine 1 \
