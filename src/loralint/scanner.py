@@ -442,13 +442,13 @@ class SharedEngine:
 
     def identity(self, rule: str) -> dict:
         """What decides ``rule``'s answers (its scan-cache key): per rule and adapter, as a one-rule scan's
-        (transformers: the same; llama.cpp: the LoRA applied at run time on the base, a key of its own)."""
+        (transformers: the same; llama.cpp: the same too, each rule on its own merged GGUF)."""
         ad = self.adapters[rule]
         eng = self.engine
         if eng is not None and hasattr(eng, "adapter_identity"):
             return eng.adapter_identity(rule)
         if (eng.name if eng is not None else self.kind) == "llamacpp":
-            return llamacpp_identity(ad, None, self.opts.base, runtime_lora=len(self.adapters) > 1)
+            return llamacpp_identity(ad, None, self.opts.base)  # each rule on its merged GGUF, as alone
         return model_identity(ad, self.opts.base)
 
     def close(self) -> None:
