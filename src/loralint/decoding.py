@@ -770,6 +770,18 @@ class TokenConstraint:
         self.pending = data[i:]
 
 
+def only_answer(grammar: AnswerGrammar | None) -> str | None:
+    """The one answer ``grammar`` allows, or None when it allows more (or there is none): a window where no
+    answer line can start (no line the rule's fields accept: for predicate, no ``&&`` / ``||`` in the code)
+    leaves the rule's "nothing found" sentence, whatever the model's logits. A constrained engine would write
+    that sentence and the end of turn (a few tokens, always under the window's token limit); the scanner writes
+    it without asking the model (the same answer text, so the same findings and cache entries)."""
+    if grammar is None or not grammar.empty:
+        return None
+    auto = Automaton(grammar)
+    return grammar.empty if not auto.lines_after(auto.hist0) else None
+
+
 def constraints_for(rule, tokenizer, windows: list[tuple[list[str], int]], *,
                     comments: Sequence[dict | None] | None = None,
                     end_ids: Sequence[int] | None = None) -> list[TokenConstraint]:
