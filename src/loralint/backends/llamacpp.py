@@ -112,16 +112,21 @@ def physical_cores() -> int:
 
 
 class _Loading:
-    """``Llama(**kw)`` in a thread; :meth:`result` waits for it (and raises what it raised)."""
+    """``Llama(**kw)`` in a thread; :meth:`result` waits for it (and raises what it raised). ``after``: a load to
+    wait for first: llama.cpp's model loading is not safe in two threads at once (seen: two concurrent loads
+    ended the process, exit status 0, no message), so several models load one after the other."""
 
-    def __init__(self, cls, kw: dict):
+    def __init__(self, cls, kw: dict, after: "_Loading | None" = None):
         import threading
 
         self.value = self.error = None
-        self.thread = threading.Thread(target=self._run, args=(cls, kw), name="loralint-llama-load", daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(cls, kw, after), name="loralint-llama-load",
+                                       daemon=True)
         self.thread.start()
 
-    def _run(self, cls, kw):
+    def _run(self, cls, kw, after):
+        if after is not None:
+            after.thread.join()
         try:
             self.value = cls(**kw)
         except BaseException as e:  # noqa: BLE001 - handed to the caller
@@ -442,12 +447,13 @@ class LlamaCppMultiBackend(LlamaCppBackend):
 
 class LlamaCppMergedBackend(LlamaCppBackend):
     """Several adapters (rules) in one llama.cpp engine, each merged into its own f16 GGUF (the one a one-rule
-    scan runs, :func:`find_gguf`): one model a rule, all loading at once in threads (the tokenizer read once
-    meanwhile), the one a batch of prompts asks for made the engine's model. The default for several rules:
+    scan runs, :func:`find_gguf`): one model a rule, loading in a thread (the tokenizer read once
+    meanwhile; one after the other: see :class:`_Loading`), the one a batch of prompts asks for made the
+    engine's model. The default for several rules:
     measured on the 2 changed windows of a commit (2 cores, ``benchmarks/commit_review.py``), a window's
     prefill took 1.4x the time under a runtime LoRA (:class:`LlamaCppMultiBackend`: 210 small LoRA products
     beside the model's own) as on the merged weights, far more than a second model's load (0.2 s, from the page
-    cache, overlapped with the first). Each model keeps its own prompt-prefix KV state on disk (:mod:`.prefixcache`,
+    cache, overlapped with the first rule's prompts). Each model keeps its own prompt-prefix KV state on disk (:mod:`.prefixcache`,
     keyed by its merged GGUF: the base, that adapter's digest and the context settings), and a rule's answers
     are those of a one-rule scan (the same file, the same scan-cache key). The cost: a merged GGUF a rule on
     disk (270 MB for SmolLM2-135M, prepared once, ~20 s)."""
@@ -469,9 +475,11 @@ class LlamaCppMergedBackend(LlamaCppBackend):
         self.n_ctx_max = n_ctx
         files = {n: find_gguf(a, None, base) for n, a in adapters.items()}  # prepared once (merged f16)
         self._models: dict[str, dict] = {}
-        for name, (model, lora) in files.items():
+        prev = None
+        for name, (model, lora) in files.items():  # in order, one after the other (see _Loading)
             kw = self._llama_kw(model, lora)
-            self._models[name] = {"kw": kw, "model_path": model, "lora_path": lora, "loading": _Loading(Llama, kw)}
+            prev = _Loading(Llama, kw, after=prev)
+            self._models[name] = {"kw": kw, "model_path": model, "lora_path": lora, "loading": prev}
         self._read_tokenizer(self.adapter, None, base)
         self.generated_tokens = 0
         self.prompt_tokens = 0
