@@ -70,7 +70,8 @@ def run(cmd: list[str], env: dict) -> dict:
     if p.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[-800:]}")
     findings = sorted((f["path"].split("/")[-1], f["line"], f["kind"]) for f in json.loads(p.stdout or "[]"))
-    model = next((ln for ln in p.stderr.splitlines() if ln.startswith("model:")), "")
+    text = " ".join(p.stderr.split())  # (the terminal report wraps its lines)
+    model = text[text.find("model:"):].split(" windows/s")[0] + " windows/s" if "model:" in text else ""
     return {"wall": wall, "cpu": cpu, "findings": findings, "stderr": p.stderr.strip(), "model": model}
 
 
