@@ -9,9 +9,10 @@ are changed (two windows to review). Each measurement is a new process running
 the GGUF already prepared in the user cache (``$LORALINT_CACHE/gguf``, linked in):
 
 - before: the default engine of the tree at ``--baseline`` (a git revision, extracted with ``git archive``;
-  default the commit before the prefix cache: llama.cpp on the f16 GGUF, an 8192-token context);
+  default the commit before this benchmark's last work: every shipped rule on one f16 base GGUF with the
+  rules' GGUF LoRAs applied at run time, no stored prefix state);
 - new, cold: this tree, no stored prefix state (a fresh ``kv`` folder each run: the first scan after install);
-- new, warm: this tree, the prompt prefix's KV state stored by an earlier run (every later scan);
+- new, warm: this tree, the prompt prefixes' KV states stored by an earlier run (every later scan);
 - first run (one, reported apart): this tree with an empty cache, the one-time f16 GGUF preparation included;
 - ``--transformers``: also the reference engine (``--backend transformers``).
 
@@ -69,14 +70,16 @@ def run(cmd: list[str], env: dict) -> dict:
     if p.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[-800:]}")
     findings = sorted((f["path"].split("/")[-1], f["line"], f["kind"]) for f in json.loads(p.stdout or "[]"))
-    return {"wall": wall, "cpu": cpu, "findings": findings, "stderr": p.stderr.strip()}
+    text = " ".join(p.stderr.split())  # (the terminal report wraps its lines)
+    model = text[text.find("model:"):].split(" windows/s")[0] + " windows/s" if "model:" in text else ""
+    return {"wall": wall, "cpu": cpu, "findings": findings, "stderr": p.stderr.strip(), "model": model}
 
 
 def med(xs: list[float]) -> float:
     return round(statistics.median(xs), 3) if xs else float("nan")
 
 
-BASELINE = "25edf6b"  # llama.cpp f16, n_ctx 8192, no prefix state: the default CPU engine before this benchmark's work
+BASELINE = "ffb2864"  # every shipped rule as a runtime GGUF LoRA on the f16 base, no prefix state (issue #15 item 3)
 
 
 def stats(rs: list[dict]) -> dict:
@@ -142,7 +145,7 @@ def main() -> None:
         same = all(r["findings"] == before[0]["findings"] for r in every)
         n_lines = len(src.read_text().split("\n"))
 
-    rows = {f"before ({base_rev}: llama.cpp f16, n_ctx 8192)": before,
+    rows = {f"before ({base_rev}: f16 base + runtime LoRAs)": before,
             "new, cold (no prefix state stored)": cold,
             "new, warm (prefix state stored)": warm}
     if ref:
@@ -166,6 +169,7 @@ def main() -> None:
         "benchmark": "commit_review",
         "file": str(src), "lines": n_lines, "changed_windows": 2,
         "command": " ".join(["loralint"] + scan[3:-1] + ["REPO"]),
+        "engine_summary": {"before": before[0]["model"], "new_cold": cold[0]["model"], "new_warm": warm[0]["model"]},
         "bench_command": "python benchmarks/commit_review.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version()},
         "baseline": base_rev,

@@ -248,3 +248,59 @@ def test_the_constrained_backends_are_those_whose_engines_constrain():
     assert set(classes) == set(BACKENDS)
     for kind, cls in classes.items():
         assert all(c.supports_constraints == (kind in CONSTRAINED_BACKENDS) for c in cls), kind
+
+
+@pytest.mark.slow
+def test_a_window_answered_by_its_grammar_gets_what_the_constrained_engine_writes():
+    """A window where the answer grammar leaves one answer (decoding.only_answer) is not sent to the model: the
+    constrained llama.cpp engine, asked anyway, writes exactly that answer (real fixture and corpus windows)."""
+    if not have_llama_cpp():
+        pytest.skip("llama-cpp-python is not installed")
+    from loralint.decoding import constraints_for, only_answer
+    from loralint.verify import comment_spans
+    from loralint.languages import parse
+
+    rule = get_rule("predicate")
+    eng = create_backend("llamacpp", adapter=resolve_adapter(None))
+    forced, free = [], 0
+    files = sorted(p for p in FIXTURES.iterdir() if p.is_file())
+    if CORPUS.is_dir():
+        found = sorted(CORPUS.glob("*/**/*.[jt]s"))
+        files += found[:: max(1, len(found) // 20)][:20]
+    for p in files:
+        src = load(str(p), 10**7)
+        if isinstance(src, Skipped):
+            continue
+        tree = parse(src.data, src.grammar)
+        lines, wins = file_windows(src.data, src.grammar, tree=tree)
+        comments = comment_spans(tree, src.data, src.grammar)
+        for w in wins:
+            com = {r - w.start: v for r, v in comments.items() if w.start <= r < w.end}
+            text = only_answer(rule.answer_grammar(lines[w.start:w.end], w.start + 1, com))
+            if text is None:
+                free += 1
+            elif len(forced) < 6:
+                forced.append((window_messages(rule, lines, w, fence_for(str(p))), text,
+                               (lines[w.start:w.end], w.start + 1), com))
+    assert free > 0 and len(forced) == 6
+    cons = constraints_for(rule, eng.tokenizer, [x[2] for x in forced], comments=[x[3] for x in forced])
+    got = eng.generate([x[0] for x in forced], 64, constraints=cons)
+    assert [r.text for r in got] == [x[1] for x in forced] == [rule.no_findings_answer] * 6
+
+
+@pytest.mark.slow
+def test_every_shipped_rule_on_the_default_engine_finds_what_the_reference_engine_finds():
+    """`scan` reviews every shipped rule: on the default CPU engine (one merged f16 GGUF a rule, windows answered
+    by their grammar alone, constrained decoding) the findings of the reference engine on the fixtures."""
+    if not have_llama_cpp():
+        pytest.skip("llama-cpp-python is not installed")
+    from loralint.backends import shipped_rules
+    from loralint.scanner import scan_rules
+
+    rules = shipped_rules()
+    assert len(rules) >= 2
+    ref = scan_rules([str(FIXTURES)], rules, backend="transformers", cache=False, constrained=True)
+    fast = scan_rules([str(FIXTURES)], rules, cache=False)
+    assert fast.backend == "llamacpp" and fast.engines_loaded == 1
+    assert [f.to_dict() for f in fast.findings] == [f.to_dict() for f in ref.findings]
+    assert len(ref.findings) > 0 and fast.stats()["windows_forced"] > 0

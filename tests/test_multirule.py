@@ -125,7 +125,7 @@ def test_llamacpp_runtime_lora_answers_equal_the_merged_gguf(lk, tmp_path, monke
            "naming": resolve_adapter(str(lk["naming"]), "naming", base=base)}
     prompts = [MESSAGES, [{"role": "user", "content": "while (x || y && z) { go(); }"}],
                [{"role": "user", "content": "Name this: let q = 1;"}]]
-    multi = create_backend("llamacpp", adapters=ads, base=base, n_threads=1, base_type="f32")
+    multi = create_backend("llamacpp", adapters=ads, base=base, n_threads=1, base_type="f32", runtime_lora=True)
     assert isinstance(multi, LlamaCppMultiBackend) and multi.adapter_names == ("predicate", "naming")
     order = [("predicate", 0), ("naming", 0), ("naming", 1), ("predicate", 1), ("predicate", 2), ("naming", 2)]
     got = multi.generate([prompts[i] for _, i in order], 16, adapters=[n for n, _ in order])

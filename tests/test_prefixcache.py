@@ -206,3 +206,74 @@ def test_the_context_grows_for_a_long_prompt_with_the_same_answer(engine, monkey
     whole = engine(on=False)
     assert whole.llm.n_ctx() == 8192 and texts(whole, long) == got
     assert texts(whole, prompts(*CODE)) == small_answers  # a context sized for windows: the same answers
+
+
+@pytest.mark.slow
+def test_each_rule_of_the_several_rule_engine_restores_its_own_prefix_with_the_same_answers(tmp_path, monkeypatch):
+    """`scan` with every shipped rule (LlamaCppMergedBackend: one merged GGUF a rule): each rule keeps its own
+    prefix state (keyed by its merged GGUF), a later engine restores both, and the answers of every rule equal
+    those evaluated from scratch."""
+    from pathlib import Path
+
+    from loralint import models
+    from loralint.backends.llamacpp import LlamaCppMergedBackend
+    from loralint.languages import fence_for
+    from loralint.rules import get_rule
+    from loralint.sources import Skipped, load
+    from loralint.windows import file_windows, window_messages
+
+    ads = {r: resolve_adapter(None, r) for r in ("predicate", "else-return")}
+    real_cache = models.cache_root()
+    monkeypatch.setenv("LORALINT_CACHE", str(tmp_path))
+    for sub in ("gguf", "bases"):
+        if (real_cache / sub).is_dir():
+            (tmp_path / sub).symlink_to(real_cache / sub)
+    fixtures = Path(__file__).parent / "fixtures" / "js"
+    ps, names = [], []
+    for p in sorted(f for f in fixtures.iterdir() if f.suffix in (".js", ".ts"))[:3]:
+        src = load(str(p), 10**7)
+        assert not isinstance(src, Skipped), src
+        lines, wins = file_windows(src.data, src.grammar)
+        for r in ads:
+            ps += [window_messages(get_rule(r), lines, w, fence_for(str(p))) for w in wins[:1]]
+            names += [r]
+
+    def run(eng):
+        return [x.text for x in eng.generate(ps, 64, adapters=names)]
+
+    monkeypatch.setenv(prefixcache.ENV_OFF, "0")
+    want = run(create_backend("llamacpp", adapters=ads))
+    monkeypatch.setenv(prefixcache.ENV_OFF, "1")
+    first = create_backend("llamacpp", adapters=ads)
+    assert isinstance(first, LlamaCppMergedBackend) and run(first) == want
+    files = sorted((tmp_path / "kv").glob("prefix-*.bin"))
+    assert len(files) == 2  # one a rule: one adapter's keys and values are no use to the other
+    eng = create_backend("llamacpp", adapters=ads)
+    assert run(eng) == want
+    restored = {n: eng._models[n]["prefix"].restored for n in ads}
+    assert all(v >= 60 for v in restored.values()), restored
+    assert eng._models["predicate"]["prefix"].path != eng._models["else-return"]["prefix"].path
+
+
+def test_a_changed_adapter_gets_another_prefix_file(tmp_path, monkeypatch):
+    """The several-rule engine keys a rule's prefix state by its merged GGUF, whose name carries the adapter's
+    content digest: an adapter whose weights change gets another GGUF, so another state file."""
+    from loralint.backends.llamacpp import prepared_path
+
+    monkeypatch.setenv("LORALINT_CACHE", str(tmp_path / "cache"))
+    ad = resolve_adapter(None, "else-return")
+    copy = tmp_path / "else-return"
+    shutil.copytree(ad.path, copy)
+    before = resolve_adapter(copy)
+    old_path = prepared_path(before)  # (the digest is read now, before the change)
+    weights = next(p for p in copy.iterdir() if p.name.startswith("adapter_model"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    after = resolve_adapter(copy)
+    assert before.digest != after.digest and old_path != prepared_path(after)
+    for p in (old_path, prepared_path(after)):  # stand-ins for the two prepared GGUFs
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"GGUF")
+    keys = {prefixcache.state_key(p, None, {"flash_attn": True}) for p in (old_path, prepared_path(after))}
+    assert len(keys) == 2

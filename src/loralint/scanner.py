@@ -42,6 +42,7 @@ class FileScan:
     windows: int = 0
     scanned: int = 0  # windows asked (the rest were outside --diff's changed lines)
     cached: int = 0
+    forced: int = 0  # windows answered by their answer grammar alone (one answer possible: no model asked)
     claims: int = 0
     duplicates: int = 0
     malformed: int = 0
@@ -53,7 +54,7 @@ class FileScan:
 
     def to_dict(self) -> dict:
         return {"path": self.path, "windows": self.windows, "scanned": self.scanned, "cached": self.cached,
-                "claims": self.claims, "duplicates": self.duplicates, "malformed": self.malformed,
+                "forced": self.forced, "claims": self.claims, "duplicates": self.duplicates, "malformed": self.malformed,
                 "truncated": self.truncated, "unverified": [r.to_dict() for r in self.unverified],
                 "errors": self.errors}
 
@@ -85,6 +86,7 @@ class ScanResult(RunResult):
         return super().stats() | {
             "windows": sum(x.scanned for x in d),
             "windows_cached": sum(x.cached for x in d),
+            "windows_forced": sum(x.forced for x in d),
             "claims": sum(x.claims for x in d),
             "unverified": self.unverified,
             "duplicates": sum(x.duplicates for x in d),
@@ -338,6 +340,8 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
                 jobs.append((f, w))
                 store.misses += 1
 
+    if use_constraints and jobs:  # windows whose answer grammar leaves one answer need no model (only_answer)
+        jobs = _answer_forced(the_rule, jobs, store)
     if on_total:
         on_total(len(jobs))
     gen_seconds = 0.0
@@ -399,6 +403,33 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     return out
 
 
+def _window_comments(f: _File, w: Window) -> dict:
+    """The file's comment spans on the window's rows, by 0-based window row (what the answer grammar skips)."""
+    return {r - w.start: v for r, v in f.doc.comments.items() if w.start <= r < w.end}
+
+
+def _answer_forced(rule: Rule, jobs: list[tuple[_File, Window]], store: ScanCache) -> list[tuple[_File, Window]]:
+    """Answer the windows whose constrained answer is forced (:func:`loralint.decoding.only_answer`: nothing
+    the rule could name is in them) with that answer, as the constrained engine would; the other jobs."""
+    if rule.answer_grammar([""], 1) is None:
+        return jobs
+    from .decoding import only_answer
+
+    rest: list[tuple[_File, Window]] = []
+    fresh: dict[str, tuple[_File, dict]] = {}
+    for f, w in jobs:
+        text = only_answer(rule.answer_grammar(f.lines[w.start:w.end], w.start + 1, _window_comments(f, w)))
+        if text is None:
+            rest.append((f, w))
+            continue
+        f.answers[_wkey(w)] = Completion(text)
+        f.detail.forced += 1
+        fresh.setdefault(f.digest, (f, {}))[1][_wkey(w)] = {"text": text, "truncated": False, "tokens": 0}
+    for digest, (_f, answers) in fresh.items():
+        store.put(digest, answers)
+    return rest
+
+
 def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Window]]) -> list | None:
     """One :class:`loralint.decoding.TokenConstraint` a window (the file's comments shifted to the window's
     rows), or None when the rule declares no answer grammar."""
@@ -408,7 +439,7 @@ def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Wind
     if tok is None or rule.answer_grammar([""], 1) is None:
         return None
     wins = [(f.lines[w.start:w.end], w.start + 1) for f, w in part]
-    comments = [{r - w.start: v for r, v in f.doc.comments.items() if w.start <= r < w.end} for f, w in part]
+    comments = [_window_comments(f, w) for f, w in part]
     return constraints_for(rule, tok, wins, comments=comments, end_ids=getattr(engine, "eos_ids", None))
 
 
@@ -442,13 +473,13 @@ class SharedEngine:
 
     def identity(self, rule: str) -> dict:
         """What decides ``rule``'s answers (its scan-cache key): per rule and adapter, as a one-rule scan's
-        (transformers: the same; llama.cpp: the LoRA applied at run time on the base, a key of its own)."""
+        (transformers: the same; llama.cpp: the same too, each rule on its own merged GGUF)."""
         ad = self.adapters[rule]
         eng = self.engine
         if eng is not None and hasattr(eng, "adapter_identity"):
             return eng.adapter_identity(rule)
         if (eng.name if eng is not None else self.kind) == "llamacpp":
-            return llamacpp_identity(ad, None, self.opts.base, runtime_lora=len(self.adapters) > 1)
+            return llamacpp_identity(ad, None, self.opts.base)  # each rule on its merged GGUF, as alone
         return model_identity(ad, self.opts.base)
 
     def close(self) -> None:
@@ -587,7 +618,7 @@ def merge_runs(runs: list[ScanResult]) -> ScanResult:
             if got is None:
                 details[path] = replace(d, unverified=list(d.unverified), errors=list(d.errors))
             else:
-                for k in ("windows", "scanned", "cached", "claims", "duplicates", "malformed", "truncated"):
+                for k in ("windows", "scanned", "cached", "forced", "claims", "duplicates", "malformed", "truncated"):
                     setattr(got, k, getattr(got, k) + getattr(d, k))
                 got.unverified += d.unverified
                 got.errors += d.errors

@@ -464,8 +464,8 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
     """Build a backend by name. ``api`` alone selects ``openai``, ``gguf`` ``llamacpp``; otherwise
     :func:`default_backend` chooses. ``adapters``: several adapters (name -> :class:`Adapter`, on one base) that
     one in-process engine serves: the base loaded once, ``generate(..., adapters=[name per prompt])`` routes
-    (transformers and gpu: PEFT adapters unmerged, ``set_adapter`` per batch; llamacpp: GGUF LoRAs on one GGUF
-    base, switched per batch). One adapter in ``adapters`` is the same as ``adapter=`` (merged)."""
+    (transformers and gpu: PEFT adapters unmerged, ``set_adapter`` per batch; llamacpp: one merged GGUF a
+    rule, loaded together, or with ``runtime_lora=True`` GGUF LoRAs on one GGUF base, switched per batch). One adapter in ``adapters`` is the same as ``adapter=`` (merged)."""
     if adapters and len(adapters) == 1:
         adapter, adapters = next(iter(adapters.values())), None
     if adapters:
@@ -499,9 +499,11 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
         if gguf is None:
             ad = adapter if isinstance(adapter, Adapter) else resolve_adapter(adapter, rule, base)
         if options.get("adapters"):
-            from .llamacpp import LlamaCppMultiBackend
+            from .llamacpp import LlamaCppMergedBackend, LlamaCppMultiBackend
 
-            return LlamaCppMultiBackend(base=base, **options)
+            if options.pop("runtime_lora", False) or "base_type" in options or "lora_type" in options:
+                return LlamaCppMultiBackend(base=base, **options)  # GGUF LoRAs on one base, switched per batch
+            return LlamaCppMergedBackend(base=base, **options)  # (the default: one merged GGUF a rule, faster)
         return LlamaCppBackend(adapter=ad, gguf=gguf, base=base, **options)
     raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
 

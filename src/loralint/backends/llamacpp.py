@@ -112,16 +112,21 @@ def physical_cores() -> int:
 
 
 class _Loading:
-    """``Llama(**kw)`` in a thread; :meth:`result` waits for it (and raises what it raised)."""
+    """``Llama(**kw)`` in a thread; :meth:`result` waits for it (and raises what it raised). ``after``: a load to
+    wait for first: llama.cpp's model loading is not safe in two threads at once (seen: two concurrent loads
+    ended the process, exit status 0, no message), so several models load one after the other."""
 
-    def __init__(self, cls, kw: dict):
+    def __init__(self, cls, kw: dict, after: "_Loading | None" = None):
         import threading
 
         self.value = self.error = None
-        self.thread = threading.Thread(target=self._run, args=(cls, kw), name="loralint-llama-load", daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(cls, kw, after), name="loralint-llama-load",
+                                       daemon=True)
         self.thread.start()
 
-    def _run(self, cls, kw):
+    def _run(self, cls, kw, after):
+        if after is not None:
+            after.thread.join()
         try:
             self.value = cls(**kw)
         except BaseException as e:  # noqa: BLE001 - handed to the caller
@@ -139,8 +144,6 @@ class LlamaCppBackend(Backend):
 
     def __init__(self, adapter: Adapter | None = None, gguf: str | None = None, base: str | None = None,
                  n_ctx: int = 8192, n_threads: int | None = None, n_gpu_layers: int = -1, **_ignored):
-        from .chattok import ChatTokenizer, tokenizer_folder
-
         # ggml's CPU threads are OpenMP threads: sleeping, not spinning, when idle (set before libgomp loads;
         # on 2 shared cores spinning threads measured 3x the CPU time and wall time of passive ones)
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -154,33 +157,45 @@ class LlamaCppBackend(Backend):
         self.adapter = adapter
         self.base = base
         self.gguf = gguf
+        self.n_threads, self.n_gpu_layers = n_threads or physical_cores(), n_gpu_layers
         self.model_path, self.lora_path = self._model_files(adapter, gguf, base)
-        threads = n_threads or physical_cores()
         self.n_ctx_max = n_ctx
-        kw = dict(model_path=str(self.model_path), n_ctx=min(n_ctx, FIRST_CTX), n_gpu_layers=n_gpu_layers,
-                  verbose=False, n_threads=threads, n_threads_batch=threads, flash_attn=FLASH_ATTN)
-        if self.lora_path:
-            kw["lora_path"] = str(self.lora_path)
+        kw = self._llama_kw(self.model_path, self.lora_path)
         self._kw = kw
         loading = _Loading(Llama, kw)  # the model loads (mostly in llama.cpp, without the GIL) while the
-        self.tok = self.chat = None    # tokenizer is read below: ~0.2 s of a cold start each
+        self._read_tokenizer(adapter, gguf, base)  # tokenizer is read: ~0.2 s of a cold start each
+        self.llm = loading.result()
+        self.generated_tokens = 0
+        self.prompt_tokens = 0
+        self.prefix = self._prefix_cache(kw)
+
+    def _llama_kw(self, model_path: Path, lora_path: Path | None) -> dict:
+        """``Llama(**kw)``'s keywords for one model file (and LoRA GGUF)."""
+        kw = dict(model_path=str(model_path), n_ctx=min(self.n_ctx_max, FIRST_CTX), n_gpu_layers=self.n_gpu_layers,
+                  verbose=False, n_threads=self.n_threads, n_threads_batch=self.n_threads, flash_attn=FLASH_ATTN)
+        if lora_path:
+            kw["lora_path"] = str(lora_path)
+        return kw
+
+    def _read_tokenizer(self, adapter, gguf, base) -> None:
+        """``self.chat`` (ChatTokenizer: no transformers import) or ``self.tok`` (the Hugging Face tokenizer), or
+        neither (llama.cpp's own template and tokenizer); ``self.tokenizer``: the one constrained decoding uses."""
+        from .chattok import ChatTokenizer, tokenizer_folder
+
+        self.tok = self.chat = None
         tok_source = base or (adapter.base if adapter else None)
         folder = None if gguf else tokenizer_folder(adapter, base)
         if folder is not None:
             try:
                 self.chat = ChatTokenizer(folder)
-            except (OSError, ValueError) as e:  # noqa: F841 - no usable files: the Hugging Face tokenizer
+            except (OSError, ValueError):  # no usable files: the Hugging Face tokenizer
                 self.chat = None
         if self.chat is None and tok_source:
             try:
                 self.tok = models.load_tokenizer(tok_source)
             except Exception:  # noqa: BLE001 - no tokenizer: llama.cpp's own template and tokenizer
                 self.tok = None
-        self.llm = loading.result()
         self.tokenizer = self.chat or self.tok  # the token ids constrained decoding reasons about
-        self.generated_tokens = 0
-        self.prompt_tokens = 0
-        self.prefix = self._prefix_cache(kw)
 
     def _prefix_cache(self, kw: dict):
         """The on-disk KV state of the prompts' shared prefix (:mod:`.prefixcache`); None when turned off or
@@ -422,6 +437,92 @@ class LlamaCppMultiBackend(LlamaCppBackend):
             except RuntimeError as e:
                 for i in idx:
                     out[i] = BackendError(f"llama.cpp: {e}")
+                continue
+            cons = [constraints[i] for i in idx] if constraints is not None else None
+            got = super().generate([prompts[i] for i in idx], [caps[i] for i in idx], progress, constraints=cons)
+            for i, r in zip(idx, got):
+                out[i] = r
+        return [r if r is not None else BackendError("no answer") for r in out]
+
+
+class LlamaCppMergedBackend(LlamaCppBackend):
+    """Several adapters (rules) in one llama.cpp engine, each merged into its own f16 GGUF (the one a one-rule
+    scan runs, :func:`find_gguf`): one model a rule, loading in a thread (the tokenizer read once
+    meanwhile; one after the other: see :class:`_Loading`), the one a batch of prompts asks for made the
+    engine's model. The default for several rules:
+    measured on the 2 changed windows of a commit (2 cores, ``benchmarks/commit_review.py``), a window's
+    prefill took 1.4x the time under a runtime LoRA (:class:`LlamaCppMultiBackend`: 210 small LoRA products
+    beside the model's own) as on the merged weights, far more than a second model's load (0.2 s, from the page
+    cache, overlapped with the first rule's prompts). Each model keeps its own prompt-prefix KV state on disk (:mod:`.prefixcache`,
+    keyed by its merged GGUF: the base, that adapter's digest and the context settings), and a rule's answers
+    are those of a one-rule scan (the same file, the same scan-cache key). The cost: a merged GGUF a rule on
+    disk (270 MB for SmolLM2-135M, prepared once, ~20 s)."""
+
+    def __init__(self, adapters: dict[str, Adapter], base: str | None = None, n_ctx: int = 8192,
+                 n_threads: int | None = None, n_gpu_layers: int = -1, **_ignored):
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # (as LlamaCppBackend: before libgomp loads)
+        if not adapters:
+            raise ValueError("LlamaCppMergedBackend needs adapters")
+        try:
+            from llama_cpp import Llama
+        except ImportError as e:
+            raise BackendUnavailable(f"the llamacpp backend needs llama-cpp-python: {INSTALL_HINT}") from e
+        self.adapters = dict(adapters)
+        self.adapter_names = tuple(adapters)
+        self.adapter = next(iter(adapters.values()))
+        self.base, self.gguf = base, None
+        self.n_threads, self.n_gpu_layers = n_threads or physical_cores(), n_gpu_layers
+        self.n_ctx_max = n_ctx
+        files = {n: find_gguf(a, None, base) for n, a in adapters.items()}  # prepared once (merged f16)
+        self._models: dict[str, dict] = {}
+        prev = None
+        for name, (model, lora) in files.items():  # in order, one after the other (see _Loading)
+            kw = self._llama_kw(model, lora)
+            prev = _Loading(Llama, kw, after=prev)
+            self._models[name] = {"kw": kw, "model_path": model, "lora_path": lora, "loading": prev}
+        self._read_tokenizer(self.adapter, None, base)
+        self.generated_tokens = 0
+        self.prompt_tokens = 0
+        self._active: str | None = None
+        self.llm = self.prefix = None
+        self._use_adapter(self.adapter_names[0])
+
+    def _use_adapter(self, name: str) -> None:
+        """Make ``name``'s model (loaded by then) the engine's; the previous one keeps its KV cache."""
+        if name == self._active:
+            return
+        if self._active is not None:  # a context grown meanwhile is a new model object: keep that one
+            self._models[self._active].update(llm=self.llm, prefix=self.prefix, kw=self._kw)
+        m = self._models[name]
+        if "llm" not in m:
+            try:
+                self.llm = m.pop("loading").result()
+            except Exception as e:  # noqa: BLE001 - llama.cpp's own message, one line
+                raise BackendUnavailable(f"llama.cpp cannot load {m['model_path']} ({name}): {e}") from e
+            self.model_path, self.lora_path, self._kw = m["model_path"], m["lora_path"], m["kw"]
+            m.update(llm=self.llm, prefix=self._prefix_cache(m["kw"]))
+        self.llm, self.prefix, self._kw = m["llm"], m["prefix"], m["kw"]
+        self.model_path, self.lora_path = m["model_path"], m["lora_path"]
+        self._active = name
+
+    def identity(self) -> dict:
+        return {"backend": "llamacpp", "adapters": {n: self.adapter_identity(n) for n in self.adapters}}
+
+    def adapter_identity(self, name: str) -> dict:
+        """The identity of one adapter's answers: a one-rule scan's (the same merged GGUF)."""
+        return llamacpp_identity(self.adapters[name], None, self.base)
+
+    def generate(self, prompts, max_new_tokens, progress=None, constraints=None, adapters=None) -> list[Result]:
+        from . import adapter_groups
+
+        caps = limits(max_new_tokens, len(prompts))
+        out: list[Result | None] = [None] * len(prompts)
+        for name, idx in adapter_groups(adapters, len(prompts), self.adapter_names).items():
+            try:
+                self._use_adapter(name)
+            except BackendUnavailable as e:
+                for i in idx:
+                    out[i] = BackendError(str(e))
                 continue
             cons = [constraints[i] for i in idx] if constraints is not None else None
             got = super().generate([prompts[i] for i in idx], [caps[i] for i in idx], progress, constraints=cons)

@@ -178,7 +178,8 @@ def run_scan(paths: List[Path], kw: dict, quiet: bool, diff: str | None = None, 
 def summary_line(result) -> str:
     st = result.stats()
     rate = f", {st['windows'] / st['generate_seconds']:.1f} windows/s" if st["generate_seconds"] > 0 else ""
-    parts = [f"{st['windows']} windows ({st['windows_cached']} from the cache) in {st['seconds']:.1f}s{rate}"]
+    forced = f", {st['windows_forced']} answered by the rule's grammar alone" if st.get("windows_forced") else ""
+    parts = [f"{st['windows']} windows ({st['windows_cached']} from the cache{forced}) in {st['seconds']:.1f}s{rate}"]
     if st["unverified"]:
         parts.append(f"{st['unverified']} unverified claims dropped (--verbose lists them)")
     if st["truncated_answers"]:
