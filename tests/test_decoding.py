@@ -16,7 +16,7 @@ from loralint.decoding import (AnswerGrammar, Automaton, Choice, Copy, Line, Lit
 from loralint.languages import grammar_for, parse
 from loralint.rules import Rule, get_rule
 from loralint.sources import SourceFile
-from loralint.verify import FileText, comment_spans, verify
+from loralint.verify import FileText, comment_spans, literal_spans, verify
 from loralint.windows import file_windows
 from tiny import smollm2_tokenizer, tiny_model_dir
 from tiny_scan import FIXTURE, trained_fixture
@@ -32,14 +32,15 @@ def windows_of(path: Path, target: int = 30):
     grammar = grammar_for(str(path))
     tree = parse(data, grammar)
     lines, wins = file_windows(data, grammar, target=target, tree=tree)
-    doc = FileText(lines, comment_spans(tree, data, grammar))
+    doc = FileText(lines, comment_spans(tree, data, grammar), literal_spans(tree, data, grammar))
     found, _ = oracle_findings(SourceFile(str(path), str(path), grammar, data), [RULE])
     return lines, doc, [(w.start, w.end) for w in wins], found
 
 
 def grammar_of(lines, doc, start, end):
     return RULE.answer_grammar(lines[start:end], start + 1,
-                               {r - start: v for r, v in doc.comments.items() if start <= r < end})
+                               {r - start: v for r, v in doc.comments.items() if start <= r < end},
+                               {r - start: v for r, v in doc.literals.items() if start <= r < end})
 
 
 def check_answer(text: str, doc: FileText, start: int, end: int) -> tuple[int, int, int]:
@@ -258,7 +259,7 @@ class NamingRule(Rule):
     def __init__(self, shape: str):
         self.shape = shape
 
-    def answer_grammar(self, lines, first_line, comments=None):
+    def answer_grammar(self, lines, first_line, comments=None, literals=None):
         if self.shape == "name":
             fields = (Line(), Lit(": "), Choice(lambda n, text: re.findall(r"[A-Za-z_$][\w$]*", text)))
         else:
@@ -348,3 +349,21 @@ def test_constrained_scan_of_the_trained_tiny_model_matches_the_oracle(tmp_path)
         assert d["malformed_answer_lines"] == 0 and d["unverified"] == 0
         got[flag] = {(f.line, f.kind) for f in res.findings}
     assert got[True] == got[False] == want
+
+
+def test_no_copy_starts_inside_a_string_or_regex():
+    """The decoder cannot name a condition quoted in a string or a regex (the verification rule, enforced on
+    tokens): the window whose only && sits in a string leaves only `No violations found.`; a template's
+    ${...} stays copyable."""
+    src = ["const tpl = 'function f(s) { if (s !== undefined && s !== null) out(s) }'",
+           "const re = /if \\(x && y\\)/", "const t = `q ${c && d ? 1 : 2}`"]
+    data = "\n".join(src).encode()
+    tree = parse(data, "javascript")
+    lits = literal_spans(tree, data, "javascript")
+    quoted = Automaton(RULE.answer_grammar(src[:2], 1, {}, {r: v for r, v in lits.items() if r < 2}))
+    assert not quoted.lines_after(quoted.hist0)  # nothing to name: the only answer is the empty one
+    free = Automaton(RULE.answer_grammar(src[:2], 1, {}, {}))
+    assert free.lines_after(free.hist0)  # without the spans the quoted text could be copied
+    tpl = Automaton(RULE.answer_grammar(src, 1, {}, lits))
+    assert tpl.accepts("3: ternary: c && d")
+    assert not tpl.accepts("1: if: s !== undefined && s !== null")

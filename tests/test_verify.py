@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from loralint.languages import parse
 from loralint.rules import Claim, get_rule
-from loralint.verify import FileText, balanced, comment_spans, verify
+from loralint.verify import FileText, balanced, comment_spans, literal_spans, verify
 from loralint.windows import split_lines
 
 RULE = get_rule("predicate")
@@ -31,7 +31,7 @@ def doc_of(src: str = SRC) -> FileText:
     lines = split_lines(src)
     if lines[-1] == "":
         lines.pop()
-    return FileText(lines, comment_spans(tree, data, "javascript"))
+    return FileText(lines, comment_spans(tree, data, "javascript"), literal_spans(tree, data, "javascript"))
 
 
 def run(claims, first=0, end=None, src=SRC):
@@ -179,3 +179,27 @@ def test_parse_answer_then_verify_on_crafted_output():
     v = run(parsed.claims)
     assert [f.line for f in v.findings] == [2]
     assert len(v.rejected) == 2
+
+
+QUOTED_SRC = """\
+const tpl = '  function f(s) { if (s !== undefined && s !== null) out(s) }'
+const t2 = `if (a && b) ${c && d ? 1 : 2}`
+const re = /if \\(x && y\\)/
+if (s !== undefined && s !== null) out(s)
+"""
+
+
+def test_code_quoted_in_a_string_or_regex_is_no_condition():
+    """A condition's text inside a string, a template's literal part or a regex is no finding (code in a string
+    is no code to the oracle either); a template's ${...} is code, and the same text outside the string is
+    found where it really is."""
+    v = run([Claim(1, "if", "s !== undefined && s !== null"), Claim(2, "if", "a && b"), Claim(3, "if", "x && y")],
+            src=QUOTED_SRC)
+    assert not v.findings and len(v.rejected) == 3, v
+    v = run([Claim(2, "ternary", "c && d"), Claim(4, "if", "s !== undefined && s !== null")], src=QUOTED_SRC)
+    assert [(f.line, f.kind, f.column) for f in v.findings] == [(2, "ternary", 27), (4, "if", 5)], v.rejected
+    # and the check can fail: without the literal spans the quoted one is taken for code
+    data = QUOTED_SRC.encode()
+    tree = parse(data, "javascript")
+    bare = FileText(split_lines(QUOTED_SRC)[:-1], comment_spans(tree, data, "javascript"))
+    assert verify([Claim(1, "if", "s !== undefined && s !== null")], bare, 0, 4, "f.js", "predicate").findings

@@ -91,6 +91,9 @@ class AnswerGrammar:
     repeat_line: bool = False
     #: 0-based window row -> character intervals [start, end) of comments (skipped by a Copy)
     comments: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    #: 0-based window row -> character intervals of literal text (strings, regexes: copied like code, but a
+    #: rule's start_ok may refuse to start a copy there)
+    literals: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------ the copy text
@@ -105,8 +108,8 @@ class _Code:
     :meth:`loralint.verify.FileText.find` builds it), where each came from, and the spans that may be
     copied from each start."""
 
-    def __init__(self, lines: list[str], comments: dict):
-        self.doc = FileText(lines, comments)
+    def __init__(self, lines: list[str], comments: dict, literals: dict | None = None):
+        self.doc = FileText(lines, comments, literals)
         chars: list[str] = []
         self.where: list[tuple[int, int]] = []
         self.row_start: list[int] = []
@@ -250,7 +253,7 @@ class Automaton:
         self.fields = g.fields
         if not g.fields or not isinstance(g.fields[0], Line) or sum(isinstance(f, Line) for f in g.fields) != 1:
             raise ValueError("an answer line starts with its one Line field")
-        self.code = _Code(g.lines, g.comments) if any(isinstance(f, Copy) for f in g.fields) else None
+        self.code = _Code(g.lines, g.comments, g.literals) if any(isinstance(f, Copy) for f in g.fields) else None
         self.n_lines = len(g.lines)
         self._choice_idx = [k for k, f in enumerate(self.fields) if isinstance(f, Choice)]
         self._last_choice = self._choice_idx[-1] if self._choice_idx else -1
@@ -784,17 +787,20 @@ def only_answer(grammar: AnswerGrammar | None) -> str | None:
 
 def constraints_for(rule, tokenizer, windows: list[tuple[list[str], int]], *,
                     comments: Sequence[dict | None] | None = None,
+                    literals: Sequence[dict | None] | None = None,
                     end_ids: Sequence[int] | None = None) -> list[TokenConstraint]:
     """One :class:`TokenConstraint` per window ``(lines, first line number)`` under ``rule``'s answer grammar.
 
     ``comments``: per window, 0-based window row -> comment column intervals (the file's, as
-    :func:`loralint.verify.comment_spans` gives them); without them the window is parsed on its own.
+    :func:`loralint.verify.comment_spans` gives them); ``literals``: the same for literal text
+    (:func:`loralint.verify.literal_spans`).
     ``end_ids``: the end-of-turn token ids (default: the tokenizer's eos and ``<|im_end|>``)."""
     vocab = vocabulary(tokenizer, end_ids)
     out = []
     for i, (lines, first) in enumerate(windows):
         com = comments[i] if comments is not None else None
-        out.append(TokenConstraint(rule.answer_grammar(lines, first, com), vocab))
+        lit = literals[i] if literals is not None else None
+        out.append(TokenConstraint(rule.answer_grammar(lines, first, com, lit), vocab))
     return out
 
 

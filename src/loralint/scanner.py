@@ -27,7 +27,7 @@ from .languages import fence_for, parse
 from .rules import Rule, get_rule
 from .sources import Skipped, SourceFile, discover, load
 from .suppress import Suppressions, parse_suppressions
-from .verify import FileText, Rejected, comment_spans, verify
+from .verify import FileText, Rejected, comment_spans, literal_spans, verify
 from .windows import DEFAULT_TARGET, Window, file_windows, window_messages
 
 #: the decoding every backend uses (part of the cache key)
@@ -203,7 +203,7 @@ def _touches(w: Window, changed: set[int] | None) -> bool:
 def _prepare(src: SourceFile, target: int, changed: set[int] | None) -> _File:
     tree = parse(src.data, src.grammar)
     lines, wins = file_windows(src.data, src.grammar, target=target, tree=tree)
-    doc = FileText(lines, comment_spans(tree, src.data, src.grammar))
+    doc = FileText(lines, comment_spans(tree, src.data, src.grammar), literal_spans(tree, src.data, src.grammar))
     return _File(src, lines, wins, doc, file_hash(src.data), tree.root_node.has_error, changed,
                  parse_suppressions(src.data, tree), detail=FileScan(src.path, windows=len(wins),
                                                                  spans=[(w.start, w.end) for w in wins]))
@@ -408,6 +408,11 @@ def _window_comments(f: _File, w: Window) -> dict:
     return {r - w.start: v for r, v in f.doc.comments.items() if w.start <= r < w.end}
 
 
+def _window_literals(f: _File, w: Window) -> dict:
+    """The file's literal-text spans on the window's rows, by 0-based window row (where no copy starts)."""
+    return {r - w.start: v for r, v in f.doc.literals.items() if w.start <= r < w.end}
+
+
 def _answer_forced(rule: Rule, jobs: list[tuple[_File, Window]], store: ScanCache) -> list[tuple[_File, Window]]:
     """Answer the windows whose constrained answer is forced (:func:`loralint.decoding.only_answer`: nothing
     the rule could name is in them) with that answer, as the constrained engine would; the other jobs."""
@@ -418,7 +423,8 @@ def _answer_forced(rule: Rule, jobs: list[tuple[_File, Window]], store: ScanCach
     rest: list[tuple[_File, Window]] = []
     fresh: dict[str, tuple[_File, dict]] = {}
     for f, w in jobs:
-        text = only_answer(rule.answer_grammar(f.lines[w.start:w.end], w.start + 1, _window_comments(f, w)))
+        text = only_answer(rule.answer_grammar(f.lines[w.start:w.end], w.start + 1, _window_comments(f, w),
+                                               _window_literals(f, w)))
         if text is None:
             rest.append((f, w))
             continue
@@ -440,7 +446,9 @@ def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Wind
         return None
     wins = [(f.lines[w.start:w.end], w.start + 1) for f, w in part]
     comments = [_window_comments(f, w) for f, w in part]
-    return constraints_for(rule, tok, wins, comments=comments, end_ids=getattr(engine, "eos_ids", None))
+    literals = [_window_literals(f, w) for f, w in part]
+    return constraints_for(rule, tok, wins, comments=comments, literals=literals,
+                           end_ids=getattr(engine, "eos_ids", None))
 
 
 

@@ -58,10 +58,29 @@ def _comment_query(grammar: str) -> Query:
         return Query(lang, "(comment) @c")
 
 
+@lru_cache(maxsize=None)
+def _literal_query(grammar: str) -> Query:
+    lang = language(grammar)
+    try:
+        return Query(lang, "[(string_fragment) (escape_sequence) (regex_pattern) (jsx_text)] @c")
+    except Exception:  # noqa: BLE001 - grammars without JSX
+        return Query(lang, "[(string_fragment) (escape_sequence) (regex_pattern)] @c")
+
+
 def comment_spans(tree: Tree, data: bytes, grammar: str) -> dict[int, list[tuple[int, int]]]:
     """0-based row -> 0-based character column intervals [start, end) covered by comments."""
+    return _spans(QueryCursor(_comment_query(grammar)).captures(tree.root_node).get("c", []), data)
+
+
+def literal_spans(tree: Tree, data: bytes, grammar: str) -> dict[int, list[tuple[int, int]]]:
+    """0-based row -> 0-based character column intervals [start, end) of literal text: the characters of string
+    and template literals (not a template's ``${...}``), regular expressions and JSX text. Text that reads like
+    code there is none: no condition starts in it (:func:`loralint.rules.predicate.start_fits`)."""
+    return _spans(QueryCursor(_literal_query(grammar)).captures(tree.root_node).get("c", []), data)
+
+
+def _spans(nodes, data: bytes) -> dict[int, list[tuple[int, int]]]:
     out: dict[int, list[tuple[int, int]]] = {}
-    nodes = QueryCursor(_comment_query(grammar)).captures(tree.root_node).get("c", [])
     if not nodes:
         return out
     rows = data.split(b"\n")
@@ -82,13 +101,19 @@ def comment_spans(tree: Tree, data: bytes, grammar: str) -> dict[int, list[tuple
 class FileText:
     """A file's lines as verification reads them (built once a file, reused for every claim)."""
 
-    def __init__(self, lines: list[str], comments: dict[int, list[tuple[int, int]]] | None = None):
+    def __init__(self, lines: list[str], comments: dict[int, list[tuple[int, int]]] | None = None,
+                 literals: dict[int, list[tuple[int, int]]] | None = None):
         self.lines = lines
         self.comments = comments or {}
+        self.literals = literals or {}  # :func:`literal_spans`: where the text is a string's, not code
         self._rows: dict[tuple[int, bool], tuple[str, list[int]]] = {}
 
     def _in_comment(self, row: int, col: int) -> bool:
         return any(a <= col < b for a, b in self.comments.get(row, ()))
+
+    def in_literal(self, row: int, col: int) -> bool:
+        """Whether the character at (row, col) is literal text (a string's, a regex's, JSX text)."""
+        return any(a <= col < b for a, b in self.literals.get(row, ()))
 
     def row(self, r: int, skip_comments: bool) -> tuple[str, list[int]]:
         """Row ``r`` without whitespace (and comments): its characters and their columns."""

@@ -102,11 +102,13 @@ class Rule:
         whitespace-insensitively (:meth:`loralint.verify.FileText.find`)."""
         return doc.find(claim.text, row, last_row)
 
-    def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None):
+    def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None,
+                       literals: dict | None = None):
         """The answers :meth:`parse_answer` reads and verification keeps, for one window, as a
         :class:`loralint.decoding.AnswerGrammar` (constrained decoding enforces it on tokens). ``lines``: the
         window's lines; ``first_line``: the 1-based number of the first; ``comments``: 0-based window row ->
-        comment column intervals. None: this rule's answers cannot be constrained."""
+        comment column intervals; ``literals``: the same for literal text (strings, regexes). None: this rule's
+        answers cannot be constrained."""
         return None
 
     def messages(self, numbered_code: str, fence: str, answer: str | None = None) -> list[dict]:

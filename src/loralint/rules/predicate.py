@@ -260,7 +260,8 @@ class PredicateRule(Rule):
         `const x = a && b` called a ternary, a line of a condition called an if) is no finding."""
         return doc.find(claim.text, row, last_row, accept=lambda hit: kind_fits(claim.kind, doc, hit))
 
-    def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None):
+    def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None,
+                       literals: dict | None = None):
         """`LINE: KIND: CONDITION` lines: a line of the window (ascending; one line again only with another
         kind: an `if` and a ternary may start on one line), a kind, and a span of the code from that line that
         holds && or ||, that verification finds in the file, where the kind's syntax puts a condition
@@ -270,7 +271,7 @@ class PredicateRule(Rule):
         return AnswerGrammar(fields=(Line(), Lit(": "), Choice(KINDS), Lit(": "),
                                      Copy(require=("&&", "||"), start_ok=start_fits, end_ok=end_fits)),
                              lines=lines, first_line=first_line, empty=self.no_findings_answer,
-                             repeat_line=True, comments=comments or {})
+                             repeat_line=True, comments=comments or {}, literals=literals or {})
 
     def parse_answer(self, text: str) -> ParsedAnswer:
         def claim(line: str) -> Claim | None:
@@ -307,7 +308,10 @@ def kind_fits(kind: str, doc, hit: tuple[int, int, int, int, bool]) -> bool:
 
 def start_fits(choices: tuple[str, ...], doc, row: int, col: int) -> bool:
     """A statement kind's condition starts right after its opener (`if (`, `else if (`, `while (`, a `for`
-    header's first `;`); a ternary's anywhere (its end is what places it)."""
+    header's first `;`); a ternary's anywhere (its end is what places it). Never inside a string, a regex or
+    JSX text: code quoted in a string is no condition."""
+    if doc.in_literal(row, col):
+        return False
     kind = choices[0] if choices else None
     if kind not in KINDS or kind == "ternary":
         return True
