@@ -167,3 +167,6 @@ def test_train_with_a_mining_round_logs_it(tiny, tmp_path):
     assert more and min(more) > 2 and rounds[0]["rows"] == 2 * d + min(8 - d, 2 * d) and rounds[0]["steps"] > 0
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     assert not list((tmp_path / "out").glob("mining-*"))
+    # the run's figures are the main run's: its steps and the tokens it saw, not the mining round's
+    main = [r for r in log if "loss" in r and not r.get("mining")]
+    assert meta["train"]["steps"] == 2 and meta["train"]["tokens"] == main[-1]["tokens"] > 0

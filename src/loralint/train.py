@@ -1085,7 +1085,7 @@ def _metadata(s, base, rule, files, eval_files, n_train, dropped, lengths, resul
 
     from . import __version__
 
-    train_rows = [r for r in rows if "loss" in r]
+    train_rows = [r for r in rows if "loss" in r and not r.get("mining")]  # the main run (mining: its own log)
     speeds = [r["tokens_per_s"] for r in train_rows if r.get("tokens_per_s")]
     runtime = result.metrics.get("train_runtime")
     tokens = train_rows[-1]["tokens"] if train_rows else None
