@@ -203,3 +203,39 @@ def test_code_quoted_in_a_string_or_regex_is_no_condition():
     tree = parse(data, "javascript")
     bare = FileText(split_lines(QUOTED_SRC)[:-1], comment_spans(tree, data, "javascript"))
     assert verify([Claim(1, "if", "s !== undefined && s !== null")], bare, 0, 4, "f.js", "predicate").findings
+
+
+PIECES_SRC = """\
+switch (op) {
+  case "||": r = left || right; break;
+  case "??": r = left ?? right; break;
+}
+const p = a === 'x' || a === '0'
+  ? false
+  : a === 'y' || a === '1'
+    ? true
+    : d
+var diff = x < 2015
+  && y.has("strict") ? f : g
+if (
+  // a comment
+  // and another
+  // and a third
+  // and a fourth
+  name === 'v' && other
+) {}
+"""
+
+
+def test_pieces_of_a_longer_expression_are_no_condition():
+    """A claim that starts at a string's closing quote, at a ternary's `?` or `:`, or at an operator is a piece
+    of a longer expression, never a condition; an if's condition after several rows of comments is found."""
+    v = run([Claim(2, "ternary", '": r = left || right; break; case "'),
+             Claim(6, "ternary", "? false : a === 'y' || a === '1'"),
+             Claim(11, "ternary", '&& y.has("strict")')], src=PIECES_SRC)
+    assert not v.findings and len(v.rejected) == 3, v
+    v = run([Claim(5, "ternary", "a === 'x' || a === '0'"), Claim(7, "ternary", "a === 'y' || a === '1'"),
+             Claim(10, "ternary", 'x < 2015 && y.has("strict")'), Claim(17, "if", "name === 'v' && other")],
+            src=PIECES_SRC)
+    assert [(f.line, f.kind) for f in v.findings] == [(5, "ternary"), (7, "ternary"), (10, "ternary"), (17, "if")], \
+        v.rejected

@@ -61,10 +61,12 @@ def _comment_query(grammar: str) -> Query:
 @lru_cache(maxsize=None)
 def _literal_query(grammar: str) -> Query:
     lang = language(grammar)
+    inner = "[(string_fragment) (escape_sequence) (regex_pattern) (regex_flags) (jsx_text)] @c"
+    delimited = " [(string) (template_string) (regex)] @d"
     try:
-        return Query(lang, "[(string_fragment) (escape_sequence) (regex_pattern) (jsx_text)] @c")
+        return Query(lang, inner + delimited)
     except Exception:  # noqa: BLE001 - grammars without JSX
-        return Query(lang, "[(string_fragment) (escape_sequence) (regex_pattern)] @c")
+        return Query(lang, inner.replace(" (jsx_text)", "") + delimited)
 
 
 def comment_spans(tree: Tree, data: bytes, grammar: str) -> dict[int, list[tuple[int, int]]]:
@@ -75,27 +77,39 @@ def comment_spans(tree: Tree, data: bytes, grammar: str) -> dict[int, list[tuple
 def literal_spans(tree: Tree, data: bytes, grammar: str) -> dict[int, list[tuple[int, int]]]:
     """0-based row -> 0-based character column intervals [start, end) of literal text: the characters of string
     and template literals (not a template's ``${...}``), regular expressions and JSX text. Text that reads like
-    code there is none: no condition starts in it (:func:`loralint.rules.predicate.start_fits`)."""
-    return _spans(QueryCursor(_literal_query(grammar)).captures(tree.root_node).get("c", []), data)
+    code there is none: no condition starts in it (:func:`loralint.rules.predicate.start_fits`). A literal's
+    closing delimiter (the quote, backtick or slash that ends it) is literal text too; its opening one is not,
+    since a condition may begin with a string (`'' === a || b`)."""
+    got = QueryCursor(_literal_query(grammar)).captures(tree.root_node)
+    out = _spans(got.get("c", []), data)
+    # the last character of each delimited literal: a text starting there starts inside the literal
+    ends = [(n.end_point[0], max(0, n.end_point[1] - 1), n.end_point[1]) for n in got.get("d", [])
+            if n.end_byte > n.start_byte + 1]
+    _add(out, ends, data)
+    return out
 
 
 def _spans(nodes, data: bytes) -> dict[int, list[tuple[int, int]]]:
     out: dict[int, list[tuple[int, int]]] = {}
-    if not nodes:
-        return out
+    if nodes:
+        _add(out, [(r, n.start_point[1] if r == n.start_point[0] else 0,
+                    n.end_point[1] if r == n.end_point[0] else None)
+                   for n in nodes for r in range(n.start_point[0], n.end_point[0] + 1)], data)
+    return out
+
+
+def _add(out: dict[int, list[tuple[int, int]]], pieces, data: bytes) -> None:
+    """Add (row, start byte column, end byte column or None for the row's end) to ``out`` as character columns."""
+    if not pieces:
+        return
     rows = data.split(b"\n")
 
     def ccol(row: int, bcol: int) -> int:
         line = rows[row] if row < len(rows) else b""
         return len(line[:bcol].decode("utf-8", "replace"))
 
-    for n in nodes:
-        (sr, sc), (er, ec) = n.start_point, n.end_point
-        for r in range(sr, er + 1):
-            a = ccol(r, sc) if r == sr else 0
-            b = ccol(r, ec) if r == er else 1 << 30
-            out.setdefault(r, []).append((a, b))
-    return out
+    for r, a, b in pieces:
+        out.setdefault(r, []).append((ccol(r, a), ccol(r, b) if b is not None else 1 << 30))
 
 
 class FileText:

@@ -295,7 +295,10 @@ _OPENER = re.compile(r"(?:(?<![\w$.])(else)\s+)?(\}[ \t]*)?(?<![\w$.])(if|while)
 _FOR = re.compile(r"(?<![\w$.])for\s*(?:await\s*)?\([^;]*;\s*[(!\s]*$")
 _TERNARY_AFTER = re.compile(r"^[\s)]*\?(?![.?])")
 _DO_END = re.compile(r"^[\s)]*;")
-_LOOK = 4  # rows looked at before a condition (and after it, for a ternary's `?`)
+_NO_START = tuple("?:)]},;&|=")  # (the empty string, past a line's end, is no member of it)
+_LOOK = 4  # rows looked at before a condition (and after it, for a ternary's `?`) ...
+_LOOK_CODE = 16  # ... and more, 4 at a time, while they hold less code than this (rows of comments between)
+_LOOK_MAX = 40
 
 
 def kind_fits(kind: str, doc, hit: tuple[int, int, int, int, bool]) -> bool:
@@ -309,13 +312,18 @@ def kind_fits(kind: str, doc, hit: tuple[int, int, int, int, bool]) -> bool:
 def start_fits(choices: tuple[str, ...], doc, row: int, col: int) -> bool:
     """A statement kind's condition starts right after its opener (`if (`, `else if (`, `while (`, a `for`
     header's first `;`); a ternary's anywhere (its end is what places it). Never inside a string, a regex or
-    JSX text: code quoted in a string is no condition."""
-    if doc.in_literal(row, col):
+    JSX text (code quoted in a string is no condition), nor at a character no expression starts with (an
+    operator, a `?` or `:`, a closing bracket: a piece of a longer expression)."""
+    if doc.in_literal(row, col) or doc.lines[row][col:col + 1] in _NO_START:
         return False
     kind = choices[0] if choices else None
     if kind not in KINDS or kind == "ternary":
         return True
-    before = doc.code_between(max(0, row - _LOOK), 0, row, col)
+    top = max(0, row - _LOOK)
+    before = doc.code_between(top, 0, row, col)
+    while top > 0 and row - top < _LOOK_MAX and len("".join(before.split())) < _LOOK_CODE:
+        top = max(0, top - _LOOK)  # rows of comments (or blank) between the opener and the condition
+        before = doc.code_between(top, 0, row, col)
     if kind == "for":
         return bool(_FOR.search(before))
     m = _OPENER.search(before)
@@ -337,7 +345,11 @@ def end_fits(choices: tuple[str, ...], doc, row: int, col: int) -> bool:
     if kind not in ("ternary", "do...while"):
         return True
     last = min(len(doc.lines) - 1, row + _LOOK)
-    return bool((_TERNARY_AFTER if kind == "ternary" else _DO_END).match(doc.code_between(row, col, last)))
+    after = doc.code_between(row, col, last)
+    while last < len(doc.lines) - 1 and last - row < _LOOK_MAX and not after.strip():
+        last = min(len(doc.lines) - 1, last + _LOOK)  # only comments (or blank rows) so far
+        after = doc.code_between(row, col, last)
+    return bool((_TERNARY_AFTER if kind == "ternary" else _DO_END).match(after))
 
 
 RULE = register(PredicateRule())
