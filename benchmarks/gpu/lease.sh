@@ -6,17 +6,20 @@
 # training gets the steps that fit in what is left, at the tokens/s measured in call 2.
 #
 #   bash benchmarks/gpu/lease.sh setup     carry .whl .carry/smollm2-a                 wheels into /tmp/site, base part 1
-#   bash benchmarks/gpu/lease.sh rules     carry .carry/smollm2-b .cache/gpu-carry/c2  base joined; train_speed (padded,
-#                                                                             packed, length-grouped mask-free);
-#                                                                             the naming adapter (fastest mode)
+#   bash benchmarks/gpu/lease.sh rules     carry .carry/smollm2-b .cache/gpu-carry/c2  base joined; train_speed (the
+#                                                                             recipe before/after the cuDNN and
+#                                                                             cast fixes, batch 256); the naming
+#                                                                             adapter (fastest mode), mined once
 #   bash benchmarks/gpu/lease.sh predicate carry .cache/gpu-carry/c3 .cache/gpu-carry/c5
 #                                                                             else-return and predicate, warm-
 #                                                                             started from the shipped adapters,
 #                                                                             one round of hard-example mining each
-#   bash benchmarks/gpu/lease.sh eval      (no carry)                        held-out eval of the three adapters
-#                                                                             (--update-card), scan_speed (gpu vs
-#                                                                             reference engine), one vs three rules,
-#                                                                             constrained vs free decoding
+#   bash benchmarks/gpu/lease.sh eval      (no carry)                        held-out evals of the three adapters
+#                                                                             (--update-card) and constrained vs
+#                                                                             free decoding side by side; then one
+#                                                                             vs three rules, scan_speed (gpu vs
+#                                                                             reference engine)
+# prepare.sh builds every carried folder.
 # Every command is the one a user types; the script only adds what the bare machine needs.
 set -uo pipefail
 step=${1:?step}
