@@ -367,3 +367,46 @@ def test_no_copy_starts_inside_a_string_or_regex():
     tpl = Automaton(RULE.answer_grammar(src, 1, {}, lits))
     assert tpl.accepts("3: ternary: c && d")
     assert not tpl.accepts("1: if: s !== undefined && s !== null")
+
+
+@pytest.mark.parametrize("rule_id", ["naming", "else-return"])
+def test_every_oracle_answer_of_the_rule_fixtures_is_accepted(rule_id):
+    """naming (`LINE: NAME`) and else-return (`LINE: else`) declare their answer grammars too: each window's
+    oracle answer on the rules' fixtures (whose expectations are ESLint's own) is one the grammar allows."""
+    rule = get_rule(rule_id)
+    n = 0
+    for path in sorted((FIXTURES / "rules").glob("*")):
+        data = path.read_bytes()
+        grammar = grammar_for(str(path))
+        tree = parse(data, grammar)
+        lines, wins = file_windows(data, grammar, target=30, tree=tree)
+        com, lit = comment_spans(tree, data, grammar), literal_spans(tree, data, grammar)
+        found, _ = oracle_findings(SourceFile(str(path), str(path), grammar, data), [rule])
+        for w in wins:
+            mine = [f for f in found if w.start < f.line <= w.end]
+            g = rule.answer_grammar(lines[w.start:w.end], w.start + 1,
+                                    {r - w.start: v for r, v in com.items() if w.start <= r < w.end},
+                                    {r - w.start: v for r, v in lit.items() if w.start <= r < w.end})
+            answer = rule.render_answer(mine)
+            if rule_id == "else-return" and any(f.line == w.start + 1 and "else" not in lines[w.start] for f in mine):
+                continue  # a block whose `else` is above the window: the window cannot show it
+            assert Automaton(g).accepts(answer), (path.name, w.start, answer)
+            n += len(mine)
+    assert n > 10
+
+
+def test_naming_and_else_return_grammars_refuse_what_verification_drops():
+    lines = ["const bad_name = x_y; // old_name", 'let s = "in_string"; foo(okName, MAX_SIZE, _private)',
+             "if (a) { return 1 } else { return 2 }", "// } else {", "const t = 'else'"]
+    com = {0: [(22, 33)], 3: [(0, 11)]}
+    data = "\n".join(lines).encode()
+    lit = literal_spans(parse(data, "javascript"), data, "javascript")
+    names = Automaton(get_rule("naming").answer_grammar(lines, 10, com, lit))
+    assert names.accepts("10: bad_name") and names.accepts("10: bad_name\n10: x_y")
+    for bad in ("10: old_name", "11: in_string", "11: okName", "11: MAX_SIZE", "11: _private", "12: bad_name",
+                "10: bad_name\n10: bad_name", "10: bad"):
+        assert not names.accepts(bad), bad
+    els = Automaton(get_rule("else-return").answer_grammar(lines, 10, com, lit))
+    assert els.accepts("12: else") and els.accepts("No violations found.")
+    for bad in ("10: else", "13: else", "14: else", "12: else\n12: else", "12: if"):
+        assert not els.accepts(bad), bad

@@ -42,9 +42,11 @@ from .verify import FileText, opens_block
 
 @dataclass(frozen=True)
 class Line:
-    """A line number of the window; ``where(line_text)`` may restrict which lines can be named."""
+    """A line number of the window; ``where(line_text)`` may restrict which lines can be named, and so may
+    ``rows`` (the 0-based window rows a rule found claimable from the window's code, comments and literals)."""
 
     where: Callable[[str], bool] | None = None
+    rows: frozenset[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -312,7 +314,9 @@ class Automaton:
             for k, f in enumerate(self.fields):
                 if not got:
                     break
-                if isinstance(f, Line) and f.where is not None:
+                if isinstance(f, Line) and f.rows is not None:
+                    got = row in f.rows
+                if got and isinstance(f, Line) and f.where is not None:
                     got = bool(f.where(self.g.lines[row]))
                 elif isinstance(f, Copy):
                     got = self.code.row_viable(row, f.require)

@@ -208,7 +208,7 @@ class ElseReturnRule(Rule):
         if row >= len(lines):
             return None
         for m in _ELSE_WORD.finditer(lines[row]):
-            if not doc._in_comment(row, m.start()):
+            if not doc._in_comment(row, m.start()) and not doc.in_literal(row, m.start()):
                 return row, m.start(), row, m.end(), False
         text = lines[row]
         col = len(text) - len(text.lstrip())
@@ -221,6 +221,19 @@ class ElseReturnRule(Rule):
                 return (row, col, row, col + 1, False) if _ELSE_WORD.search(code) and code.endswith("else") else None
             r -= 1
         return None
+
+    def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None,
+                       literals: dict | None = None):
+        """`LINE: else` lines, ascending: a line of the window where :meth:`locate` finds an `else` (or the block
+        an `else` ending the line above opens); or `No violations found.` (A block whose `else` sits above the
+        window cannot be named: the window does not show it.)"""
+        from ..decoding import AnswerGrammar, Line, Lit
+        from ..verify import FileText
+
+        doc = FileText(lines, comments, literals)
+        rows = frozenset(r for r in range(len(lines)) if self.locate(Claim(first_line + r, KIND, KIND), doc, r, r))
+        return AnswerGrammar(fields=(Line(rows=rows), Lit(": " + KIND)), lines=lines, first_line=first_line,
+                             empty=self.no_findings_answer, comments=comments or {}, literals=literals or {})
 
     # ---------------------------------------------------------- prompt / answer
     def user_prompt(self, numbered_code: str, fence: str) -> str:

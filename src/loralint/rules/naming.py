@@ -76,6 +76,17 @@ _PATTERN_WRAPPERS = {"object_pattern", "array_pattern", "rest_pattern"}
 # spaces: "v" value, "t" type, "b" both
 
 
+_WORD = re.compile(r"(?<![\w$\u00c0-\uffff])[A-Za-z_$\u00c0-\uffff][\w$\u00c0-\uffff]*")
+
+
+def names_on(doc, row: int) -> tuple[str, ...]:
+    """The names an answer may give for ``row`` of ``doc`` (a :class:`loralint.verify.FileText`): words of the
+    code (not comments, not literal text) in the answer format's shape (:func:`is_underscored`)."""
+    line = doc.lines[row]
+    return tuple(dict.fromkeys(m.group(0) for m in _WORD.finditer(line) if is_underscored(m.group(0))
+                               and not doc._in_comment(row, m.start()) and not doc.in_literal(row, m.start())))
+
+
 def is_underscored(name: str) -> bool:
     """ESLint's isUnderscored: an underscore inside the name once leading/trailing ones are stripped, and the
     name is not ALL_CAPS."""
@@ -497,12 +508,28 @@ class NamingRule(Rule):
         return (claim.line, claim.kind, claim.text)
 
     def locate(self, claim: Claim, doc, row: int, last_row: int):
-        """The name as a whole word on the claim's line, outside comments: (row, col, row, end col, False)."""
+        """The name as a whole word on the claim's line, outside comments and literal text (a name in a string is
+        no identifier): (row, col, row, end col, False)."""
         line = doc.lines[row] if row < len(doc.lines) else ""
         for m in re.finditer(r"(?<![\w$])" + re.escape(claim.text) + r"(?![\w$])", line):
-            if not doc._in_comment(row, m.start()):
+            if not doc._in_comment(row, m.start()) and not doc.in_literal(row, m.start()):
                 return row, m.start(), row, m.end(), False
         return None
+
+    def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None,
+                       literals: dict | None = None):
+        """`LINE: NAME` lines: a line of the window (a line again with another name) and a name written on it
+        that the format allows (an inner underscore, not ALL_CAPS) and :meth:`locate` finds (a whole word outside
+        comments and literals); or `No violations found.`"""
+        from ..decoding import AnswerGrammar, Choice, Line, Lit
+        from ..verify import FileText
+
+        doc = FileText(lines, comments, literals)
+        names = {r: names_on(doc, r) for r in range(len(lines))}
+        return AnswerGrammar(fields=(Line(rows=frozenset(r for r, n in names.items() if n)), Lit(": "),
+                                     Choice(lambda n, text: names.get(n - first_line, ()))),
+                             lines=lines, first_line=first_line, empty=self.no_findings_answer,
+                             repeat_line=True, comments=comments or {}, literals=literals or {})
 
 
 @lru_cache(maxsize=None)
