@@ -410,3 +410,38 @@ def test_naming_and_else_return_grammars_refuse_what_verification_drops():
     assert els.accepts("12: else") and els.accepts("No violations found.")
     for bad in ("10: else", "13: else", "14: else", "12: else\n12: else", "12: if"):
         assert not els.accepts(bad), bad
+
+
+def test_a_constraint_on_the_automaton_only_answer_built_allows_what_a_fresh_one_allows(tok):
+    """The scanner builds each window's automaton once (:func:`only_answer` asks it first) and gives it to the
+    window's constraint (issue #12: the first allowed() call no longer works out the lines and copy starts
+    again). Every allowed set must be the one a constraint of its own gives: over every window of the
+    fixtures, the oracle's answer and random answers of the grammar, token by token."""
+    from loralint.decoding import Automaton, TokenConstraint, only_answer
+
+    v = vocabulary(tok)
+    rng = random.Random(12)
+    calls = 0
+    for path in FILES:
+        lines, doc, wins, found = windows_of(path)
+        for start, end in wins:
+            g = grammar_of(lines, doc, start, end)
+            auto = Automaton(g)
+            if only_answer(g, auto) is not None:
+                continue
+            mine = list({(f.line, f.kind): f for f in reversed(found) if start < f.line <= end}.values())[::-1]
+            answers = [RULE.render_answer(mine)] + [random_answer(Automaton(g), rng) or "" for _ in range(2)]
+            for k, text in enumerate(answers):
+                shared = TokenConstraint(g, v, auto)
+                fresh = TokenConstraint(grammar_of(lines, doc, start, end), v)
+                assert shared.auto is auto and fresh.auto is not auto
+                for t in tok(text, add_special_tokens=False)["input_ids"] + v.end_ids:
+                    got, want = shared.allowed(), fresh.allowed()
+                    assert set(got) == set(want) and len(got) == len(want), (path.name, start, text)
+                    calls += 1
+                    if t not in want:
+                        break
+                    shared.advance(t)
+                    fresh.advance(t)
+                assert shared.state == fresh.state and shared.finished == fresh.finished
+    assert calls > 500

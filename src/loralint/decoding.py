@@ -677,8 +677,13 @@ STATS = {"allowed_calls": 0, "allowed_seconds": 0.0, "dead_ends": 0}
 class TokenConstraint:
     """The allowed next tokens of one prompt's answer under its :class:`AnswerGrammar`."""
 
-    def __init__(self, grammar: AnswerGrammar, vocab: Vocabulary):
-        self.auto = Automaton(grammar)
+    def __init__(self, grammar: AnswerGrammar, vocab: Vocabulary, auto: "Automaton | None" = None):
+        # ``auto``: the window's automaton already built for :func:`only_answer` (the scanner asks that first).
+        # Its caches are what the first allowed() call would otherwise compute again: which lines can be
+        # named, for each the copies each kind may start (the rule's anchors tried at every token start of
+        # every line). That was 86 % of the constraint's time over 300 held-out windows, and minutes for one
+        # window of a minified bundle on a CPU.
+        self.auto = auto if auto is not None and auto.g is grammar else Automaton(grammar)
         self.vocab = vocab
         self.state = _START
         self.pending = b""  # bytes of a character cut between two tokens
@@ -777,31 +782,40 @@ class TokenConstraint:
         self.pending = data[i:]
 
 
-def only_answer(grammar: AnswerGrammar | None) -> str | None:
+def only_answer(grammar: AnswerGrammar | None, auto: "Automaton | None" = None) -> str | None:
     """The one answer ``grammar`` allows, or None when it allows more (or there is none): a window where no
     answer line can start (no line the rule's fields accept: for predicate, no ``&&`` / ``||`` in the code)
     leaves the rule's "nothing found" sentence, whatever the model's logits. A constrained engine would write
     that sentence and the end of turn (a few tokens, always under the window's token limit); the scanner writes
-    it without asking the model (the same answer text, so the same findings and cache entries)."""
+    it without asking the model (the same answer text, so the same findings and cache entries). ``auto``: the
+    grammar's automaton, when the caller keeps it for the window's :class:`TokenConstraint`."""
     if grammar is None or not grammar.empty:
         return None
-    auto = Automaton(grammar)
+    if auto is None or auto.g is not grammar:
+        auto = Automaton(grammar)
     return grammar.empty if not auto.lines_after(auto.hist0) else None
 
 
 def constraints_for(rule, tokenizer, windows: list[tuple[list[str], int]], *,
                     comments: Sequence[dict | None] | None = None,
                     literals: Sequence[dict | None] | None = None,
-                    end_ids: Sequence[int] | None = None) -> list[TokenConstraint]:
+                    end_ids: Sequence[int] | None = None,
+                    automata: Sequence["Automaton | None"] | None = None) -> list[TokenConstraint]:
     """One :class:`TokenConstraint` per window ``(lines, first line number)`` under ``rule``'s answer grammar.
 
     ``comments``: per window, 0-based window row -> comment column intervals (the file's, as
     :func:`loralint.verify.comment_spans` gives them); ``literals``: the same for literal text
     (:func:`loralint.verify.literal_spans`).
-    ``end_ids``: the end-of-turn token ids (default: the tokenizer's eos and ``<|im_end|>``)."""
+    ``end_ids``: the end-of-turn token ids (default: the tokenizer's eos and ``<|im_end|>``).
+    ``automata``: per window, its :class:`Automaton` already built (by :func:`only_answer`) or None: reused
+    with its grammar, so what it has worked out is not worked out again."""
     vocab = vocabulary(tokenizer, end_ids)
     out = []
     for i, (lines, first) in enumerate(windows):
+        auto = automata[i] if automata is not None else None
+        if auto is not None:
+            out.append(TokenConstraint(auto.g, vocab, auto))
+            continue
         com = comments[i] if comments is not None else None
         lit = literals[i] if literals is not None else None
         out.append(TokenConstraint(rule.answer_grammar(lines, first, com, lit), vocab))

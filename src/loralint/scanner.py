@@ -181,6 +181,8 @@ class _File:
     changed: set[int] | None
     suppressions: Suppressions
     answers: dict[str, object] = field(default_factory=dict)  # window key -> Completion | BackendError
+    #: window key -> the answer grammar's Automaton built by only_answer, kept for the window's constraint
+    automata: dict[str, object] = field(default_factory=dict)
     detail: FileScan | None = None
 
 
@@ -418,14 +420,17 @@ def _answer_forced(rule: Rule, jobs: list[tuple[_File, Window]], store: ScanCach
     the rule could name is in them) with that answer, as the constrained engine would; the other jobs."""
     if rule.answer_grammar([""], 1) is None:
         return jobs
-    from .decoding import only_answer
+    from .decoding import Automaton, only_answer
 
     rest: list[tuple[_File, Window]] = []
     fresh: dict[str, tuple[_File, dict]] = {}
     for f, w in jobs:
-        text = only_answer(rule.answer_grammar(f.lines[w.start:w.end], w.start + 1, _window_comments(f, w),
-                                               _window_literals(f, w)))
+        g = rule.answer_grammar(f.lines[w.start:w.end], w.start + 1, _window_comments(f, w), _window_literals(f, w))
+        auto = Automaton(g) if g is not None and g.empty else None
+        text = only_answer(g, auto)
         if text is None:
+            if auto is not None:  # what it worked out (the lines to name, the copies' starts) serves the constraint
+                f.automata[_wkey(w)] = auto
             rest.append((f, w))
             continue
         f.answers[_wkey(w)] = Completion(text)
@@ -447,8 +452,9 @@ def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Wind
     wins = [(f.lines[w.start:w.end], w.start + 1) for f, w in part]
     comments = [_window_comments(f, w) for f, w in part]
     literals = [_window_literals(f, w) for f, w in part]
+    automata = [f.automata.pop(_wkey(w), None) for f, w in part]  # (each serves one constraint, then is let go)
     return constraints_for(rule, tok, wins, comments=comments, literals=literals,
-                           end_ids=getattr(engine, "eos_ids", None))
+                           end_ids=getattr(engine, "eos_ids", None), automata=automata)
 
 
 
