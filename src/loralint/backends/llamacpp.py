@@ -427,22 +427,7 @@ class LlamaCppMultiBackend(LlamaCppBackend):
         return ident
 
     def generate(self, prompts, max_new_tokens, progress=None, constraints=None, adapters=None) -> list[Result]:
-        from . import adapter_groups
-
-        caps = limits(max_new_tokens, len(prompts))
-        out: list[Result | None] = [None] * len(prompts)
-        for name, idx in adapter_groups(adapters, len(prompts), self.adapter_names).items():
-            try:
-                self._use_adapter(name)
-            except RuntimeError as e:
-                for i in idx:
-                    out[i] = BackendError(f"llama.cpp: {e}")
-                continue
-            cons = [constraints[i] for i in idx] if constraints is not None else None
-            got = super().generate([prompts[i] for i in idx], [caps[i] for i in idx], progress, constraints=cons)
-            for i, r in zip(idx, got):
-                out[i] = r
-        return [r if r is not None else BackendError("no answer") for r in out]
+        return _by_adapter(self, prompts, max_new_tokens, progress, constraints, adapters)
 
 
 class LlamaCppMergedBackend(LlamaCppBackend):
@@ -513,19 +498,28 @@ class LlamaCppMergedBackend(LlamaCppBackend):
         return llamacpp_identity(self.adapters[name], None, self.base)
 
     def generate(self, prompts, max_new_tokens, progress=None, constraints=None, adapters=None) -> list[Result]:
-        from . import adapter_groups
+        return _by_adapter(self, prompts, max_new_tokens, progress, constraints, adapters)
 
-        caps = limits(max_new_tokens, len(prompts))
-        out: list[Result | None] = [None] * len(prompts)
-        for name, idx in adapter_groups(adapters, len(prompts), self.adapter_names).items():
-            try:
-                self._use_adapter(name)
-            except BackendUnavailable as e:
-                for i in idx:
-                    out[i] = BackendError(str(e))
-                continue
-            cons = [constraints[i] for i in idx] if constraints is not None else None
-            got = super().generate([prompts[i] for i in idx], [caps[i] for i in idx], progress, constraints=cons)
-            for i, r in zip(idx, got):
-                out[i] = r
-        return [r if r is not None else BackendError("no answer") for r in out]
+
+def _by_adapter(engine, prompts, max_new_tokens, progress, constraints, adapters) -> list[Result]:
+    """A several-adapter engine's generate: the prompts grouped by adapter, each group answered by the one-model
+    engine once ``engine._use_adapter(name)`` made it current; a group whose adapter cannot be used gets one
+    error a prompt."""
+    from . import adapter_groups
+
+    caps = limits(max_new_tokens, len(prompts))
+    out: list[Result | None] = [None] * len(prompts)
+    for name, idx in adapter_groups(adapters, len(prompts), engine.adapter_names).items():
+        try:
+            engine._use_adapter(name)
+        except (RuntimeError, BackendUnavailable) as e:
+            msg = str(e) if isinstance(e, BackendUnavailable) else f"llama.cpp: {e}"
+            for i in idx:
+                out[i] = BackendError(msg)
+            continue
+        cons = [constraints[i] for i in idx] if constraints is not None else None
+        got = LlamaCppBackend.generate(engine, [prompts[i] for i in idx], [caps[i] for i in idx], progress,
+                                       constraints=cons)
+        for i, r in zip(idx, got):
+            out[i] = r
+    return [r if r is not None else BackendError("no answer") for r in out]
