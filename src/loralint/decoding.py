@@ -314,10 +314,8 @@ class Automaton:
             for k, f in enumerate(self.fields):
                 if not got:
                     break
-                if isinstance(f, Line) and f.rows is not None:
-                    got = row in f.rows
-                if got and isinstance(f, Line) and f.where is not None:
-                    got = bool(f.where(self.g.lines[row]))
+                if isinstance(f, Line):
+                    got = (f.rows is None or row in f.rows) and (f.where is None or bool(f.where(self.g.lines[row])))
                 elif isinstance(f, Copy):
                     got = self.code.row_viable(row, f.require)
                 elif isinstance(f, Choice):

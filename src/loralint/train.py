@@ -302,6 +302,12 @@ def resolve_settings(settings: dict, device: str | None = None, world: int | Non
     if s.get("mask_free", "auto") == "auto":
         s["mask_free"] = cuda and not s["padding_free"] and str(s["attn_implementation"]) == "sdpa"
     s["mask_free"] = bool(s["mask_free"]) and not s["padding_free"]
+    if s.get("cudnn_attention", "auto") == "auto":
+        s["cudnn_attention"] = False  # (training: cuDNN plans every new batch shape; only CUDA has it)
+    if s.get("autocast_adapters", "auto") == "auto":
+        s["autocast_adapters"] = True
+    # what the patch is for: bf16 autocast over fp32 LoRA weights
+    s["autocast_adapters"] = bool(s["autocast_adapters"]) and bool(s["bf16"]) and s["mode"] == "lora"
     ga = int(s["gradient_accumulation_steps"])
     if s["batch_size"]:
         per = int(s["batch_size"]) // (world * ga)
@@ -575,9 +581,7 @@ def sdpa_kernels(s: dict):
     for; the process's setting is restored afterwards."""
     import torch
 
-    want = s.get("cudnn_attention", "auto")
-    on = s["device"] == "cuda" and (want is True or str(want).lower() == "true")
-    if s["device"] != "cuda" or on:
+    if s["device"] != "cuda" or s.get("cudnn_attention") is True:
         yield
         return
     before = torch.backends.cuda.cudnn_sdp_enabled()
@@ -978,7 +982,7 @@ def train(data: str | Path, out: str | Path, settings: dict | None = None, *, pr
         + (f"; oversampled {sampled['spec']} ({sampled['rows_in']} rows -> {sampled['rows_out']})" if sampled else ""))
 
     # 6. train
-    if s["bf16"] and s["mode"] == "lora" and str(s.get("autocast_adapters", "auto")).lower() != "false":
+    if s["autocast_adapters"]:
         autocast_adapters(trainer.model)
     with sdpa_kernels(s):
         result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)

@@ -129,6 +129,10 @@ class FileText:
         """Whether the character at (row, col) is literal text (a string's, a regex's, JSX text)."""
         return any(a <= col < b for a, b in self.literals.get(row, ()))
 
+    def in_code(self, row: int, col: int) -> bool:
+        """Whether the character at (row, col) is code: neither a comment's nor literal text."""
+        return not self._in_comment(row, col) and not self.in_literal(row, col)
+
     def row(self, r: int, skip_comments: bool) -> tuple[str, list[int]]:
         """Row ``r`` without whitespace (and comments): its characters and their columns."""
         key = (r, skip_comments)

@@ -345,7 +345,39 @@ def prepared_lora_gguf(adapter: Adapter, base: str | None = None, qtype: str = P
                          lambda tmp: export(adapter.path, gguf_lora=tmp, lora_type=qtype, base=base), announce)
 
 
-class LlamaCppMultiBackend(LlamaCppBackend):
+class _SeveralAdapters(LlamaCppBackend):
+    """What the several-adapter llama.cpp engines share: a subclass sets ``adapters`` / ``adapter_names``, makes
+    one adapter current with ``_use_adapter(name)`` (raising RuntimeError or BackendUnavailable when it cannot)
+    and says whose answers they are with ``adapter_identity(name)``. Prompts are grouped by adapter, each group
+    answered by the one-model engine; a group whose adapter cannot be used gets one error a prompt."""
+
+    adapters: dict[str, Adapter]
+    adapter_names: tuple[str, ...]
+
+    def identity(self) -> dict:
+        return {"backend": "llamacpp", "adapters": {n: self.adapter_identity(n) for n in self.adapters}}
+
+    def generate(self, prompts, max_new_tokens, progress=None, constraints=None, adapters=None) -> list[Result]:
+        from . import adapter_groups
+
+        caps = limits(max_new_tokens, len(prompts))
+        out: list[Result | None] = [None] * len(prompts)
+        for name, idx in adapter_groups(adapters, len(prompts), self.adapter_names).items():
+            try:
+                self._use_adapter(name)
+            except (RuntimeError, BackendUnavailable) as e:
+                msg = str(e) if isinstance(e, BackendUnavailable) else f"llama.cpp: {e}"
+                for i in idx:
+                    out[i] = BackendError(msg)
+                continue
+            cons = [constraints[i] for i in idx] if constraints is not None else None
+            got = super().generate([prompts[i] for i in idx], [caps[i] for i in idx], progress, constraints=cons)
+            for i, r in zip(idx, got):
+                out[i] = r
+        return [r if r is not None else BackendError("no answer") for r in out]
+
+
+class LlamaCppMultiBackend(_SeveralAdapters):
     """Several adapters (rules) on one llama.cpp model: the base GGUF loaded once, each PEFT adapter loaded as a
     GGUF LoRA (``llama_adapter_lora_init``), the one a batch of prompts asks for set on the context with
     ``llama_set_adapters_lora`` (scale 1; llama.cpp scales by the LoRA's alpha / rank). Switching adapters
@@ -416,9 +448,6 @@ class LlamaCppMultiBackend(LlamaCppBackend):
         self.llm.reset()  # the cached keys/values belong to the previous adapter
         self._active = name
 
-    def identity(self) -> dict:
-        return {"backend": "llamacpp", "adapters": {n: self.adapter_identity(n) for n in self.adapters}}
-
     def adapter_identity(self, name: str) -> dict:
         """The identity of one adapter's answers (the scan cache key of its rule)."""
         ident = llamacpp_identity(self.adapters[name], None, self.base, runtime_lora=True)
@@ -426,11 +455,9 @@ class LlamaCppMultiBackend(LlamaCppBackend):
             ident["prepared"] = f"{self.base_type}+lora-{self.lora_type}"
         return ident
 
-    def generate(self, prompts, max_new_tokens, progress=None, constraints=None, adapters=None) -> list[Result]:
-        return _by_adapter(self, prompts, max_new_tokens, progress, constraints, adapters)
 
 
-class LlamaCppMergedBackend(LlamaCppBackend):
+class LlamaCppMergedBackend(_SeveralAdapters):
     """Several adapters (rules) in one llama.cpp engine, each merged into its own f16 GGUF (the one a one-rule
     scan runs, :func:`find_gguf`): one model a rule, loading in a thread (the tokenizer read once
     meanwhile; one after the other: see :class:`_Loading`), the one a batch of prompts asks for made the
@@ -490,36 +517,6 @@ class LlamaCppMergedBackend(LlamaCppBackend):
         self.model_path, self.lora_path = m["model_path"], m["lora_path"]
         self._active = name
 
-    def identity(self) -> dict:
-        return {"backend": "llamacpp", "adapters": {n: self.adapter_identity(n) for n in self.adapters}}
-
     def adapter_identity(self, name: str) -> dict:
         """The identity of one adapter's answers: a one-rule scan's (the same merged GGUF)."""
         return llamacpp_identity(self.adapters[name], None, self.base)
-
-    def generate(self, prompts, max_new_tokens, progress=None, constraints=None, adapters=None) -> list[Result]:
-        return _by_adapter(self, prompts, max_new_tokens, progress, constraints, adapters)
-
-
-def _by_adapter(engine, prompts, max_new_tokens, progress, constraints, adapters) -> list[Result]:
-    """A several-adapter engine's generate: the prompts grouped by adapter, each group answered by the one-model
-    engine once ``engine._use_adapter(name)`` made it current; a group whose adapter cannot be used gets one
-    error a prompt."""
-    from . import adapter_groups
-
-    caps = limits(max_new_tokens, len(prompts))
-    out: list[Result | None] = [None] * len(prompts)
-    for name, idx in adapter_groups(adapters, len(prompts), engine.adapter_names).items():
-        try:
-            engine._use_adapter(name)
-        except (RuntimeError, BackendUnavailable) as e:
-            msg = str(e) if isinstance(e, BackendUnavailable) else f"llama.cpp: {e}"
-            for i in idx:
-                out[i] = BackendError(msg)
-            continue
-        cons = [constraints[i] for i in idx] if constraints is not None else None
-        got = LlamaCppBackend.generate(engine, [prompts[i] for i in idx], [caps[i] for i in idx], progress,
-                                       constraints=cons)
-        for i, r in zip(idx, got):
-            out[i] = r
-    return [r if r is not None else BackendError("no answer") for r in out]

@@ -208,7 +208,7 @@ class ElseReturnRule(Rule):
         if row >= len(lines):
             return None
         for m in _ELSE_WORD.finditer(lines[row]):
-            if not doc._in_comment(row, m.start()) and not doc.in_literal(row, m.start()):
+            if doc.in_code(row, m.start()):
                 return row, m.start(), row, m.end(), False
         text = lines[row]
         col = len(text) - len(text.lstrip())

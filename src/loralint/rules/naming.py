@@ -83,8 +83,8 @@ def names_on(doc, row: int) -> tuple[str, ...]:
     """The names an answer may give for ``row`` of ``doc`` (a :class:`loralint.verify.FileText`): words of the
     code (not comments, not literal text) in the answer format's shape (:func:`is_underscored`)."""
     line = doc.lines[row]
-    return tuple(dict.fromkeys(m.group(0) for m in _WORD.finditer(line) if is_underscored(m.group(0))
-                               and not doc._in_comment(row, m.start()) and not doc.in_literal(row, m.start())))
+    return tuple(dict.fromkeys(m.group(0) for m in _WORD.finditer(line)
+                               if is_underscored(m.group(0)) and doc.in_code(row, m.start())))
 
 
 def is_underscored(name: str) -> bool:
@@ -512,7 +512,7 @@ class NamingRule(Rule):
         no identifier): (row, col, row, end col, False)."""
         line = doc.lines[row] if row < len(doc.lines) else ""
         for m in re.finditer(r"(?<![\w$])" + re.escape(claim.text) + r"(?![\w$])", line):
-            if not doc._in_comment(row, m.start()) and not doc.in_literal(row, m.start()):
+            if doc.in_code(row, m.start()):
                 return row, m.start(), row, m.end(), False
         return None
 
