@@ -11,7 +11,9 @@ spans, exactly as :func:`loralint.scanner.window_constraints` cuts them; windows
 answer are skipped as the scanner skips them (:func:`loralint.decoding.only_answer`: no model call). A window's
 "model answer" is the oracle's rendered answer (one claim a line and kind) or "No violations found.",
 tokenized by the SmolLM2 tokenizer (the shipped adapter's ``tokenizer.json``), then the end-of-turn token.
-Each token is fed as an engine feeds it: ``allowed()`` (timed), the token checked to be in it, ``advance()``.
+Each token is fed as an engine feeds it: ``allowed()`` (timed), the token checked to be in it, ``advance()``;
+and, timed apart, ``accepts(token)``: the greedy fast path every engine now takes first (the model's own pick
+checked, ``allowed()`` walked only where the grammar corrects it), which must agree with ``allowed()``.
 
 ``--reference COMMIT`` loads ``src/loralint/decoding.py`` of that commit as a module of its own and replays the
 same windows through it too, alternating window by window (the machine's load falls on both alike), and checks
@@ -128,6 +130,7 @@ class Tally:
         self.fields: dict[str, list[float]] = {}
         self.build: list[float] = []
         self.advance = 0.0
+        self.accepts: list[float] = []  # the greedy fast path: accepts(the model's pick), no vocabulary walk
         self.off_grammar = 0  # answer tokens the constraint did not allow (the window's replay stops there)
 
     def summary(self) -> dict:
@@ -143,6 +146,12 @@ class Tally:
             "us_per_call_p50": round(q(0.50), 2), "us_per_call_p99": round(q(0.99), 2),
             "us_per_call_max": round(t[-1] * 1e6, 1) if n else None,
             "advance_seconds": round(self.advance, 4),
+            "accepts_calls": len(self.accepts),
+            "us_per_accepts_mean": round(sum(self.accepts) / len(self.accepts) * 1e6, 2) if self.accepts else None,
+            # the host's work with the fast path when the model's pick is allowed (every step here: the answers
+            # are the oracle's): construction, accepts() and advance(), no allowed()
+            "host_seconds_fast_path": round(sum(self.build) + sum(self.accepts) + self.advance, 4)
+            if self.accepts else None,
             "construct_seconds": round(sum(self.build), 4),  # grammar, only_answer and the constraint a window
             "host_seconds": round(sum(self.build) + total + self.advance, 4),
             "construct_ms_per_window": round(sum(self.build) / len(self.build) * 1e3, 3) if self.build else None,
@@ -171,6 +180,10 @@ def replay(mod, vocab, rule, win, tally: Tally, record: list | None = None, expe
     diff = 0
     for i, t in enumerate(ids):
         st = cons.state
+        if hasattr(cons, "accepts"):
+            t0 = time.perf_counter()
+            ok = cons.accepts(t)
+            tally.accepts.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         allowed = cons.allowed()
         dt = time.perf_counter() - t0
@@ -181,6 +194,8 @@ def replay(mod, vocab, rule, win, tally: Tally, record: list | None = None, expe
             record.append(got)
         if expect is not None and (i >= len(expect) or expect[i] != got):
             diff += 1
+        if hasattr(cons, "accepts") and ok != (t in got):
+            raise AssertionError(f"accepts({t}) = {ok} but allowed() {'holds' if t in got else 'lacks'} it")
         if t not in got:
             tally.off_grammar += 1
             break
@@ -200,6 +215,8 @@ def table(rows: dict[str, dict]) -> str:
                        ("us_per_call_p99", "µs a call, p99"), ("us_per_call_max", "µs a call, max"),
                        ("advance_seconds", "seconds in advance()"), ("construct_seconds", "construction seconds"),
                        ("host_seconds", "host seconds in all"),
+                       ("us_per_accepts_mean", "µs an accepts(), mean"),
+                       ("host_seconds_fast_path", "host seconds, fast path"),
                        ("construct_ms_per_window", "construction, ms a window"), ("off_grammar_tokens", "off-grammar tokens")):
         out.append(" | ".join([label, *(str(rows[n][key]) for n in names)]))
     for f in fields:

@@ -445,3 +445,30 @@ def test_a_constraint_on_the_automaton_only_answer_built_allows_what_a_fresh_one
                     fresh.advance(t)
                 assert shared.state == fresh.state and shared.finished == fresh.finished
     assert calls > 500
+
+
+def test_accepts_is_membership_in_allowed_along_random_answers(tok):
+    """The greedy fast path asks ``accepts(model's pick)`` before any vocabulary walk: it must say exactly
+    whether the token is in ``allowed()``, in every state (the first characters, copies, multi-byte pieces,
+    the end of turn), for every token of the vocabulary."""
+    rng = random.Random(7)
+    lines, doc, wins, _ = windows_of(FIXTURE, 15)
+    n_vocab = len(vocabulary(tok).pieces)
+    states = 0
+    for start, end in wins[:4]:
+        (cons,) = constraints_for(RULE, tok, [(lines[start:end], start + 1)])
+        for _ in range(40):
+            allowed = cons.allowed()
+            if allowed is None:
+                break
+            allowed = set(allowed)
+            pool = range(n_vocab) if states % 5 == 0 else rng.sample(range(n_vocab), 2000) + list(allowed)
+            wrong = [t for t in pool if cons.accepts(t) != (t in allowed)]
+            assert not wrong, (cons.state, wrong[:5])
+            states += 1
+            ends = set(cons.vocab.end_ids)
+            nxt = rng.choice(sorted(allowed - ends) or sorted(allowed))
+            cons.advance(nxt)
+            if cons.finished:
+                break
+    assert states > 30

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_scan import trained_fixture
+from tiny_scan import FIXTURE, trained_fixture
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -137,6 +137,9 @@ class Spell:
     def allowed(self):
         return [self.ids[self.k]]
 
+    def accepts(self, token_id: int) -> bool:
+        return token_id == self.ids[self.k]
+
     def advance(self, token_id: int) -> None:
         assert token_id == self.ids[self.k]
         self.k += 1
@@ -166,6 +169,37 @@ def test_constraints_mask_the_logits(adapters):
             assert g == (target, False, len(ids)) and cons[k].finished
         else:
             assert g == free[k]
+
+
+@pytest.mark.slow
+def test_constrained_picks_are_the_reference_engines_masked_picks(adapters):
+    """Real answer grammars over the fixture's windows: the gpu engine's host pick (the model's own token where
+    the grammar accepts it, the best allowed one where not) gives the reference engine's answers, whose every
+    step masks the logits to the allowed set; both kinds of pick happen."""
+    from loralint.backends.gpu_engine import GpuEngine
+    from loralint.backends.transformers import TransformersBackend
+    from loralint.decoding import constraints_for
+    from loralint.rules import get_rule
+    from loralint.windows import Window, window_messages
+
+    memo, rand, _ = adapters
+    rule = get_rule("predicate")
+    lines = FIXTURE.read_text().split("\n")
+    wins = [(s, min(s + 12, len(lines))) for s in range(0, len(lines), 12)][:16]
+    prompts = [window_messages(rule, lines, Window(s, e), "js") for s, e in wins]
+    accepted = corrected = 0
+    for ad in (memo, rand):  # the trained model mostly right, the random one mostly corrected
+        eng = GpuEngine(ad, device="cpu")
+        ref = TransformersBackend(ad, device="cpu")
+
+        def cons(tok):
+            return constraints_for(rule, tok, [(lines[s:e], s + 1) for s, e in wins], end_ids=eng.eos_ids)
+
+        got = texts(eng.generate(prompts, 40, constraints=cons(eng.tok)))
+        want = texts(ref.generate(prompts, 40, constraints=cons(ref.tok)))
+        assert got == want, ad.path
+        accepted, corrected = accepted + eng.picks_accepted, corrected + eng.picks_corrected
+    assert accepted > 0 and corrected > 0
 
 
 def test_gpu_engine_without_cuda_falls_back_with_a_notice(capsys):

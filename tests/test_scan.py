@@ -203,6 +203,43 @@ def test_diff_scans_changed_files_and_reports_changed_lines(tmp_path):
     assert calls.calls == 3  # the two windows of a.js holding lines 5 and 71, and new.js; not the others
 
 
+def test_diff_shows_the_model_each_change_with_3_lines_around_it_or_the_whole_windows(tmp_path, capsys):
+    """--diff-context: the model reads the changed lines with 3 lines either side (a condition never cut), or
+    with `full` the whole 30-line windows that hold a change; the findings on the changed lines are the same."""
+    from tiny_scan import prompt_code
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    body = [f"if (a{i} && b{i}) {{ f() }}" for i in range(1, 81)]
+    body[40:42] = ["while (p ||", "       q) { g() }"]  # a two-line condition: lines 41-42
+    (repo / "a.js").write_text("\n".join(body) + "\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "one")
+    body[9] = "if (a10 && b10 && c10) { f() }"  # line 10
+    body[41] = "       r) { g() }"  # line 42: the condition's second line
+    (repo / "a.js").write_text("\n".join(body) + "\n")
+
+    shown: dict[str, list] = {}
+    for ctx in (3, None):
+        seen = shown.setdefault(str(ctx), [])
+
+        def answer(msgs, n, seen=seen):
+            first, lines = prompt_code(msgs)
+            seen.append((first, first + len(lines) - 1))
+            return oracle_answer(msgs, n)
+
+        res = scan([str(repo)], backend=FunctionBackend(answer), cache=False, diff="HEAD", diff_context=ctx)
+        got = {(f.line, f.kind, f.text) for f in res.findings}
+        assert got == {(10, "if", "a10 && b10 && c10"), (41, "while", "p || r")}
+    assert sorted(shown["3"]) == [(7, 13), (39, 45)]  # lines 10 and 42, 3 lines either side
+    assert all(b - a + 1 >= 20 for a, b in shown["None"]) and len(shown["None"]) == 2
+
+    # the command line: a number of lines or `full`, anything else a clear error
+    assert main(["scan", str(repo), "--no-cache", "--diff", "HEAD", "--diff-context", "x"]) == 2
+    assert "--diff-context" in capsys.readouterr().err
+
+
 def test_diff_outside_a_repository_is_a_clear_error(tmp_path):
     (tmp_path / "a.js").write_text("if (a && b) {}\n")
     with pytest.raises(ValueError, match="git repository"):

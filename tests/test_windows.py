@@ -181,3 +181,37 @@ def test_dataset_and_scanner_cut_the_same_windows_with_the_same_prompts(tmp_path
         lines, scan_wins = windows.file_windows(data, grammar_for(path), tree=parse(data, grammar_for(path)))
         assert {(w.start + 1, w.end) for w in scan_wins} == {(a, b) for a, b, _ in wins}, path
         assert {c for _, _, c in wins} <= prompts, path  # the very prompts the scanner sent
+
+
+# ------------------------------------------------------------------------------------- --diff windows
+def test_changed_windows_show_each_change_with_its_context_and_cut_no_span():
+    text = "\n".join([MULTI] * 4)
+    lines = windows.split_lines(text)
+    spans = windows.protected_spans(parse(text.encode(), "javascript"), "javascript")
+    # row 2 is the middle of `if (a &&\n b)` (rows 1-2): the region widens to the condition's first row
+    assert windows.changed_windows(lines, spans, [2], context=0) == [windows.Window(1, 3)]
+    assert windows.changed_windows(lines, spans, [24], context=3) == [windows.Window(21, 28)]
+    # a change on row 10 with 3 rows around it: rows 7-13, widened to the for head (rows 5-7) above and the
+    # ternary (rows 12-14) below
+    got = windows.changed_windows(lines, spans, [10], context=3)
+    assert got == [windows.Window(5, 15)]
+    for w in got:
+        assert all(not (s < w.start <= e) and not (s < w.end <= e) for s, e in spans)
+    # two changes whose regions meet are one window; far apart, two; none, or outside the file, none
+    assert windows.changed_windows(lines, spans, [20, 26], context=3) == [windows.Window(17, 32)]
+    assert len(windows.changed_windows(lines, spans, [2, 60], context=3)) == 2
+    assert windows.changed_windows(lines, spans, [], context=3) == []
+    assert windows.changed_windows(lines, spans, [-1, len(lines) + 5], context=3) == []
+
+
+def test_a_long_change_is_cut_into_windows_as_the_whole_file_is():
+    text = "\n".join([MULTI] * 12)
+    lines = windows.split_lines(text)
+    spans = windows.protected_spans(parse(text.encode(), "javascript"), "javascript")
+    wins = windows.changed_windows(lines, spans, range(10, 200), context=3, target=30)
+    assert wins[0].start <= 7 and wins[-1].end >= 203 and len(wins) > 3
+    for a, b in zip(wins, wins[1:]):
+        assert a.end == b.start  # the changed region's rows once, in order
+    for w in wins:
+        assert 0 < len(w) <= 60
+        assert all(not (s < w.end <= e) for s, e in spans)

@@ -669,7 +669,7 @@ def vocabulary(tokenizer, end_ids: Sequence[int] | None = None) -> Vocabulary:
 
 # ------------------------------------------------------------------------------------------ per prompt
 #: process-wide counters (benchmarks read them): allowed() calls, seconds spent in them, dead ends met
-STATS = {"allowed_calls": 0, "allowed_seconds": 0.0, "dead_ends": 0}
+STATS = {"allowed_calls": 0, "allowed_seconds": 0.0, "dead_ends": 0, "accepts_calls": 0}
 
 
 class TokenConstraint:
@@ -745,6 +745,52 @@ class TokenConstraint:
                         stack.append((n, st2, b""))
         return out
 
+    def _consume(self, token_id: int, offered: bool = False):
+        """(state, pending bytes) after ``token_id`` (not an end id), or None when the token leaves the grammar.
+        ``offered``: each character must also be one :meth:`Automaton.next_chars` offers (as :meth:`allowed`'s
+        walk requires: a copy's gap is offered as one space, though ``step`` takes any blank)."""
+        piece = self.vocab.pieces[token_id] if 0 <= token_id < len(self.vocab.pieces) else None
+        if piece is None:
+            return None
+        data = self.pending + piece
+        st = self.state
+        i = 0
+        while i < len(data):
+            b = data[i]
+            size = 1 if b < 0x80 else 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4 if b >> 3 == 0b11110 else 0
+            if size == 0:
+                return None
+            if i + size > len(data):
+                break
+            ch = data[i:i + size].decode("utf-8", "replace")
+            if offered and ch not in self.auto.next_chars(st):
+                return None
+            st = self.auto.step(st, ch)
+            if st is _DEAD:
+                return None
+            i += size
+        return st, data[i:]
+
+    def accepts(self, token_id: int) -> bool:
+        """Whether ``token_id`` is among :meth:`allowed` (the constraint itself unchanged), at the cost of the
+        token's own characters instead of the vocabulary's walk. Greedy decoding asks this of the model's own
+        pick first: when it is allowed it is the constrained pick too (the best-scored allowed token), and the
+        allowed set is needed only when it is not (``--constrained`` costs ~nothing where the model is right)."""
+        if self.broken or self._finished:
+            return True
+        STATS["accepts_calls"] += 1
+        if token_id in self.vocab.end_ids:
+            return not self.pending and self.auto.can_end(self.state)
+        got = self._consume(token_id, offered=True)
+        if got is None:
+            return False
+        st, tail = got
+        if not tail:
+            return True
+        # a token that ends inside a character: allowed when some allowed character starts with those bytes
+        return any(len(e := ch.encode("utf-8")) > len(tail) and e.startswith(tail) and self.auto.step(st, ch) is not _DEAD
+                   for ch in self.auto.next_chars(st))
+
     def advance(self, token_id: int) -> None:
         if self.broken or self._finished:
             return
@@ -755,29 +801,11 @@ class TokenConstraint:
                 self.broken = True
                 self._finished = True
             return
-        piece = self.vocab.pieces[token_id] if 0 <= token_id < len(self.vocab.pieces) else None
-        if piece is None:
+        got = self._consume(token_id)
+        if got is None:
             self.broken = True
             return
-        data = self.pending + piece
-        st = self.state
-        i = 0
-        while i < len(data):
-            b = data[i]
-            size = 1 if b < 0x80 else 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4 if b >> 3 == 0b11110 else 0
-            if size == 0:
-                self.broken = True
-                return
-            if i + size > len(data):
-                break
-            ch = data[i:i + size].decode("utf-8", "replace")
-            st = self.auto.step(st, ch)
-            if st is _DEAD:
-                self.broken = True
-                return
-            i += size
-        self.state = st
-        self.pending = data[i:]
+        self.state, self.pending = got
 
 
 def only_answer(grammar: AnswerGrammar | None, auto: "Automaton | None" = None) -> str | None:
@@ -822,15 +850,21 @@ def constraints_for(rule, tokenizer, windows: list[tuple[list[str], int]], *,
 
 def mask_logits(logits, constraints: Sequence[TokenConstraint | None]):
     """``logits`` ``[rows, vocab]`` with every token a row's constraint does not allow set to ``-inf``
-    (rows without a constraint, or whose constraint is off, unchanged). Returns the same tensor."""
+    (rows without a constraint, or whose constraint is off, unchanged), for a greedy pick: a row whose best
+    token is allowed keeps that one only (:meth:`TokenConstraint.accepts`; the same pick, no vocabulary walk).
+    Returns the same tensor."""
     import torch
 
     rows, cols = [], []
     masked = []
+    live = [r for r, c in enumerate(constraints) if c is not None and not c.broken and not c.finished]
+    top = logits[live].argmax(-1).tolist() if live else []
+    picks = dict(zip(live, top))
     for r, c in enumerate(constraints):
         if c is None:
             continue
-        ids = c.allowed()
+        pick = picks.get(r)
+        ids = [pick] if pick is not None and c.accepts(pick) else c.allowed()  # the model's pick first
         if ids is None:
             continue
         masked.append(r)
@@ -865,10 +899,17 @@ class LogitsProcessor:
         while self.seen < done:
             self.constraint.advance(int(input_ids[self.prompt_len + self.seen]))
             self.seen += 1
-        ids = self.constraint.allowed()
-        if ids is None:
+        c = self.constraint
+        if c.broken or c.finished:
             return scores
         out = np.full_like(scores, -np.inf)
+        top = int(np.argmax(scores))
+        if c.accepts(top):  # the model's own pick is allowed: it is the constrained pick (no vocabulary walk)
+            out[top] = scores[top]
+            return out
+        ids = c.allowed()
+        if ids is None:
+            return scores
         idx = np.asarray(ids, dtype=np.int64)
         idx = idx[idx < len(scores)]
         out[idx] = scores[idx]

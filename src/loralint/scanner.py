@@ -28,7 +28,8 @@ from .rules import Rule, get_rule
 from .sources import Skipped, SourceFile, discover, load
 from .suppress import Suppressions, parse_suppressions
 from .verify import FileText, Rejected, comment_spans, literal_spans, verify
-from .windows import DEFAULT_TARGET, Window, file_windows, window_messages
+from .windows import (DEFAULT_TARGET, DIFF_CONTEXT, Window, changed_windows, file_lines, file_windows,
+                      protected_spans, window_messages)
 
 #: the decoding every backend uses (part of the cache key)
 DECODING = {"greedy": True, "max_new_tokens": "32+16/op-line+len/2", "truncated_last_line": "dropped"}
@@ -202,9 +203,16 @@ def _touches(w: Window, changed: set[int] | None) -> bool:
     return changed is None or any(w.start < ln <= w.end for ln in changed)
 
 
-def _prepare(src: SourceFile, target: int, changed: set[int] | None) -> _File:
+def _prepare(src: SourceFile, target: int, changed: set[int] | None, diff_context: int | None = None) -> _File:
+    """A file parsed and cut into windows: the whole file's, or with ``changed`` lines and a ``diff_context``,
+    only the changed lines with that many lines around them (:func:`~loralint.windows.changed_windows`)."""
     tree = parse(src.data, src.grammar)
-    lines, wins = file_windows(src.data, src.grammar, target=target, tree=tree)
+    if changed is not None and diff_context is not None:
+        lines = file_lines(src.data)
+        wins = changed_windows(lines, protected_spans(tree, src.grammar), (ln - 1 for ln in changed), diff_context,
+                               target)
+    else:
+        lines, wins = file_windows(src.data, src.grammar, target=target, tree=tree)
     doc = FileText(lines, comment_spans(tree, src.data, src.grammar), literal_spans(tree, src.data, src.grammar))
     return _File(src, lines, wins, doc, file_hash(src.data), tree.root_node.has_error, changed,
                  parse_suppressions(src.data, tree), detail=FileScan(src.path, windows=len(wins),
@@ -261,7 +269,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
          cache_dir: str | os.PathLike | None = None, diff: str | None = None, max_bytes: int | None = None,
          window_lines: int = DEFAULT_TARGET, chunk: int = 4096, progress: Callable[[int], None] | None = None,
          on_total: Callable[[int], None] | None = None, settings=None, constrained: bool | None = None,
-         **options) -> ScanResult:
+         diff_context: int | None = DIFF_CONTEXT, **options) -> ScanResult:
     """Review ``paths`` with a model; returns a :class:`ScanResult` (a ``RunResult``) with model findings.
 
     ``backend``: a :class:`~loralint.backends.Backend` instance, a
@@ -270,7 +278,8 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     ``api``, ``model``, ``gguf``, ``device``, ``engine``, ``concurrency``, ``timeout``, ``retries``,
     ``batch_tokens``, ``max_batch``). ``adapter``: the adapter folder (default: the one shipped for
     ``rule``). ``cache``: reuse answers for unchanged files. ``diff``: a git ref; only files and lines changed
-    since it. ``constrained``: constrained decoding (:mod:`loralint.decoding`: an answer can only name the
+    since it, each change shown to the model with ``diff_context`` lines around it (None: the whole windows
+    that hold a change). ``constrained``: constrained decoding (:mod:`loralint.decoding`: an answer can only name the
     window's lines, the rule's kinds and code of the file); None: on where the engine supports it. Never raises
     for a bad file or a failed window; raises
     :class:`~loralint.backends.AdapterNotFound` / ``BackendUnavailable`` when no model can run at all."""
@@ -322,7 +331,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
         if changed_out is not None:
             changed_out[src.path] = changed
         try:
-            f = _prepare(src, window_lines, changed)
+            f = _prepare(src, window_lines, changed, diff_context)
         except Exception as e:  # noqa: BLE001 - one file's failure must not end the run
             results[src.path] = FileResult(path=src.path, error=f"{type(e).__name__}: {e}",
                                            lines=src.data.count(b"\n") + 1)
@@ -460,7 +469,7 @@ def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Wind
 
 #: scan()'s own keywords (the rest choose the model: BackendOptions' fields)
 _SCAN_KEYS = ("cache", "cache_dir", "diff", "max_bytes", "window_lines", "chunk", "progress", "on_total", "settings",
-              "constrained")
+              "constrained", "diff_context")
 
 
 class SharedEngine:
@@ -516,7 +525,10 @@ class RuleEngine(Backend):
     def supports_constraints(self) -> bool:  # type: ignore[override]
         if self.shared.engine is not None:
             return self.shared.engine.supports_constraints
-        return self.shared.kind == "transformers"
+        # not loaded yet (the first rule's windows are being prepared): what its kind's engines do, as a one-rule
+        # scan decides (it said "transformers" only: a several-rule llama.cpp scan reviewed its first rule
+        # unconstrained and the others constrained, so the rules' order changed the findings)
+        return self.shared.kind in CONSTRAINED_BACKENDS
 
     @property
     def generated_tokens(self) -> int:

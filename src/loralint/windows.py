@@ -128,6 +128,42 @@ def plan(lines: list[str], spans: list[tuple[int, int]], target: int = 30, max_l
     return out
 
 
+#: lines of context either side of the changed lines a ``--diff`` review shows the model: the shape of the
+#: dataset's ``snippet`` and ``clean`` examples (a condition or a clean site with 3 lines around it)
+DIFF_CONTEXT = 3
+
+
+def changed_windows(lines: list[str], spans: list[tuple[int, int]], changed_rows: Iterable[int],
+                    context: int = DIFF_CONTEXT, target: int = 30, max_lines: int | None = None,
+                    max_chars: int = 6000) -> list[Window]:
+    """The windows a ``--diff`` review asks the model about: each changed row (0-based) with ``context`` rows
+    either side, widened until no protected span is cut (as the dataset widens its snippets), regions that
+    meet merged into one; a region longer than a window is cut by :func:`plan` as usual. No changed row in
+    the file: no window."""
+    n = len(lines)
+    rows = sorted({r for r in changed_rows if 0 <= r < n})
+    if not rows:
+        return []
+    max_lines = max_lines or 2 * target
+    bad = forbidden_cuts(n, spans, max_lines)
+    regions: list[list[int]] = []
+    for r in rows:
+        a, b = max(0, r - context), min(n, r + context + 1)
+        while a > 0 and bad[a]:
+            a -= 1
+        while b < n and bad[b]:
+            b += 1
+        if regions and a <= regions[-1][1]:
+            regions[-1][1] = max(regions[-1][1], b)
+        else:
+            regions.append([a, b])
+    out: list[Window] = []
+    for a, b in regions:
+        inner = [(s - a, e - a) for s, e in spans if s >= a and e < b]
+        out += [Window(a + w.start, a + w.end) for w in plan(lines[a:b], inner, target, max_lines, max_chars)]
+    return out
+
+
 #: the scanner's window size (lines); the dataset's `window` examples use the same
 DEFAULT_TARGET = 30
 

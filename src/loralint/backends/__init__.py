@@ -257,8 +257,8 @@ def shipped_adapter_dir(rule: str = "predicate") -> Path:
 
 
 def shipped_rules() -> list[str]:
-    """The rules this loralint ships an adapter for, in the rules' registry order (`loralint scan` without
-    ``--rule`` reviews them all)."""
+    """The rules this loralint ships an adapter for, by id (`loralint scan` without ``--rule`` reviews them
+    all)."""
     from ..rules import all_rules
 
     return [r for r in all_rules() if (shipped_adapter_dir(r) / "adapter_config.json").is_file()

@@ -27,10 +27,14 @@ that shape of work:
   ``generate(..., adapters=[name per prompt])`` routes each prompt; batches hold one adapter each
   (``set_adapter``, graphs per adapter), or, with ``mix_adapters=True``, rows of several adapters at once
   through PEFT's ``adapter_names`` (eager decode).
-- **Constraints.** ``generate(..., constraints=[TokenConstraint | None per prompt])``: before each greedy
-  pick, a constrained row's logits outside ``allowed()`` are -inf; the chosen token goes to ``advance()``; a
-  ``finished`` constraint ends its row. Batches with constrained rows sync with the host at every step;
-  the others never do.
+- **Constraints.** ``generate(..., constraints=[TokenConstraint | None per prompt])``: a constrained batch's
+  step keeps its logits and their argmax on the device; the host takes a row's own best token where its
+  constraint ``accepts()`` it (the token's few characters checked) and walks the vocabulary for
+  ``allowed()`` only for the rows the grammar corrects, their best allowed token picked on the device: the
+  greedy pick under an ``-inf`` mask outside ``allowed()``, without building every row's mask each step
+  (``picks_accepted`` / ``picks_corrected``). The chosen token goes to ``advance()``; a ``finished``
+  constraint ends its row. Batches with constrained rows sync with the host at every step; the others
+  never do.
 - **Overlap.** A call's prompts go in pieces (512, 1024, 2048 ... prompts a piece, per adapter): the next
   piece's chat templates and tokenization run in a background thread while the GPU works on the current
   one (the fast tokenizer releases the GIL); only the first piece's is waited for (``tokenize_wait``).
@@ -138,7 +142,10 @@ class _Batch:
         self.done = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.out = torch.zeros(rows, length, dtype=torch.long, device=dev)
         self.eos = torch.tensor(eng.eos_ids, dtype=torch.long, device=dev)
-        self.bias = torch.zeros(rows, eng.vocab, dtype=torch.float32, device=dev) if bias else None
+        # constrained batches (``bias``): the step keeps its logits and their argmax for the host's pick
+        self.bias = bias
+        self.logits = torch.zeros(rows, eng.vocab, dtype=torch.float32, device=dev) if bias else None
+        self.raw = torch.zeros(rows, dtype=torch.long, device=dev) if bias else None
         self.graph = None
         self.adapter_names: list[str] | None = None
 
@@ -149,12 +156,19 @@ class _Batch:
         return c
 
     def select(self, logits) -> None:
-        """The greedy pick of one step, all on the device: finished rows say end-of-turn, tokens recorded."""
+        """The greedy pick of one step, all on the device: finished rows say end-of-turn, tokens recorded. In a
+        constrained batch the step only keeps its logits and their argmax; the host picks
+        (:meth:`GpuEngine._pick`) and :meth:`commit` records."""
+        if self.bias:
+            self.logits.copy_(logits.float())
+            self.raw.copy_(self.logits.argmax(-1))
+            return
+        self.commit(logits.argmax(-1))
+
+    def commit(self, nxt) -> None:
+        """Record the step's tokens ``nxt`` [rows] (a finished row says end-of-turn) and move to the next column."""
         import torch
 
-        if self.bias is not None:
-            logits = logits.float() + self.bias
-        nxt = logits.argmax(-1)
         nxt = torch.where(self.done, self.eos[0], nxt)
         self.out.scatter_(1, self.step.view(1, 1).expand(self.rows, 1), nxt[:, None])
         self.done |= (nxt[:, None] == self.eos[None, :]).any(-1) | (self.step + 1 >= self.limit)
@@ -237,6 +251,8 @@ class GpuEngine(Backend):
         # LORALINT_GPU_COMPACT=0: decode each batch in its own buffer to the end (no compaction)
         self.compact = (os.environ.get("LORALINT_GPU_COMPACT", "1") != "0") if compact is None else compact
         self.compactions = 0
+        self.picks_accepted = 0  # constrained picks: the model's own token allowed / corrected by the grammar
+        self.picks_corrected = 0
         self.graph_steps = 0
         # decode steps of shapes up to this many rows x columns replay a CUDA graph; bigger ones run eagerly
         self.graph_tokens = int(os.environ.get("LORALINT_GPU_GRAPH_TOKENS", "262144"))
@@ -615,8 +631,6 @@ class GpuEngine(Backend):
         b.done.zero_()
         b.step.zero_()
         b.out.zero_()
-        if bias:
-            b.bias.zero_()
         if P:
             b.mask[:, :, :, :P] = True
             if mixed:  # each adapter's prefix into its rows
@@ -677,9 +691,9 @@ class GpuEngine(Backend):
             torch.cuda.synchronize()
         t1 = time.perf_counter()
         self.timing["prefill"] += t1 - t0
-        if bias:
-            self._set_bias(b, cons, n)
         b.select(logits)  # the first answer token, from the prefill's logits
+        if bias:
+            self._pick(b, cons, n)
         toks = self._decode(b, n, T, cons, names, bias, adapter)
         self.timing["decode"] += time.perf_counter() - t1
         eos = set(self.eos_ids)
@@ -696,14 +710,12 @@ class GpuEngine(Backend):
 
         cur = list(range(n))  # the batch rows (of this call) in the buffer's rows, in order
         final: dict[int, list[int]] = {}
-        steps = fed = 1
+        steps = 1
         shape_from = 0
         graph = self._graph_for(b, names)
         while steps < T:
-            if bias:  # constrained rows: their tokens to their constraints, the next step's bias (a sync a step)
-                fed = steps
-                if not self._advance(b, cons, len(cur), steps - 1):
-                    break
+            if bias and bool(b.done[:len(cur)].all()):  # (constrained: the host looks every step anyway)
+                break
             if steps % self.check_every == 0 or steps == self.first_look:
                 live = int((~b.done[:len(cur)]).sum())
                 if live == 0:
@@ -726,9 +738,9 @@ class GpuEngine(Backend):
                 self.graph_steps += 1
             else:
                 self._step(b, names)
+            if bias:
+                self._pick(b, cons, len(cur))
             steps += 1
-        if bias and fed < steps:
-            self._advance(b, cons, len(cur), steps - 1)
         self.row_steps += b.rows * (steps - shape_from)
         self._decode_steps += steps
         toks = b.out[:len(cur), :steps].tolist()
@@ -750,7 +762,7 @@ class GpuEngine(Backend):
                 final[cur[j]] = toks[j]
         live = len(keep)
         length = b.length if not self.cuda_shapes else 1 << (b.length - 1).bit_length()
-        b2 = self._shape(self._compact_rows(live), length, b.bias is not None, adapter, avoid=b)
+        b2 = self._shape(self._compact_rows(live), length, b.bias, adapter, avoid=b)
         idx = torch.tensor(keep, dtype=torch.long, device=self.device_t)
         L = b.length  # (b2 may be longer: its further columns stay masked)
         for li in range(self.n_layers):
@@ -772,8 +784,6 @@ class GpuEngine(Backend):
             cons = [cons[j] for j in keep]
         if names is not None:
             names = [names[j] for j in keep] + [names[0]] * (b2.rows - live)
-        if b2.bias is not None:
-            self._set_bias(b2, cons, live)
         self.compactions += 1
         self.timing["compact"] += time.perf_counter() - t0
         return b2, cur, cons, names
@@ -839,47 +849,49 @@ class GpuEngine(Backend):
         return b.graph
 
     # ------------------------------------------------------------ constraints
-    def _set_bias(self, b: _Batch, cons, n: int) -> None:
-        """Logit bias rows for constrained rows: -inf outside ``allowed()`` (only end-of-turn once finished)."""
+    def _pick(self, b: _Batch, cons, n: int) -> None:
+        """The greedy pick of a constrained batch's step (its logits and their argmax kept by ``select``): a
+        row's own best token where its constraint accepts it (:meth:`TokenConstraint.accepts`: that token's
+        characters only), else the best token of ``allowed()`` (the vocabulary walked: only for the rows the
+        grammar corrects); a finished constraint allows only end-of-turn. The same tokens as masking every
+        row's logits to its allowed set, without that mask's per-row walk and upload each step. The tokens are
+        recorded (``commit``) and fed to the constraints. One sync a step."""
         import torch
 
-        rows, cols = [], []
-        allow_all = []
+        raw = b.raw[:n].tolist()
+        done = b.done[:n].tolist()
+        nxt = list(raw)
+        fix_rows, fix_ids = [], []
         for r, c in enumerate(cons[:n]):
-            if c is None:
+            if c is None or done[r]:
                 continue
             if getattr(c, "finished", False):
-                rows.append(r)
-                cols.append(self.eos_ids[0])
+                nxt[r] = self.eos_ids[0]
+                continue
+            if c.accepts(raw[r]):
+                self.picks_accepted += 1
                 continue
             allowed = c.allowed()
             if allowed is None:
-                allow_all.append(r)
                 continue
-            if isinstance(allowed, torch.Tensor):
-                allowed = allowed.nonzero().flatten() if allowed.dtype == torch.bool else allowed.flatten()
-                allowed = allowed.tolist()
-            allowed = list(allowed) or [self.eos_ids[0]]  # nothing allowed: the answer ends
-            rows.extend([r] * len(allowed))
-            cols.extend(int(x) for x in allowed)
-        b.bias.zero_()
-        touched = sorted(set(rows))
-        if touched:
-            b.bias[torch.tensor(touched, device=b.bias.device)] = float("-inf")
-            b.bias[torch.tensor(rows, device=b.bias.device), torch.tensor(cols, device=b.bias.device)] = 0.0
-
-    def _advance(self, b: _Batch, cons, n: int, step: int) -> bool:
-        """Feed the tokens of ``step`` to the rows' constraints; the bias for the next step. False: all done."""
-        toks = b.out[:n, step].tolist()
-        done = b.done[:n].tolist()
+            fix_rows.append(r)
+            fix_ids.append(sorted(allowed) or [self.eos_ids[0]])  # nothing allowed: the answer ends
+        if fix_rows:
+            self.picks_corrected += len(fix_rows)
+            width = max(map(len, fix_ids))
+            cols = torch.tensor([x + [x[0]] * (width - len(x)) for x in fix_ids], dtype=torch.long)
+            cols = cols.to(b.logits.device)
+            rows = torch.tensor(fix_rows, dtype=torch.long, device=b.logits.device)
+            best = b.logits[rows[:, None], cols].argmax(-1)  # the best allowed token, lowest id on a tie
+            got = cols.gather(1, best[:, None])[:, 0].tolist()
+            for r, t in zip(fix_rows, got):
+                nxt[r] = t
+        full = nxt + [self.eos_ids[0]] * (b.rows - n)
+        b.commit(torch.tensor(full, dtype=torch.long).to(b.raw.device, non_blocking=True))
         eos = set(self.eos_ids)
         for r, c in enumerate(cons[:n]):
-            if c is not None and not getattr(c, "finished", False) and toks[r] not in eos:
-                c.advance(toks[r])  # a row that has ended says end-of-turn from then on: never fed
-        if all(done):
-            return False
-        self._set_bias(b, cons, n)
-        return True
+            if c is not None and not done[r] and not getattr(c, "finished", False) and nxt[r] not in eos:
+                c.advance(nxt[r])  # a row that has ended says end-of-turn from then on: never fed
 
     def _finish(self, tokens: Sequence[int], cap: int) -> Completion:
         eos = set(self.eos_ids)
@@ -941,6 +953,7 @@ class GpuEngine(Backend):
             "graphs_captured": self.graphs_captured, "generated_tokens": self.generated_tokens,
             "row_steps": self.row_steps, "live_row_steps": self.live_row_steps,
             "wasted_row_steps": self.row_steps - self.live_row_steps, "compactions": self.compactions,
+            "picks_accepted": self.picks_accepted, "picks_corrected": self.picks_corrected,
             "prefill_forwards": self.prefill_forwards, "graph_steps": self.graph_steps}
 
 

@@ -175,6 +175,20 @@ def run_scan(paths: List[Path], kw: dict, quiet: bool, diff: str | None = None, 
         raise UserError(str(e)) from e
 
 
+def parse_diff_context(value: str) -> int | None:
+    """``--diff-context``: a number of lines (>= 0), or ``full`` (None: the whole windows)."""
+    if value.strip().lower() == "full":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise typer.BadParameter(f"{value!r} is neither a number of lines (0 or more) nor `full`",
+                                 param_hint="--diff-context")
+    return n
+
+
 def summary_line(result) -> str:
     st = result.stats()
     rate = f", {st['windows'] / st['generate_seconds']:.1f} windows/s" if st["generate_seconds"] > 0 else ""
@@ -241,6 +255,10 @@ def scan_command(
     kw: dict,
     paths: List[Path] = typer.Argument(..., help="Files and folders to review (`-`: stdin)."),
     diff: Optional[str] = typer.Option(None, "--diff", help="Only files and lines changed since this git ref."),
+    diff_context: str = typer.Option(
+        "3", "--diff-context", metavar="LINES|full",
+        help="With --diff: the lines around each change the model reads (whole statements kept; 3, the shape it "
+             "was trained on, is fast); `full`: the whole windows holding a change."),
     compare: bool = typer.Option(False, "--compare", help="Show model and oracle findings side by side."),
     fmt: str = FormatOpt,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file."),
@@ -256,6 +274,7 @@ def scan_command(
     and nothing was found)."""
     if compare and fmt not in ("text", "json"):
         raise typer.BadParameter("--compare prints text or json", param_hint="--format")
+    kw["diff_context"] = parse_diff_context(diff_context)
     ids = scan_rule_ids(kw, load_run_settings(paths, exclude, no_respect_gitignore))
     if len(ids) > 1:
         if kw.get("adapter"):

@@ -170,9 +170,11 @@ def register(rule: Rule) -> Rule:
 
 
 def all_rules() -> dict[str, Rule]:
+    """Every registered rule, by id in alphabetical order (not import order: a program that imported
+    ``rules.predicate`` first would otherwise list its rules, and scan them, in another order)."""
     from . import else_return, naming, predicate  # noqa: F401  (each registers itself)
 
-    return dict(_REGISTRY)
+    return dict(sorted(_REGISTRY.items()))
 
 
 def get_rule(rule_id: str) -> Rule:
