@@ -4,7 +4,10 @@
     python benchmarks/commit_review.py --runs 5 --file /work/main/.cache/corpus/jquery@4.0.0/src/ajax.js
 
 A git repository is made in a temporary folder from one real corpus file, committed, then two lines far apart
-are changed (two windows to review). Each measurement is a new process running
+are changed (two windows to review): lines where the predicate rule's oracle reports a condition (a trailing
+comment added), so the model must read both changes (``--spread``: at a third and two thirds of the file,
+whatever they hold; since ``--diff`` shows the model 3 lines around a change, such a change often holds
+nothing a rule could name and is answered without the model). Each measurement is a new process running
 ``loralint scan --diff HEAD --no-cache --format json`` (no answer cache: the model answers both windows), with
 the GGUF already prepared in the user cache (``$LORALINT_CACHE/gguf``, linked in):
 
@@ -42,7 +45,17 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FILE = "/work/main/.cache/corpus/kafkajs@2.2.4/src/consumer/consumerGroup.js"
 
 
-def make_repo(src: Path, where: Path, changes: int = 2) -> Path:
+def violation_rows(src: Path) -> list[int]:
+    """0-based rows where the predicate rule's oracle reports a condition (the model must read such a change)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from loralint.checker import check_source
+    from loralint.rules import get_rule
+    from loralint.sources import load
+
+    return sorted({f.line - 1 for f in check_source(load(str(src), 10**7), [get_rule("predicate")]).findings})
+
+
+def make_repo(src: Path, where: Path, changes: int = 2, at_conditions: bool = True) -> Path:
     repo = where / "repo"
     repo.mkdir()
     target = repo / src.name
@@ -53,8 +66,14 @@ def make_repo(src: Path, where: Path, changes: int = 2) -> Path:
     subprocess.run(git + ["commit", "-qm", "base"], check=True)
     lines = target.read_text().split("\n")
     n = len(lines)
+    hot = violation_rows(src) if at_conditions else []
+    chosen: list[int] = []
     for k in range(changes):  # lines far apart: one window each
         i = (k + 1) * n // (changes + 1)
+        far = [r for r in hot if all(abs(r - c) >= 60 for c in chosen)]
+        if far:  # the line nearest there where the predicate rule's oracle reports a condition
+            i = min(far, key=lambda r: abs(r - i))
+        chosen.append(i)
         lines[i] = lines[i] + "  // reviewed"
     target.write_text("\n".join(lines))
     return repo
@@ -94,6 +113,7 @@ def main() -> None:
     ap.add_argument("--baseline", default=BASELINE, help="git revision of the engine to compare with")
     ap.add_argument("--prepare", type=int, default=1, help="first runs with the GGUF prepared (0: none)")
     ap.add_argument("--transformers", action="store_true", help="also time the reference engine")
+    ap.add_argument("--spread", action="store_true", help="change lines at 1/3 and 2/3 of the file, not conditions")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "commit_review.json"))
     args = ap.parse_args()
     src = Path(args.file)
@@ -105,7 +125,7 @@ def main() -> None:
                               capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="loralint-commit-") as tmp:
         tmp = Path(tmp)
-        repo = make_repo(src, tmp)
+        repo = make_repo(src, tmp, at_conditions=not args.spread)
         old_tree = tmp / "baseline"
         old_tree.mkdir()
         arch = subprocess.run(["git", "-C", str(ROOT), "archive", base_rev, "src"], check=True, capture_output=True)
