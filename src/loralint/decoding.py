@@ -763,8 +763,8 @@ class TokenConstraint:
             if i + size > len(data):
                 break
             ch = data[i:i + size].decode("utf-8", "replace")
-            if offered and ch not in self.auto.next_chars(st):
-                return None
+            if offered and ch.isspace() and ch not in self.auto.next_chars(st):
+                return None  # (only blanks: step takes any where next_chars offers one space)
             st = self.auto.step(st, ch)
             if st is _DEAD:
                 return None
