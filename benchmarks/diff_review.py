@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import shutil
@@ -107,14 +108,12 @@ def run_mode(repo: Path, rules: list[str], context: int | None) -> dict:
            "windows": st["windows"], "windows_forced": st.get("windows_forced", 0),
            "file_errors": len(res.errors), "rules": {}}
     found = set()
-    for rid in rules:
-        tp = fp = fn = 0
-        for c in compare(res, [rid, *[r for r in rules if r != rid]]):
-            if c.rule != rid:
-                continue
-            tp, fp, fn = tp + len(c.matched), fp + len(c.model_only), fn + len(c.oracle_only)
-            found |= {(c.path, m.line, m.kind, rid) for m, _ in c.matched}
-            found |= {(c.path, m.line, m.kind, rid) for m in c.model_only}
+    counts = {rid: [0, 0, 0] for rid in rules}
+    for c in compare(res, rules):  # each rule's findings against its own oracle, file by file
+        n = counts[c.rule]
+        n[0], n[1], n[2] = n[0] + len(c.matched), n[1] + len(c.model_only), n[2] + len(c.oracle_only)
+        found |= {(c.path, m.line, m.kind, c.rule) for m in [m for m, _ in c.matched] + c.model_only}
+    for rid, (tp, fp, fn) in counts.items():
         out["rules"][rid] = {"tp": tp, "fp": fp, "fn": fn,
                              "recall": round(tp / (tp + fn), 4) if tp + fn else None,
                              "precision": round(tp / (tp + fp), 4) if tp + fp else None}
@@ -159,7 +158,7 @@ def main() -> None:
     a, b = modes["3"].pop("_found"), modes["full"].pop("_found")
     report = {"benchmark": "diff_review", "command": "python benchmarks/diff_review.py " + " ".join(sys.argv[1:]),
               "packages": pkgs, "files": len(chosen), "changed_lines": n_lines, "seed": args.seed, "rules": rules,
-              "machine": {"cpus": len(__import__("os").sched_getaffinity(0)), "python": platform.python_version()},
+              "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version()},
               "modes": modes, "same_findings": len(a & b), "only_context_3": len(a - b), "only_full": len(b - a),
               "time_ratio_full_over_3": round(min(modes["full"]["seconds_rounds"]) /
                                               min(modes["3"]["seconds_rounds"]), 2)}

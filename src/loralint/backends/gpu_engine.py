@@ -858,8 +858,7 @@ class GpuEngine(Backend):
         recorded (``commit``) and fed to the constraints. One sync a step."""
         import torch
 
-        raw = b.raw[:n].tolist()
-        done = b.done[:n].tolist()
+        raw, done = torch.stack((b.raw[:n], b.done[:n].long())).tolist()  # one transfer
         nxt = list(raw)
         fix_rows, fix_ids = [], []
         for r, c in enumerate(cons[:n]):

@@ -460,8 +460,8 @@ class LlamaCppMultiBackend(_SeveralAdapters):
 class LlamaCppMergedBackend(_SeveralAdapters):
     """Several adapters (rules) in one llama.cpp engine, each merged into its own f16 GGUF (the one a one-rule
     scan runs, :func:`find_gguf`): one model a rule, loading in a thread (the tokenizer read once
-    meanwhile; one after the other: see :class:`_Loading`), the one a
-    batch of prompts asks for made the engine's model. The default for several rules:
+    meanwhile; one after the other: see :class:`_Loading`), the one a batch of prompts asks for made the
+    engine's model. The default for several rules:
     measured on the 2 changed windows of a commit (2 cores, ``benchmarks/commit_review.py``), a window's
     prefill took 1.4x the time under a runtime LoRA (:class:`LlamaCppMultiBackend`: 210 small LoRA products
     beside the model's own) as on the merged weights, far more than a second model's load (0.2 s, from the page
