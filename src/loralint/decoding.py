@@ -288,11 +288,27 @@ class Automaton:
         key = ("s", claim, row)
         got = self._anchored.get(key)
         if got is None:
-            doc, where = self.code.doc, self.code.where
-            got = self._anchored[key] = [
-                s for s in starts
-                if (f.start_ok is None or f.start_ok(claim[1], doc, *where[s])) and self._ends(f, claim[1], s)[1] > s]
+            got = self._anchored[key] = [s for s in starts if self._start_fits(f, claim, s)]
         return got
+
+    def _start_fits(self, f: Copy, claim, s: int) -> bool:
+        """Whether a copy of ``claim``'s kind may start at code offset ``s`` (the rule's anchors, and an end)."""
+        doc, where = self.code.doc, self.code.where
+        return (f.start_ok is None or f.start_ok(claim[1], doc, *where[s])) and self._ends(f, claim[1], s)[1] > s
+
+    def _any_start(self, f: Copy, claim) -> bool:
+        """Whether ``claim`` has a copy start at all (:meth:`_starts` non-empty), stopping at the first: which
+        lines and kinds can be named is asked of every line and kind of a window before the first token, and
+        only the kind the model writes needs its whole list."""
+        row = claim[0] - self.g.first_line
+        got = self._anchored.get(("s", claim, row))
+        if got is not None:
+            return bool(got)
+        key = ("any", claim, row)
+        ok = self._anchored.get(key)
+        if ok is None:
+            ok = self._anchored[key] = any(self._start_fits(f, claim, s) for s in self.code.starts(row))
+        return ok
 
     # --- per named line
     def options(self, k: int, line: int) -> tuple[str, ...]:
@@ -349,7 +365,7 @@ class Automaton:
         f = self.fields[nxt] if nxt is not None else None
         if not isinstance(f, Copy) or (f.start_ok is None and f.end_ok is None):
             return True
-        return bool(self._starts(f, (line, choices + (o,))))
+        return self._any_start(f, (line, choices + (o,)))
 
     def _options_ok(self, k: int, line: int, choices: tuple = ()) -> tuple[str, ...]:
         key = ("o", k, line, choices)

@@ -121,6 +121,7 @@ class FileText:
         self.comments = comments or {}
         self.literals = literals or {}  # :func:`literal_spans`: where the text is a string's, not code
         self._rows: dict[tuple[int, bool], tuple[str, list[int]]] = {}
+        self._blank: dict[int, str] = {}
 
     def _in_comment(self, row: int, col: int) -> bool:
         return any(a <= col < b for a, b in self.comments.get(row, ()))
@@ -197,15 +198,26 @@ class FileText:
         spaces and line breaks kept: what a rule reads around a claim (:meth:`loralint.rules.Rule.locate`)."""
         rows = []
         for r in range(r1, r2 + 1):
-            line = self.lines[r]
+            line = self._blanked(r)
             a = c1 if r == r1 else 0
             b = (c2 if c2 is not None else len(line)) if r == r2 else len(line)
-            chars = list(line)
-            for ca, cb in self.comments.get(r, ()):
-                for i in range(max(ca, 0), min(cb, len(chars))):
-                    chars[i] = " "
-            rows.append("".join(chars[a:b]))
+            rows.append(line[a:b])
         return "\n".join(rows)
+
+    def _blanked(self, r: int) -> str:
+        """Row ``r`` with its comments blanked to spaces (made once a row: placement checks read the rows
+        around every copy start of a window)."""
+        got = self._blank.get(r)
+        if got is None:
+            line = self.lines[r]
+            if r in self.comments:
+                chars = list(line)
+                for ca, cb in self.comments[r]:
+                    for i in range(max(ca, 0), min(cb, len(chars))):
+                        chars[i] = " "
+                line = "".join(chars)
+            got = self._blank[r] = line
+        return got
 
     def text_between(self, r1: int, c1: int, r2: int, c2: int, skip_comments: bool) -> str:
         parts = []

@@ -295,6 +295,8 @@ _OPENER = re.compile(r"(?:(?<![\w$.])(else)\s+)?(\}[ \t]*)?(?<![\w$.])(if|while)
 _FOR = re.compile(r"(?<![\w$.])for\s*(?:await\s*)?\([^;]*;\s*[(!\s]*$")
 _TERNARY_AFTER = re.compile(r"^[\s)]*\?(?![.?])")
 _DO_END = re.compile(r"^[\s)]*;")
+#: the last character (blanks aside) of any text _OPENER or _FOR matches: `(`, `!`, `;`, or `if` / `while` itself
+_OPENER_ENDS = frozenset("(!;fe")
 _NO_START = tuple("?:)]},;&|=")  # (the empty string, past a line's end, is no member of it)
 _LOOK = 4  # rows looked at before a condition (and after it, for a ternary's `?`) ...
 _LOOK_CODE = 16  # ... and more, 4 at a time, while they hold less code than this (rows of comments between)
@@ -319,6 +321,9 @@ def start_fits(choices: tuple[str, ...], doc, row: int, col: int) -> bool:
     kind = choices[0] if choices else None
     if kind not in KINDS or kind == "ternary":
         return True
+    head = doc.code_between(row, 0, row, col).rstrip()
+    if head and head[-1] not in _OPENER_ENDS:
+        return False  # (what every match of _OPENER and _FOR ends with: said without reading rows above)
     top = max(0, row - _LOOK)
     before = doc.code_between(top, 0, row, col)
     while top > 0 and row - top < _LOOK_MAX and len("".join(before.split())) < _LOOK_CODE:
