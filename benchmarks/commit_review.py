@@ -12,7 +12,8 @@ nothing a rule could name and is answered without the model). Each measurement i
 the GGUF already prepared in the user cache (``$LORALINT_CACHE/gguf``, linked in):
 
 - before: the default engine of the tree at ``--baseline`` (a git revision, extracted with ``git archive``;
-  default the commit before this benchmark's last work: every shipped rule on one f16 base GGUF with the
+  default the commit before this benchmark's last work: one token a forward pass, every rule's model loaded
+  up front; before that (``ffb2864``): every shipped rule on one f16 base GGUF with the
   rules' GGUF LoRAs applied at run time, no stored prefix state);
 - new, cold: this tree, no stored prefix state (a fresh ``kv`` folder each run: the first scan after install);
 - new, warm: this tree, the prompt prefixes' KV states stored by an earlier run (every later scan);
@@ -98,7 +99,7 @@ def med(xs: list[float]) -> float:
     return round(statistics.median(xs), 3) if xs else float("nan")
 
 
-BASELINE = "ffb2864"  # every shipped rule as a runtime GGUF LoRA on the f16 base, no prefix state (issue #15 item 3)
+BASELINE = "7085dcb"  # one token a forward pass (create_completion), every rule's model loaded up front (issue #15 item 3)
 
 
 def stats(rs: list[dict]) -> dict:
@@ -165,7 +166,7 @@ def main() -> None:
         same = all(r["findings"] == before[0]["findings"] for r in every)
         n_lines = len(src.read_text().split("\n"))
 
-    rows = {f"before ({base_rev}: f16 base + runtime LoRAs)": before,
+    rows = {f"before ({base_rev})": before,
             "new, cold (no prefix state stored)": cold,
             "new, warm (prefix state stored)": warm}
     if ref:

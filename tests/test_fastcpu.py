@@ -324,3 +324,29 @@ def test_every_shipped_rule_on_the_default_engine_finds_what_the_reference_engin
         assert fast.backend == "llamacpp" and fast.engines_loaded == 1
         assert [f.to_dict() for f in fast.findings] == [f.to_dict() for f in ref.findings]
         assert len(ref.findings) > 0 and fast.stats()["windows_forced"] > 0
+
+
+@pytest.mark.slow
+def test_the_several_rule_engine_loads_a_rules_model_when_its_prompts_come():
+    """The default several-rule engine (one merged GGUF a rule) loads the model of the rule that asks first, and
+    another rule's only when that rule's prompts come: a commit whose windows of one rule all get the grammar's
+    answer never loads that rule's model (it cost a model load on the way and competed with decoding)."""
+    if not have_llama_cpp():
+        pytest.skip("llama-cpp-python is not installed")
+    from loralint.backends.llamacpp import LlamaCppMergedBackend
+    from loralint.scanner import RuleEngine, SharedEngine
+
+    ads = {r: resolve_adapter(None, r) for r in ("else-return", "predicate")}
+    shared = SharedEngine(BackendOptions(backend="llamacpp"), ads)
+    eng = RuleEngine(shared, "predicate").load()  # the second rule asks first
+    assert isinstance(eng, LlamaCppMergedBackend) and eng._active == "predicate"
+    assert "llm" in eng._models["predicate"] and not {"llm", "loading"} & set(eng._models["else-return"])
+    rule = get_rule("else-return")
+    lines = ["function f(a) {", "  if (a) {", "    return 1;", "  } else {", "    return 2;", "  }", "}"]
+    from loralint.windows import Window
+
+    msgs = window_messages(rule, lines, Window(0, len(lines)), "js")
+    got = eng.generate([msgs], 32, adapters=["else-return"])
+    assert "llm" in eng._models["else-return"] and eng._active == "else-return"
+    assert got[0].text and not rule.parse_answer(got[0].text).malformed
+    shared.close()

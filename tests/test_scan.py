@@ -346,3 +346,55 @@ def test_several_rules_in_one_report(tmp_path):
     assert res.stats()["windows"] == 2 and len(res.files) == 1
     with pytest.raises(TypeError):
         loralint.scan([str(p)], "some/adapter", rules=["predicate"])
+
+
+def test_grammars_built_in_worker_processes_are_those_built_here(monkeypatch):
+    """A scan of many windows on a machine with cores to spare builds the windows' grammars in worker processes
+    (scanner._forced_in_workers): the same forced answers, and automata that, unpickled here, constrain as
+    ones built here do (the oracle's answer of every window the model must answer, token by token)."""
+    from loralint import scanner
+    from loralint.checker import oracle_findings
+    from loralint.decoding import TokenConstraint, vocabulary
+    from loralint.rules import get_rule
+    from loralint.sources import load
+    from tiny import smollm2_tokenizer
+
+    rule = get_rule("predicate")
+    fixtures = Path(__file__).parent / "fixtures" / "js"
+    items, found = [], []
+    for p in sorted(fixtures.iterdir()):
+        src = load(str(p), 10**7)
+        if not hasattr(src, "data"):
+            continue
+        f = scanner._prepare(src, scanner.DEFAULT_TARGET, None)
+        oracle, _ = oracle_findings(src, [rule])
+        for w in f.windows:
+            items.append((f.lines[w.start:w.end], w.start + 1, scanner._window_comments(f, w),
+                          scanner._window_literals(f, w)))
+            mine = {(x.line, x.kind): x for x in reversed(oracle) if w.start < x.line <= w.end}
+            found.append(list(mine.values())[::-1])
+    assert len(items) >= 10
+    monkeypatch.setenv(scanner.ENV_WORKERS, "0")
+    assert scanner._forced_in_workers(rule, items) is None  # (turned off)
+    monkeypatch.setenv(scanner.ENV_WORKERS, "2")
+    assert scanner._forced_in_workers(rule, items) is None  # too few windows to start processes for
+    monkeypatch.setattr(scanner, "FORCED_POOL_MIN", 1)
+    monkeypatch.setattr(scanner, "FORCED_CHUNK", 3)
+    pooled, here = scanner._forced_in_workers(rule, items), scanner._forced_answers(rule, items)
+    assert pooled is not None and [t for t, _ in pooled] == [t for t, _ in here]
+    assert any(t is None for t, _ in here) and any(t is not None for t, _ in here)
+    tok = smollm2_tokenizer()
+    v = vocabulary(tok)
+    steps = 0
+    for (t, auto), (_, mine), want in zip(pooled, here, found):
+        if t is not None:
+            assert auto is None and mine is None
+            continue
+        a, b = TokenConstraint(auto.g, v, auto), TokenConstraint(mine.g, v, mine)
+        for tid in tok(rule.render_answer(want), add_special_tokens=False)["input_ids"] + v.end_ids:
+            assert sorted(a.allowed()) == sorted(b.allowed())
+            steps += 1
+            a.advance(tid)
+            b.advance(tid)
+        assert a.finished and b.finished and not a.broken
+    assert steps > 50

@@ -19,7 +19,14 @@
 #                                                                             free decoding side by side; then one
 #                                                                             vs three rules, scan_speed (gpu vs
 #                                                                             reference engine)
-# prepare.sh builds every carried folder.
+#   bash benchmarks/gpu/lease.sh base      carry .carry/smollm2-b .cache/gpu-carry/c2  (no training) base joined,
+#                                                                             the corpus unpacked
+#   bash benchmarks/gpu/lease.sh measure   carry .cache/gpu-carry/c6                 constrained vs free decoding
+#                                                                             alone (2 rounds), the predicate
+#                                                                             adapter's held-out eval
+#   bash benchmarks/gpu/lease.sh speed     (no carry)                        scan_speed --compare-engines
+# prepare.sh builds every carried folder (c6: `tar -C src/loralint/adapters -cf .cache/gpu-carry/c6/ad.tar
+# predicate else-return`).
 # Every command is the one a user types; the script only adds what the bare machine needs.
 set -uo pipefail
 step=${1:?step}
@@ -130,9 +137,30 @@ base)  # a second lease's model (no training): carry .carry/b .cache/gpu-carry/c
   python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
   tail -2 "$log"
   ;;
-measure)  # carry .cache/gpu-carry/c6 (the adapters to measure): the eval step's figures for them
-  tar -C /tmp/ad -xf .cache/gpu-carry/c6/ad.tar
-  bash "$0" eval
+measure)  # carry .cache/gpu-carry/c6 (the shipped adapters): constrained vs free decoding alone on the GPU
+  # (2 rounds, alternating), then the predicate adapter's held-out eval (--update-card)
+  mkdir -p /tmp/ad && tar -C /tmp/ad -xf .cache/gpu-carry/c6/ad.tar
+  pkgs=$(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/\/tmp\/work\/corpus\//' src/loralint/data/corpus/eval.txt)
+  say "constrained vs free (gpu engine, held-out files, 2 rounds)"
+  timeout "${CONS_S:-300}" python3 benchmarks/constrained.py --device cuda --adapter /tmp/ad/predicate \
+    --corpus /tmp/work/corpus --limit-files 600 --max-lines 0 --rounds 2 --out "$OUT/constrained_h200.json" >> "$log" 2>&1
+  say "constrained rc=$?"
+  grep -E "^round|^[12] \||constrained / free" "$log" | tail -6
+  say "eval predicate"
+  timeout $(( $(left) - 15 )) python3 -m loralint eval $pkgs --rule predicate --adapter /tmp/ad/predicate --no-cache \
+    --format json --output "$OUT/eval-predicate.json" --update-card >> "$log" 2>&1
+  say "eval rc=$?"
+  tar -C /tmp/ad -cf "$OUT/cards.tar" predicate/README.md predicate/loralint.json 2>> "$log"
+  tail -4 "$log"
+  ;;
+speed)  # (after measure) scan_speed --compare-engines on 1,700 corpus files: the gpu engine, then the reference
+  budget=$(( $(left) - 25 ))
+  say "scan_speed --compare-engines (budget $budget s)"
+  timeout $(( budget + 10 )) python3 benchmarks/scan_speed.py --compare-engines --device cuda \
+    --adapter /tmp/ad/predicate --corpus /tmp/work/corpus --limit-files 1700 --total-budget $budget \
+    --phase-budget $(( budget * 45 / 100 )) --out "$OUT/scan_speed_h200.json" >> "$log" 2>&1
+  say "scan_speed rc=$?"
+  tail -30 "$log"
   ;;
 eval)
   pkgs=$(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/\/tmp\/work\/corpus\//' src/loralint/data/corpus/eval.txt)

@@ -807,6 +807,51 @@ class TokenConstraint:
         return any(len(e := ch.encode("utf-8")) > len(tail) and e.startswith(tail) and self.auto.step(st, ch) is not _DEAD
                    for ch in self.auto.next_chars(st))
 
+    def likely_text(self, limit: int = 200) -> str:
+        """The text the answer most likely goes on with, as far as the grammar leaves the model no real choice:
+        as long as it allows exactly one next character; a blank and one other (a copy's gap, which may be
+        written as blanks or left out): one blank, then the code; a copy that may end here or go on: on (a
+        condition is mostly copied whole); it stops where the answer may end and only a new answer line could
+        follow. E.g. the rest of a line number when one line of the window can be named, the ``: if: `` after
+        it when only ``if`` starts there, the rest of the condition. A draft for speculative decoding
+        (:mod:`loralint.backends.lookup`), not a constraint."""
+        if self.broken or self._finished or self.pending:
+            return ""
+        auto, st, out = self.auto, self.state, []
+        sep = auto.g.separator[:1]
+        while len(out) < limit:
+            viable = []
+            for ch in auto.next_chars(st):
+                st2 = auto.step(st, ch)
+                if st2 is not _DEAD:
+                    viable.append((ch, st2))
+            if len(viable) > 1:  # going on with this line rather than starting the next one
+                viable = [v for v in viable if v[0] != sep]
+            elif viable and viable[0][0] == sep and auto.can_end(st):
+                break  # the end, or a new answer line: the model's choice
+            if len(viable) == 2 and any(v[0] == " " for v in viable):  # one blank for a gap, then the code
+                blank = bool(out) and out[-1] == " "
+                viable = [v for v in viable if (v[0] == " ") != blank]
+            if len(viable) != 1:
+                break
+            out.append(viable[0][0])
+            st = viable[0][1]
+        return "".join(out)
+
+    def accepted_prefix(self, tokens: Sequence[int]) -> int:
+        """How many leading ``tokens`` the constraint allows one after the other (itself unchanged)."""
+        saved = (self.state, self.pending, self._finished, self.broken)
+        n = 0
+        try:
+            for t in tokens:
+                if self._finished or self.broken or not self.accepts(t):
+                    break
+                self.advance(t)
+                n += 1
+        finally:
+            self.state, self.pending, self._finished, self.broken = saved
+        return n
+
     def advance(self, token_id: int) -> None:
         if self.broken or self._finished:
             return
@@ -898,39 +943,5 @@ def mask_logits(logits, constraints: Sequence[TokenConstraint | None]):
     return logits.masked_fill_(~keep, float("-inf"))
 
 
-class LogitsProcessor:
-    """One prompt's :class:`TokenConstraint` as a llama-cpp-python logits processor (``create_completion(...,
-    logits_processor=LogitsProcessorList([...]))``): each step it advances the constraint by the tokens generated
-    since its last call (the prompt is ``prompt_len`` tokens), then keeps only the scores of allowed tokens."""
-
-    def __init__(self, constraint: TokenConstraint, prompt_len: int):
-        self.constraint = constraint
-        self.prompt_len = prompt_len
-        self.seen = 0
-
-    def __call__(self, input_ids, scores):
-        import numpy as np
-
-        done = len(input_ids) - self.prompt_len
-        while self.seen < done:
-            self.constraint.advance(int(input_ids[self.prompt_len + self.seen]))
-            self.seen += 1
-        c = self.constraint
-        if c.broken or c.finished:
-            return scores
-        out = np.full_like(scores, -np.inf)
-        top = int(np.argmax(scores))
-        if c.accepts(top):  # the model's own pick is allowed: it is the constrained pick (no vocabulary walk)
-            out[top] = scores[top]
-            return out
-        ids = c.allowed()
-        if ids is None:
-            return scores
-        idx = np.asarray(ids, dtype=np.int64)
-        idx = idx[idx < len(scores)]
-        out[idx] = scores[idx]
-        return out
-
-
 __all__ = ["AnswerGrammar", "Automaton", "Choice", "Copy", "Line", "Lit", "TokenConstraint", "Vocabulary",
-           "LogitsProcessor", "constraints_for", "mask_logits", "vocabulary"]
+           "constraints_for", "mask_logits", "vocabulary"]

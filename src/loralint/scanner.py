@@ -424,19 +424,75 @@ def _window_literals(f: _File, w: Window) -> dict:
     return {r - w.start: v for r, v in f.doc.literals.items() if w.start <= r < w.end}
 
 
+#: windows a worker process takes at a time, and the fewest windows worth starting workers for
+FORCED_CHUNK = 48
+FORCED_POOL_MIN = 384
+ENV_WORKERS = "LORALINT_GRAMMAR_WORKERS"  # worker processes that build the windows' grammars (0: none)
+
+
+def _forced_answers(rule: Rule | str, items: list) -> list[tuple[str | None, object]]:
+    """(the one answer the window's grammar allows or None, the automaton when the model must answer) for each
+    ``(lines, first line, comments, literals)``: what :func:`_answer_forced` needs, here or in a worker."""
+    from .decoding import Automaton, only_answer
+
+    rule = get_rule(rule) if isinstance(rule, str) else rule
+    out = []
+    for lines, first, com, lit in items:
+        g = rule.answer_grammar(lines, first, com, lit)
+        auto = Automaton(g) if g is not None and g.empty else None
+        text = only_answer(g, auto)
+        out.append((text, auto if text is None else None))
+    return out
+
+
+def grammar_workers() -> int:
+    """Worker processes for building windows' grammars: ``LORALINT_GRAMMAR_WORKERS``, else the CPUs this process
+    may use less one (the one that drives the engine), at most 16; fewer than 2 means none."""
+    v = os.environ.get(ENV_WORKERS, "").strip()
+    if v.isdigit():
+        return int(v)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(16, cpus - 1)
+
+
+def _forced_in_workers(rule: Rule, items: list) -> list | None:
+    """:func:`_forced_answers` over a pool of processes, for a scan of many windows on a machine with the cores
+    for it (a GPU scan: building the grammars was ~10 ms a window on one core, more than the GPU's own time a
+    window). The workers are forked (as PyTorch's DataLoader workers are, beside a CUDA context they never
+    touch): a spawned one would run the caller's ``__main__`` again, and import everything anew. The automata
+    come back pickled (~16 KB a window the model answers). None where it does not pay or cannot run (no fork,
+    no cores to spare, few windows): the caller builds them here."""
+    import multiprocessing
+
+    n = grammar_workers()
+    if n < 2 or len(items) < FORCED_POOL_MIN or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunks = [items[i:i + FORCED_CHUNK] for i in range(0, len(items), FORCED_CHUNK)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # (3.12+: "fork() with threads running")
+            with ProcessPoolExecutor(max_workers=min(n, len(chunks)),
+                                     mp_context=multiprocessing.get_context("fork")) as pool:
+                parts = list(pool.map(_forced_answers, [rule.id] * len(chunks), chunks))  # (a forked worker
+                # knows the rules this process registered; a rule object may hold what does not pickle)
+    except Exception:  # noqa: BLE001 - no processes here (a sandbox, a broken pool): built in this one
+        return None
+    return [x for part in parts for x in part]
+
+
 def _answer_forced(rule: Rule, jobs: list[tuple[_File, Window]], store: ScanCache) -> list[tuple[_File, Window]]:
     """Answer the windows whose constrained answer is forced (:func:`loralint.decoding.only_answer`: nothing
     the rule could name is in them) with that answer, as the constrained engine would; the other jobs."""
     if rule.answer_grammar([""], 1) is None:
         return jobs
-    from .decoding import Automaton, only_answer
-
+    items = [(f.lines[w.start:w.end], w.start + 1, _window_comments(f, w), _window_literals(f, w)) for f, w in jobs]
+    got = _forced_in_workers(rule, items) or _forced_answers(rule, items)
     rest: list[tuple[_File, Window]] = []
     fresh: dict[str, tuple[_File, dict]] = {}
-    for f, w in jobs:
-        g = rule.answer_grammar(f.lines[w.start:w.end], w.start + 1, _window_comments(f, w), _window_literals(f, w))
-        auto = Automaton(g) if g is not None and g.empty else None
-        text = only_answer(g, auto)
+    for (f, w), (text, auto) in zip(jobs, got):
         if text is None:
             if auto is not None:  # what it worked out (the lines to name, the copies' starts) serves the constraint
                 f.automata[_wkey(w)] = auto
@@ -485,10 +541,11 @@ class SharedEngine:
         self.load_seconds = 0.0
         self.loads = 0  # engines built (one for all the rules)
 
-    def get(self) -> Backend:
+    def get(self, rule: str | None = None) -> Backend:
+        """The engine, built on first use (``rule``: the rule asking, whose adapter the engine readies first)."""
         if self.engine is None:
             t0 = time.perf_counter()
-            first = next(iter(self.adapters))
+            first = rule if rule in self.adapters else next(iter(self.adapters))
             self.engine = self.opts.create(first, adapter=self.adapters[first], adapters=self.adapters)
             self.loads += 1
             self.load_seconds = time.perf_counter() - t0
@@ -537,16 +594,16 @@ class RuleEngine(Backend):
     def __getattr__(self, attr):  # the tokenizer and end-of-turn ids (constrained decoding), ...
         if attr.startswith("_") or attr in ("shared", "rule"):
             raise AttributeError(attr)
-        return getattr(self.shared.get(), attr)
+        return getattr(self.shared.get(self.rule), attr)
 
     def load(self) -> Backend:
-        return self.shared.get()
+        return self.shared.get(self.rule)
 
     def identity(self) -> dict:
         return self.shared.identity(self.rule)
 
     def generate(self, prompts, max_new_tokens, progress=None, constraints=None, adapters=None):
-        eng = self.shared.get()
+        eng = self.shared.get(self.rule)
         kw = {"constraints": constraints} if constraints is not None else {}
         if len(self.shared.adapters) > 1:
             kw["adapters"] = [self.rule] * len(prompts)

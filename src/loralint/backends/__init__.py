@@ -503,7 +503,8 @@ def create_backend(kind: str | None = None, *, adapter: str | os.PathLike | Adap
 
             if options.pop("runtime_lora", False) or "base_type" in options or "lora_type" in options:
                 return LlamaCppMultiBackend(base=base, **options)  # GGUF LoRAs on one base, switched per batch
-            return LlamaCppMergedBackend(base=base, **options)  # (the default: one merged GGUF a rule, faster)
+            return LlamaCppMergedBackend(base=base, first=rule, **options)  # (the default: one merged GGUF a
+            # rule, faster; the asking rule's model loaded first, each other one when its prompts come)
         return LlamaCppBackend(adapter=ad, gguf=gguf, base=base, **options)
     raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
 

@@ -19,6 +19,12 @@ only the window's own tokens are evaluated; that prefix's KV state is also kept 
 A cold start (one ``scan --diff`` a commit) is mostly the prompt's prefill; the rest is kept short: the
 context starts at :data:`FIRST_CTX` tokens rather than ``n_ctx`` (grown when a prompt needs it) and the model
 loads in a thread while the tokenizer is read.
+
+Answers are decoded greedily by :func:`.lookup.greedy` (not llama-cpp-python's ``create_completion``): each
+forward pass evaluates the last picked token and a draft after it (the text the window's answer grammar leaves
+no real choice over, then the prompt's own continuation), with logits for every position, and keeps the
+draft's tokens while each is the pick of the position before. The same answers as one token a pass (a test
+compares them), in a quarter of the passes on a commit's windows; ``LORALINT_LOOKUP=0`` turns drafts off.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from .. import models
 from . import PREPARED_GGUF_TYPE as PREPARED_TYPE  # part of the scan cache key (llamacpp_identity)
 from . import PREPARED_LORA_TYPE
 from . import Adapter, Backend, BackendError, BackendUnavailable, Completion, Result, limits, llamacpp_identity
+from . import lookup
 
 #: the context the engine starts with (a window's prompt and answer take ~500 tokens); a longer prompt gets a
 #: larger one, up to ``n_ctx`` (:meth:`LlamaCppBackend._fit_context`). The KV cache of 8192 tokens took 0.15 s
@@ -167,6 +174,7 @@ class LlamaCppBackend(Backend):
         self.llm = loading.result()
         self.generated_tokens = 0
         self.prompt_tokens = 0
+        self.lookup_stats: dict = {}  # forward passes, tokens drafted and kept (lookup.greedy)
         self.prefix = self._prefix_cache(kw)
 
     def _llama_kw(self, model_path: Path, lora_path: Path | None) -> dict:
@@ -237,8 +245,8 @@ class LlamaCppBackend(Backend):
     def identity(self) -> dict:
         return llamacpp_identity(self.adapter, self.gguf, self.base)
 
-    #: constrained decoding (loralint.decoding) through llama-cpp-python's logits processors: each step, the
-    #: tokens the window's answer grammar does not allow are set to -inf before the greedy pick
+    #: constrained decoding (loralint.decoding): each pick is the best token the window's answer grammar allows
+    #: (:func:`.lookup.pick`)
     supports_constraints = True
 
     def generate(self, prompts, max_new_tokens, progress=None, constraints=None) -> list[Result]:
@@ -253,9 +261,7 @@ class LlamaCppBackend(Backend):
                     self._fit_context(len(ids) + cap)
                     if self.prefix is not None:
                         self.prefix.restore(ids)
-                    if con is not None:
-                        greedy["logits_processor"] = _constrained(con, len(ids))
-                    r = self.llm.create_completion(ids, **greedy)
+                    r = self._answer(ids, cap, con)
                     content = r["choices"][0].get("text") or ""
                     answered.append(ids)
                 else:
@@ -276,13 +282,57 @@ class LlamaCppBackend(Backend):
         return out
 
 
-def _constrained(constraint, prompt_len: int):
-    """llama-cpp-python's logits processors for one prompt under its :class:`loralint.decoding.TokenConstraint`."""
-    from llama_cpp import LogitsProcessorList
+    def _answer(self, ids: list[int], cap: int, con) -> dict:
+        """One prompt's greedy answer (under ``con`` when given), in create_completion's result shape: decoded by
+        :func:`.lookup.greedy`, several tokens verified a forward pass where the prompt drafts them. The context
+        keeps the part of the previous prompt (or of the restored prefix state) this one starts with."""
+        llm = self.llm
+        have = 0
+        if llm.n_tokens:
+            from .prefixcache import common_prefix
 
-    from ..decoding import LogitsProcessor
+            have = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), ids)
+        llm.n_tokens = min(have, len(ids) - 1)  # at least one token evaluated: its logits start the answer
+        toks, cut = lookup.greedy(self._evaluate, self._rewind, ids[llm.n_tokens:], ids, cap, self._is_end, con,
+                                  stats=self.lookup_stats, encode=self._encode)
+        text = llm.detokenize(toks, prev_tokens=ids).decode("utf-8", errors="ignore")
+        return {"choices": [{"text": text, "finish_reason": "length" if cut else "stop"}],
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": len(toks)}}
 
-    return LogitsProcessorList([LogitsProcessor(constraint, prompt_len)])
+    def _evaluate(self, toks: list[int], every_row: bool):
+        """Run ``toks`` after the context's tokens; their logits (every row, or the last row only)."""
+        import numpy as np
+
+        llm = self.llm
+        llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
+        step = llm.n_batch
+        for i in range(0, len(toks), step):
+            chunk = toks[i:i + step]
+            llm._batch.set_batch(batch=chunk, n_past=llm.n_tokens, logits_all=every_row and i + step >= len(toks))
+            llm._ctx.decode(llm._batch)
+            llm.input_ids[llm.n_tokens:llm.n_tokens + len(chunk)] = chunk
+            llm.n_tokens += len(chunk)
+        llm._requires_eval = False
+        rows = len(chunk) if every_row else 1
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(rows, llm.n_vocab()))
+
+    def _encode(self, text: str) -> list[int]:
+        """``text`` as token ids, no special tokens (the tokenizer prompts are built with)."""
+        if self.chat is not None:
+            return self.chat.tok.encode(text, add_special_tokens=False).ids
+        if self.tok is not None:
+            return self.tok(text, add_special_tokens=False)["input_ids"]
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def _rewind(self, n: int) -> None:
+        """Forget the context's last ``n`` tokens (a draft's rejected tail; their cells are dropped before the
+        next evaluation)."""
+        self.llm.n_tokens -= n
+
+    def _is_end(self, token: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token))
 
 
 # ------------------------------------------------------------------------- several adapters, one base
@@ -459,9 +509,10 @@ class LlamaCppMultiBackend(_SeveralAdapters):
 
 class LlamaCppMergedBackend(_SeveralAdapters):
     """Several adapters (rules) in one llama.cpp engine, each merged into its own f16 GGUF (the one a one-rule
-    scan runs, :func:`find_gguf`): one model a rule, loading in a thread (the tokenizer read once
-    meanwhile; one after the other: see :class:`_Loading`), the one a batch of prompts asks for made the
-    engine's model. The default for several rules:
+    scan runs, :func:`find_gguf`): one model a rule, the one a batch of prompts asks for made the engine's
+    model. The model of the rule that asks first (``first``) loads in a thread while the tokenizer is read;
+    another rule's when its first prompts come (one after the other: see :class:`_Loading`), so a rule whose
+    windows all get their grammar's answer never loads one. The default for several rules:
     measured on the 2 changed windows of a commit (2 cores, ``benchmarks/commit_review.py``), a window's
     prefill took 1.4x the time under a runtime LoRA (:class:`LlamaCppMultiBackend`: 210 small LoRA products
     beside the model's own) as on the merged weights, far more than a second model's load (0.2 s, from the page
@@ -471,7 +522,7 @@ class LlamaCppMergedBackend(_SeveralAdapters):
     disk (270 MB for SmolLM2-135M, prepared once, ~20 s)."""
 
     def __init__(self, adapters: dict[str, Adapter], base: str | None = None, n_ctx: int = 8192,
-                 n_threads: int | None = None, n_gpu_layers: int = -1, **_ignored):
+                 n_threads: int | None = None, n_gpu_layers: int = -1, first: str | None = None, **_ignored):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # (as LlamaCppBackend: before libgomp loads)
         if not adapters:
             raise ValueError("LlamaCppMergedBackend needs adapters")
@@ -487,17 +538,26 @@ class LlamaCppMergedBackend(_SeveralAdapters):
         self.n_ctx_max = n_ctx
         files = {n: find_gguf(a, None, base) for n, a in adapters.items()}  # prepared once (merged f16)
         self._models: dict[str, dict] = {}
-        prev = None
-        for name, (model, lora) in files.items():  # in order, one after the other (see _Loading)
-            kw = self._llama_kw(model, lora)
-            prev = _Loading(Llama, kw, after=prev)
-            self._models[name] = {"kw": kw, "model_path": model, "lora_path": lora, "loading": prev}
+        for name, (model, lora) in files.items():
+            self._models[name] = {"kw": self._llama_kw(model, lora), "model_path": model, "lora_path": lora}
+        self._Llama, self._last_load = Llama, None
+        first = first if first in self._models else self.adapter_names[0]
+        self._start_loading(first)  # the rule that asked first; the others when their prompts come
         self._read_tokenizer(self.adapter, None, base)
         self.generated_tokens = 0
         self.prompt_tokens = 0
+        self.lookup_stats: dict = {}
         self._active: str | None = None
         self.llm = self.prefix = None
-        self._use_adapter(self.adapter_names[0])
+        self._use_adapter(first)
+
+    def _start_loading(self, name: str) -> None:
+        """Start loading ``name``'s model in a thread (after any load under way: see :class:`_Loading`). A rule
+        whose windows all get the grammar's answer never has its model loaded (a commit review: measured 0.13 s
+        of a 2-core cold start a model, and its load competed with the other rule's decoding)."""
+        m = self._models[name]
+        if "llm" not in m and "loading" not in m:
+            m["loading"] = self._last_load = _Loading(self._Llama, m["kw"], after=self._last_load)
 
     def _use_adapter(self, name: str) -> None:
         """Make ``name``'s model (loaded by then) the engine's; the previous one keeps its KV cache."""
@@ -507,6 +567,7 @@ class LlamaCppMergedBackend(_SeveralAdapters):
             self._models[self._active].update(llm=self.llm, prefix=self.prefix, kw=self._kw)
         m = self._models[name]
         if "llm" not in m:
+            self._start_loading(name)
             try:
                 self.llm = m.pop("loading").result()
             except Exception as e:  # noqa: BLE001 - llama.cpp's own message, one line
