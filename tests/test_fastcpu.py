@@ -19,10 +19,9 @@ from loralint.languages import fence_for
 from loralint.rules import get_rule
 from loralint.sources import Skipped, load
 from loralint.windows import file_windows, window_messages
+from real_files import FIXTURES, sample_files, windows_with_comments
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures" / "js"
-CORPUS = Path(os.environ.get("LORALINT_CORPUS", "/work/main/.cache/corpus"))
 ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
 
 
@@ -36,10 +35,7 @@ def have_llama_cpp() -> bool:
 
 def real_windows(limit_files: int = 40, per_file: int = 12):
     """(path, messages) of real windows: the fixtures, then a spread of corpus files when the corpus is here."""
-    files = sorted(p for p in FIXTURES.iterdir() if p.is_file())
-    if CORPUS.is_dir():
-        found = sorted(CORPUS.glob("*/**/*.[jt]s"))
-        files += found[:: max(1, len(found) // limit_files)][:limit_files]
+    files = sample_files(limit_files)
     rule = get_rule("predicate")
     for p in files:
         src = load(str(p), 10**7)
@@ -274,31 +270,17 @@ def test_a_window_answered_by_its_grammar_gets_what_the_constrained_engine_write
     if not have_llama_cpp():
         pytest.skip("llama-cpp-python is not installed")
     from loralint.decoding import constraints_for, only_answer
-    from loralint.verify import comment_spans
-    from loralint.languages import parse
 
     rule = get_rule("predicate")
     eng = create_backend("llamacpp", adapter=resolve_adapter(None))
     forced, free = [], 0
-    files = sorted(p for p in FIXTURES.iterdir() if p.is_file())
-    if CORPUS.is_dir():
-        found = sorted(CORPUS.glob("*/**/*.[jt]s"))
-        files += found[:: max(1, len(found) // 20)][:20]
-    for p in files:
-        src = load(str(p), 10**7)
-        if isinstance(src, Skipped):
-            continue
-        tree = parse(src.data, src.grammar)
-        lines, wins = file_windows(src.data, src.grammar, tree=tree)
-        comments = comment_spans(tree, src.data, src.grammar)
-        for w in wins:
-            com = {r - w.start: v for r, v in comments.items() if w.start <= r < w.end}
-            text = only_answer(rule.answer_grammar(lines[w.start:w.end], w.start + 1, com))
-            if text is None:
-                free += 1
-            elif len(forced) < 6:
-                forced.append((window_messages(rule, lines, w, fence_for(str(p))), text,
-                               (lines[w.start:w.end], w.start + 1), com))
+    for p, lines, w, com in windows_with_comments(sample_files(20)):
+        text = only_answer(rule.answer_grammar(lines[w.start:w.end], w.start + 1, com))
+        if text is None:
+            free += 1
+        elif len(forced) < 6:
+            forced.append((window_messages(rule, lines, w, fence_for(str(p))), text,
+                           (lines[w.start:w.end], w.start + 1), com))
     assert free > 0 and len(forced) == 6
     cons = constraints_for(rule, eng.tokenizer, [x[2] for x in forced], comments=[x[3] for x in forced])
     got = eng.generate([x[0] for x in forced], 64, constraints=cons)

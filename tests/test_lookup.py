@@ -4,23 +4,16 @@ which must be those of one token a pass, on the real SmolLM2 tokenizer and the s
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from loralint.backends import lookup, resolve_adapter
 from loralint.backends.chattok import ChatTokenizer, tokenizer_folder
 from loralint.decoding import constraints_for, only_answer
-from loralint.languages import fence_for, parse
+from loralint.languages import fence_for
 from loralint.rules import get_rule
-from loralint.sources import Skipped, load
-from loralint.verify import comment_spans
-from loralint.windows import file_windows, window_messages
+from loralint.windows import window_messages
+from real_files import sample_files, windows_with_comments
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures" / "js"
-CORPUS = Path(os.environ.get("LORALINT_CORPUS", "/work/main/.cache/corpus"))
 
 
 @pytest.fixture(scope="module")
@@ -90,21 +83,9 @@ def test_make_draft_cuts_what_the_grammar_refuses(tok):
 # ------------------------------------------------------------------------------------ the same answers
 def real_windows(n_corpus_files: int = 12, per_file: int = 4):
     """(messages, (lines, first line), comments) of fixture windows, then of corpus files when it is here."""
-    files = sorted(p for p in FIXTURES.iterdir() if p.is_file())
-    if CORPUS.is_dir():
-        found = sorted(CORPUS.glob("*/**/*.[jt]s"))
-        files += found[:: max(1, len(found) // n_corpus_files)][:n_corpus_files]
     rule = get_rule("predicate")
-    for p in files:
-        src = load(str(p), 10**7)
-        if isinstance(src, Skipped):
-            continue
-        tree = parse(src.data, src.grammar)
-        lines, wins = file_windows(src.data, src.grammar, tree=tree)
-        comments = comment_spans(tree, src.data, src.grammar)
-        for w in wins[:per_file]:
-            com = {r - w.start: v for r, v in comments.items() if w.start <= r < w.end}
-            yield window_messages(rule, lines, w, fence_for(str(p))), (lines[w.start:w.end], w.start + 1), com
+    for p, lines, w, com in windows_with_comments(sample_files(n_corpus_files), per_file):
+        yield window_messages(rule, lines, w, fence_for(str(p))), (lines[w.start:w.end], w.start + 1), com
 
 
 @pytest.mark.slow
