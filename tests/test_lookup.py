@@ -98,7 +98,7 @@ def test_drafted_decoding_writes_the_answers_of_one_token_a_pass(monkeypatch):
     rule = get_rule("predicate")
     wins = [w for w in real_windows(60, 6) if only_answer(rule.answer_grammar(w[1][0], w[1][1], w[2])) is None]
     wins = wins[:16]  # windows the model answers (the others get the grammar's one answer)
-    assert len(wins) == 16
+    assert len(wins) >= 10  # (16 with the corpus, 12 from the fixtures alone)
     eng = LlamaCppBackend(adapter=resolve_adapter(None))
 
     def answers(draft: int, constrained: bool):
