@@ -12,8 +12,10 @@ CORPUS = Path(os.environ.get("LORALINT_CORPUS", "/work/main/.cache/corpus"))
 
 
 def sample_files(n_corpus: int) -> list[Path]:
-    """The fixture files, then up to ``n_corpus`` corpus files spread evenly over the sorted corpus."""
+    """The fixture files (the scanner's, then the rules'), then up to ``n_corpus`` corpus files spread evenly
+    over the sorted corpus (none where it is not fetched)."""
     files = sorted(p for p in FIXTURES.iterdir() if p.is_file())
+    files += sorted(p for p in (FIXTURES.parent / "rules").iterdir() if p.is_file())
     if CORPUS.is_dir():
         found = sorted(CORPUS.glob("*/**/*.[jt]s"))
         files += found[:: max(1, len(found) // n_corpus)][:n_corpus]

@@ -62,7 +62,7 @@ def test_prompt_ids_are_the_transformers_ids_on_real_windows():
         assert light.render(msgs) == text
         assert light.encode(msgs) == hf(text, add_special_tokens=False)["input_ids"]
         n += 1
-    assert n >= 30
+    assert n >= 20  # (23 windows of the fixtures alone, and the two extra conversations)
 
 
 def test_tokenizer_folder_of_a_base_folder(tmp_path):
