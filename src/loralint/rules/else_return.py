@@ -64,6 +64,7 @@ _ELSE_WORD = re.compile(r"(?<![\w$])else(?![\w$])")
 _IF_WORD = re.compile(r"if(?![\w$])")
 _RETURN_WORD = re.compile(r"(?<![\w$.])return(?![\w$])")
 _BLOCK_WORD = re.compile(r"(?<![\w$.])(?:else|do|try|finally)$")
+_BLOCK_ELSE = re.compile(r"(?:^|[^\w$.])else$")
 _ANSWER_LINE = re.compile(r"^\s*(?:[-*]\s*)?L?(\d+)\s*[:|]\s*(else)\s*\.?\s*$", re.I)
 
 
@@ -166,10 +167,11 @@ def _code_before(doc, row: int, col: int, rows: int = 400):
 
 def _consequent_may_return(doc, row: int, col: int) -> bool:
     """Whether the statement an `else` at (row, col) follows (the if's consequent: the block its `}` closes, or
-    one statement without braces) holds the word `return` in its code, or starts above what ``doc`` shows. ESLint
+    one statement without braces) may return (:func:`_holds_return`), or starts above what ``doc`` shows. ESLint
     reports an `else` only when that consequent returns (alwaysReturns: a return, or an if returning both ways,
     among its statements): a necessary condition, read from the text, that the answer grammar and verification
-    share (it took the false positives of `else` after blocks that only assign, call or `continue`)."""
+    share (it took the false positives of `else` after blocks that only assign, call or `continue`, or whose
+    only return is a callback's)."""
     chars = list(_code_before(doc, row, col))  # last first
     if not chars:
         return True
@@ -231,11 +233,28 @@ def _opens_block(doc, chars: list, j: int) -> bool:
 
 
 def _holds_return(doc, start: tuple[int, int], end: tuple[int, int]) -> bool:
-    """Whether the word `return` stands in code strictly between ``start`` and ``end`` ((row, col) each)."""
+    """Whether a `return` stands among the consequent's own statements, strictly between ``start`` and ``end``
+    ((row, col) each): at its top level, or one block down in a block that follows `else` (the alternate of an
+    if/else returning both ways, which ESLint's alwaysReturns counts). A return in a callback's or function's
+    body, a catch block or an inner `if` without else does not make the consequent return."""
+    returns = {(r, m.start()) for r in range(start[0], end[0] + 1) for m in _RETURN_WORD.finditer(doc.lines[r])}
+    stack: list[bool] = []  # the blocks open, each: whether it follows `else`
+    tail = ""  # the last code characters (is a `{` after `else`?)
     for r in range(start[0], end[0] + 1):
-        for m in _RETURN_WORD.finditer(doc.lines[r]):
-            if start < (r, m.start()) < end and doc.in_code(r, m.start()):
+        text = doc.lines[r]
+        lo = start[1] + 1 if r == start[0] else 0
+        hi = end[1] if r == end[0] else len(text)
+        for c in range(lo, min(hi, len(text))):
+            ch = text[c]
+            if ch.isspace() or not doc.in_code(r, c):
+                continue
+            if (r, c) in returns and (not stack or (len(stack) == 1 and stack[0])):
                 return True
+            if ch == "{":
+                stack.append(bool(_BLOCK_ELSE.search(tail)))
+            elif ch == "}" and stack:
+                stack.pop()
+            tail = (tail + ch)[-5:]
     return False
 
 
