@@ -74,7 +74,7 @@ def pick(row, constraint) -> int:
 
     top = int(np.argmax(row))
     c = constraint
-    if c is None or c.broken or c.finished or c.accepts(top):
+    if c is None or c.accepts(top):  # (a constraint that is off accepts every token)
         return top
     ids = c.allowed()
     if not ids:

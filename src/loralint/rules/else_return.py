@@ -165,6 +165,20 @@ def _code_before(doc, row: int, col: int, rows: int = 400):
                 yield r, c, text[c]
 
 
+def _else_if(doc, row: int, col: int) -> bool:
+    """Whether the code after an `else` ending at (row, col) starts with `if` (on that line, or on the next
+    lines holding code when the `else` ends its line): an `else if`, which `allowElseIf` never reports."""
+    r, c = row, col
+    while r < len(doc.lines) and r <= row + 3:
+        text = doc.lines[r]
+        while c < len(text) and (text[c].isspace() or not doc.in_code(r, c)):
+            c += 1
+        if c < len(text):
+            return bool(_IF_WORD.match(text, c))
+        r, c = r + 1, 0
+    return False
+
+
 def _consequent_may_return(doc, row: int, col: int) -> bool:
     """Whether the statement an `else` at (row, col) follows (the if's consequent: the block its `}` closes, or
     one statement without braces) may return (:func:`_holds_return`), or starts above what ``doc`` shows. ESLint
@@ -316,7 +330,7 @@ class ElseReturnRule(Rule):
         if row >= len(lines):
             return None
         for m in _ELSE_WORD.finditer(lines[row]):
-            if (doc.in_code(row, m.start()) and not self._else_if(doc, row, m.end())
+            if (doc.in_code(row, m.start()) and not _else_if(doc, row, m.end())
                     and _consequent_may_return(doc, row, m.start())):
                 return row, m.start(), row, m.end(), False
         text = lines[row]
@@ -329,24 +343,10 @@ class ElseReturnRule(Rule):
             if code:
                 if not (_ELSE_WORD.search(code) and code.endswith("else")):
                     return None
-                at = max(c for c in range(len(lines[r])) if lines[r].startswith("else", c) and doc.in_code(r, c))
+                at = [m.start() for m in _ELSE_WORD.finditer(lines[r]) if doc.in_code(r, m.start())][-1]
                 return (row, col, row, col + 1, False) if _consequent_may_return(doc, r, at) else None
             r -= 1
         return None
-
-    @staticmethod
-    def _else_if(doc, row: int, col: int) -> bool:
-        """Whether the code after an `else` ending at (row, col) starts with `if` (on that line, or on the next
-        lines holding code when the `else` ends its line): an `else if`, which `allowElseIf` never reports."""
-        r, c = row, col
-        while r < len(doc.lines) and r <= row + 3:
-            text = doc.lines[r]
-            while c < len(text) and (text[c].isspace() or not doc.in_code(r, c)):
-                c += 1
-            if c < len(text):
-                return bool(_IF_WORD.match(text, c))
-            r, c = r + 1, 0
-        return False
 
     def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None,
                        literals: dict | None = None):
