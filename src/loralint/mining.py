@@ -93,17 +93,30 @@ def mine_model(model, tokenizer, rows: list[dict], rule, device: str, windows: i
     was_training = model.training
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     attn = getattr(base.config, "_attn_implementation", None)
-    if attn == "flex_attention":  # decoding with a growing KV cache: a new compiled block mask every step
+    # decoding with a growing KV cache and padded batches: FlexAttention would compile a new block mask every step,
+    # and varlen attention runs packed rows only
+    packed = attn in ("flex_attention", "varlen")
+    if packed:
         _set_attention(base, "sdpa")
     try:
-        return mine(rows, rule, model_backend(model, tokenizer, device), windows=windows, seed=seed)
+        with _eager():  # layers compiled for training shapes (compile_layers) run uncompiled here
+            return mine(rows, rule, model_backend(model, tokenizer, device), windows=windows, seed=seed)
     finally:
         tokenizer.padding_side = side
         if pad is not None:
             tokenizer.pad_token = pad
-        if attn == "flex_attention":
+        if packed:
             _set_attention(base, attn)
         model.train(was_training)
+
+
+def _eager():
+    import contextlib
+
+    import torch
+
+    stance = getattr(torch.compiler, "set_stance", None)
+    return stance("force_eager") if stance is not None else contextlib.nullcontext()
 
 
 def _set_attention(model, name: str) -> None:

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable
 import yaml
 from transformers import TrainerCallback
 
-from . import models
+from . import models, packed_attention
 from .dataset.packages import DatasetError  # a dataset file that cannot be trained on (the message names file and line)
 from .modelcard import LOSS_PLOT, METADATA, write_model_card
 
@@ -62,7 +62,8 @@ RECIPE_KEYS: dict[str, tuple[Any, str]] = {
     "lora_target": ("all-linear", "modules to adapt: all-linear, or a list of module names"),
     "cutoff_len": (2048, "longest example in tokens; longer ones are dropped (truncating would cut answers)"),
     "batch_size": (None, "examples per optimizer step over all processes; sets per_device_train_batch_size"),
-    "attn_implementation": ("auto", "auto (flash_attention_2 if installed on a GPU, else sdpa) | sdpa | eager | "
+    "attn_implementation": ("auto", "auto (flash_attention_2 if installed on a GPU; packed rows: varlen, PyTorch's own "
+                                    "FlashAttention kernel over each example; else sdpa) | sdpa | eager | varlen | "
                                     "flash_attention_2 | flash_attention_3 | flex_attention"),
     "padding_free": ("auto", "flatten each batch without padding; auto: on with a FlashAttention kernel"),
     "group_by_length": ("auto", "batch examples of similar length (less padding); auto: on unless padding-free"),
@@ -87,6 +88,9 @@ RECIPE_KEYS: dict[str, tuple[Any, str]] = {
     "max_train_seconds": (0, "stop the training (not the mining rounds) after this many seconds, at the end of a "
                               "step, and save what it learnt; 0: no limit (a budgeted GPU run sizes max_steps "
                               "from a speed measurement and keeps this as its guard)"),
+    "compile_layers": ("auto", "torch.compile each decoder layer (regional compilation: one layer's compile time, "
+                               "fused norms, activations and LoRA products); auto: on for packed rows with varlen "
+                               "attention on CUDA (one shape a step)"),
     "cudnn_attention": ("auto", "let SDPA pick cuDNN's attention kernel; auto: off when training, since cuDNN "
                                 "builds an execution plan for every new batch shape (CPU seconds a shape with "
                                 "length-grouped batches) where FlashAttention's kernel needs none"),
@@ -277,16 +281,27 @@ def resolve_settings(settings: dict, device: str | None = None, world: int | Non
         s["tf32"] = True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None
     if s["dataloader_num_workers"] == "auto":
         s["dataloader_num_workers"] = 2 if cuda else 0
-    if s["use_liger_kernel"] == "auto":
-        s["use_liger_kernel"] = cuda and importlib.util.find_spec("liger_kernel") is not None
     if s["packing"] == "auto":
-        s["packing"] = cuda and flex_attention_available()
+        s["packing"] = cuda and (packed_attention.available() or flex_attention_available())
     s["packing"] = bool(s["packing"])
     if s["attn_implementation"] == "auto":
         # packed rows need attention that keeps the examples apart without a dense (tokens x tokens) mask: a
-        # FlashAttention varlen kernel, else FlexAttention's block-sparse mask (compiled kernels, CUDA)
-        packed_attn = "flex_attention" if cuda and s["packing"] and flex_attention_available() else None
+        # FlashAttention varlen kernel (flash-attn's, else PyTorch's own), else FlexAttention's block-sparse mask
+        packed_attn = None
+        if cuda and s["packing"]:
+            packed_attn = "varlen" if packed_attention.available() else "flex_attention" if flex_attention_available() \
+                else None
         s["attn_implementation"] = (flash_attention_available() if cuda else None) or packed_attn or "sdpa"
+    if s.get("compile_layers", "auto") == "auto":
+        s["compile_layers"] = cuda and s["attn_implementation"] == "varlen" and not s.get("torch_compile")
+    s["compile_layers"] = bool(s["compile_layers"])
+    if s["compile_layers"] and s.get("torch_compile"):
+        raise TrainError("compile_layers and torch_compile both compile the model: set one of them")
+    if s["use_liger_kernel"] == "auto":
+        # compiled layers fuse their norms and activations themselves (Liger's kernels would break the graphs);
+        # the loss goes through TRL's fused LM head either way
+        s["use_liger_kernel"] = cuda and importlib.util.find_spec("liger_kernel") is not None \
+            and not s["compile_layers"]
     flash = str(s["attn_implementation"]).startswith("flash_attention")
     if s["padding_free"] == "auto":
         # Without a varlen kernel, transformers separates the flattened sequences with a dense block-diagonal mask:
@@ -294,6 +309,8 @@ def resolve_settings(settings: dict, device: str | None = None, world: int | Non
         s["padding_free"] = flash or s["packing"]
     if s["group_by_length"] == "auto":
         s["group_by_length"] = not s["padding_free"]
+    if s["attn_implementation"] == "varlen" and not s["packing"]:
+        raise TrainError("attn_implementation varlen attends within packed rows: set packing=true (or use sdpa)")
     if s["packing"]:
         s["padding_free"], s["group_by_length"] = True, False  # a packed row is padding-free by construction
         if s["pack_length"] != "auto" and int(s["pack_length"]) < int(s["cutoff_len"]):
@@ -437,6 +454,8 @@ def load_base(s: dict):
     base = models.resolve(str(s["base"]))
     tokenizer = models.load_tokenizer(base)
     kwargs: dict[str, Any] = {"attn_implementation": s["attn_implementation"]}
+    if s["attn_implementation"] == packed_attention.NAME:
+        packed_attention.register()
     if s["mode"] == "full":
         dtype = torch.float32  # fp32 master weights; bf16 autocast on GPUs (s["bf16"])
     else:
@@ -616,9 +635,14 @@ def pack_rows(dataset, length: int, seed: int = 0):
     return pack_dataset(ds, length, "bfd", {"batch_size": per_pass})
 
 
-def fix_shapes(trainer, s: dict) -> None:
+def fix_shapes(trainer, s: dict, longest: int) -> None:
     """On CUDA, every packed row is padded to ``pack_length``: one shape for the compiled FlexAttention (and
-    torch.compile) kernels instead of a recompilation per length. Elsewhere rows keep their length."""
+    torch.compile) kernels instead of a recompilation per length. Elsewhere rows keep their length. With varlen
+    attention the collator also says where each example starts (:class:`loralint.packed_attention.VarlenCollator`;
+    ``longest``: the longest example's tokens)."""
+    if s["attn_implementation"] == packed_attention.NAME and not isinstance(trainer.data_collator,
+                                                                          packed_attention.VarlenCollator):
+        trainer.data_collator = packed_attention.VarlenCollator(trainer.data_collator, longest)
     if s["device"] == "cuda":
         trainer.data_collator.pad_to_multiple_of = int(s["pack_length"])
 
@@ -654,7 +678,7 @@ def mine_round(trainer, s: dict, out: Path, r: int, rows: list[dict], rule, toke
     nxt.train_dataset, lengths, _ = drop_long(nxt.train_dataset, int(s["cutoff_len"]))
     if s["packing"]:  # rows of the first round's length: the compiled kernels' shape
         nxt.train_dataset = pack_rows(nxt.train_dataset, int(s["pack_length"]), int(s["seed"]) + r)
-        fix_shapes(nxt, rs)
+        fix_shapes(nxt, rs, max(lengths))
     res = nxt.train()
     info |= {"rows": len(mixed), "steps": res.global_step, "train_seconds": round(time.perf_counter() - t0, 2),
              "mean_loss": round(res.training_loss, 6) if res.training_loss is not None else None}
@@ -971,7 +995,7 @@ def train(data: str | Path, out: str | Path, settings: dict | None = None, *, pr
     if s["packing"]:
         s["pack_length"] = pack_length_for(s, lengths)
         trainer.train_dataset = pack_rows(trainer.train_dataset, s["pack_length"], int(s["seed"]))
-        fix_shapes(trainer, s)
+        fix_shapes(trainer, s, max(lengths))
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     say(f"training {base.name} ({s['mode']}, {trainable / 1e6:.2f} M trainable parameters) on {len(lengths)} "
         f"examples, {sum(lengths)} tokens ({dropped} dropped over cutoff_len {s['cutoff_len']}); "
@@ -984,6 +1008,9 @@ def train(data: str | Path, out: str | Path, settings: dict | None = None, *, pr
     # 6. train
     if s["autocast_adapters"]:
         autocast_adapters(trainer.model)
+    if s["compile_layers"]:
+        n = packed_attention.compile_layers(trainer.model, s.get("torch_compile_backend") or "inductor")
+        say(f"compiling {n} decoder layers (one graph, the first steps wait for it)")
     with sdpa_kernels(s):
         result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     final_eval = {}

@@ -1,0 +1,208 @@
+"""Attention over packed rows through FlashAttention's variable-length kernel, the one PyTorch itself ships
+(``aten::_flash_attention_forward`` with cumulative sequence lengths, as its nested tensors use): no
+``flash-attn`` package to build, no compiled FlexAttention block mask, no dense (tokens x tokens) mask.
+
+A packed training row holds several whole examples, each with its own position ids starting at 0. Registered
+under the name ``varlen`` (transformers' ``AttentionInterface``), the attention reads where each example starts
+from ``cu_seq_lens_q`` (set once a batch by :func:`varlen_kwargs`, the keyword arguments transformers hands every
+attention layer, as its own FlashAttention path does) and attends within each example, causally. The cost is that
+of each example's own attention, whatever the row's length.
+
+On a CUDA GPU the kernel is PyTorch's FlashAttention; elsewhere (CPU, the tests) the same arithmetic runs as one
+SDPA call an example, so a packed batch can be checked against a padded one anywhere. Under
+``torch.compile`` the call is left out of the compiled graphs (one graph before it and one after, in each
+decoder layer): the kernel is one call already, and its lengths change from batch to batch.
+"""
+
+from __future__ import annotations
+
+NAME = "varlen"
+
+
+def available() -> bool:
+    """PyTorch's FlashAttention kernel with sequence lengths: a CUDA GPU of compute capability >= 8 (Ampere on)."""
+    import torch
+
+    return (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+            and hasattr(torch.ops.aten, "_flash_attention_forward"))
+
+
+def register() -> str:
+    """Make ``attn_implementation="varlen"`` known to transformers (idempotent); returns the name."""
+    import inspect
+
+    from transformers import AttentionInterface, masking_utils
+
+    AttentionInterface.register(NAME, varlen_attention)
+    # transformers builds no mask for an attention it has no mask function for (recent versions); older ones look
+    # the name up: a mask function that builds none
+    if "_global_mapping" not in inspect.getsource(masking_utils._preprocess_mask_arguments):
+        masking_utils.AttentionMaskInterface.register(NAME, _no_mask)
+    return NAME
+
+
+def _no_mask(*args, **kwargs):
+    return None
+
+
+def varlen_kwargs(position_ids, longest: int) -> dict:
+    """The keyword arguments that tell :func:`varlen_attention` where a packed row's examples start: where the
+    position ids restart at 0. Computed on the host (the collator's process), so no step waits on the device.
+    An example holds at least two tokens (a prompt and an answer); a run of one-token spans is the padding after
+    the last example, taken as spans of at most ``longest`` tokens (the longest example), so that the kernel's
+    ``max_length`` stays the longest example's whatever the padding: a multiple of 128, a handful of values."""
+    import torch
+
+    pos = position_ids.reshape(-1).tolist()
+    starts = [i for i, p in enumerate(pos) if p == 0]
+    if not starts or starts[0]:
+        starts.insert(0, 0)
+    cu, pad = [0], 0
+    for a, b in zip(starts, starts[1:] + [len(pos)]):
+        if b - a == 1:  # padding
+            pad += 1
+            if pad == longest:
+                cu.append(b)
+                pad = 0
+            continue
+        if pad:
+            cu.append(a)
+            pad = 0
+        cu.append(b)
+    if pad:
+        cu.append(len(pos))
+    spans = [b - a for a, b in zip(cu, cu[1:])]
+    max_len = 128 * -(-max(spans) // 128)
+    t = torch.tensor(cu, dtype=torch.int32)
+    return {"cu_seq_lens_q": t, "cu_seq_lens_k": t, "max_length_q": max_len, "max_length_k": max_len}
+
+
+class VarlenCollator:
+    """A collator's batches with :func:`varlen_kwargs` added to every packed (position ids, no mask) batch; any
+    other attribute is the wrapped collator's."""
+
+    def __init__(self, inner, longest: int):
+        self.inner, self.longest = inner, int(longest)
+
+    def __call__(self, examples):
+        batch = self.inner(examples)
+        if "position_ids" in batch and "attention_mask" not in batch:
+            batch.update(varlen_kwargs(batch["position_ids"], self.longest))
+        return batch
+
+    def __getattr__(self, name):
+        if name in ("inner", "longest"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __setattr__(self, name, value):
+        if name in ("inner", "longest"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.inner, name, value)
+
+
+def _flash_function():
+    import torch
+
+    class FlashVarlen(torch.autograd.Function):
+        """Causal attention within each [cu[i], cu[i+1]) span of (tokens, heads, dim) tensors."""
+
+        @staticmethod
+        def forward(ctx, q, k, v, cu, max_len, scale):
+            out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
+                q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale)
+            ctx.save_for_backward(q, k, v, out, lse, cu, rng, unused)
+            ctx.max_len, ctx.scale = max_len, scale
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            q, k, v, out, lse, cu, rng, unused = ctx.saved_tensors
+            dq, dk, dv = torch.ops.aten._flash_attention_backward(
+                grad.contiguous(), q, k, v, out, lse, cu, cu, ctx.max_len, ctx.max_len, 0.0, True, rng, unused,
+                scale=ctx.scale)
+            return dq, dk, dv, None, None, None
+
+    return FlashVarlen
+
+
+_FLASH = None
+
+
+def _per_example(q, k, v, cu, scale):
+    """The same attention as one SDPA call an example (CPU, or a GPU without the kernel)."""
+    import torch
+    import torch.nn.functional as F
+
+    bounds = cu.tolist()
+    outs = []
+    for a, b in zip(bounds, bounds[1:]):
+        if b > a:
+            o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
+                                               v[a:b].transpose(0, 1), is_causal=True, scale=scale)
+            outs.append(o.transpose(0, 1))
+    return torch.cat(outs, dim=0)
+
+
+def _varlen(q, k, v, cu, max_len: int, scale):
+    import torch
+
+    global _FLASH
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+        if _FLASH is None:
+            _FLASH = _flash_function()
+        return _FLASH.apply(q, k, v, cu, max_len, scale)
+    return _per_example(q, k, v, cu, scale)
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
+    """transformers' attention interface: ``query`` (1, heads, tokens, dim), ``key``/``value`` (1, kv heads,
+    tokens, dim); returns ((1, tokens, heads, dim), None)."""
+    import torch.nn.functional as F
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or query.size(0) != 1 or attention_mask is not None:
+        if attention_mask is not None or query.size(2) != key.size(2):
+            raise ValueError("varlen attention runs packed rows (position ids, no attention mask, no cache); "
+                             "use attn_implementation sdpa for padded batches and generation")
+        # no lengths given: every row is one causal sequence
+        groups = query.size(1) // key.size(1)
+        out = F.scaled_dot_product_attention(query, repeat_kv(key, groups), repeat_kv(value, groups),
+                                             is_causal=query.size(2) > 1, scale=scaling)
+        return out.transpose(1, 2), None
+    if dropout:
+        raise ValueError("varlen attention has no attention dropout")
+    groups = query.size(1) // key.size(1)
+    q = query[0].transpose(0, 1).contiguous()
+    k = repeat_kv(key, groups)[0].transpose(0, 1).contiguous()
+    v = repeat_kv(value, groups)[0].transpose(0, 1).contiguous()
+    max_len = int(kwargs.get("max_length_q") or q.size(0))
+    out = _varlen(q, k, v, cu, max_len, scaling)
+    return out.unsqueeze(0), None
+
+
+def _not_compiled(fn):
+    try:
+        import torch
+
+        return torch.compiler.disable(fn, recursive=True)
+    except (ImportError, AttributeError):  # pragma: no cover - torch without the compiler
+        return fn
+
+
+varlen_attention = _not_compiled(_attention)
+
+
+def compile_layers(model, backend: str = "inductor") -> int:
+    """Regional compilation: ``torch.compile`` each decoder layer (the repeated block), not the whole model. The
+    layers share one compiled graph (their weights are its inputs), so compiling costs about one layer's time, and
+    the model's own Python (embedding, masks, the loss) stays as it is. Returns the number of layers compiled."""
+    n = 0
+    for module in model.modules():
+        if type(module).__name__.endswith("DecoderLayer"):
+            # shapes: a packed row's is fixed (pack_length); the example count varies (automatic dynamic)
+            module.compile(backend=backend)
+            n += 1
+    return n
