@@ -124,18 +124,25 @@ def test_flash_varlen_kernel_matches_one_sdpa_call_an_example_on_cuda():
     q, k, v = (torch.randn(shape, generator=g, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
     grad = torch.randn(shape, generator=g, device="cuda", dtype=torch.bfloat16)
+    # compiled as a layer is (one graph: fullgraph fails on a break), with the number of spans dynamic
+    compiled = torch.compile(lambda q, k, v, cu: packed_attention._varlen(q, k, v, cu, 1024, 0.125), fullgraph=True,
+                             dynamic=True)
     outs = {}
-    for way in ("flash", "sdpa"):
+    for way in ("flash", "compiled", "sdpa"):
         for t in (q, k, v):
             t.grad = None
         if way == "flash":
             out = packed_attention._varlen(q, k, v, cu, 1024, 0.125)
+        elif way == "compiled":
+            out = compiled(q, k, v, cu)
         else:
             out = packed_attention._per_example(q, k, v, cu, 0.125)
         out.backward(grad)
         outs[way] = [out.detach().float()] + [t.grad.float() for t in (q, k, v)]
     for a, b in zip(outs["flash"], outs["sdpa"]):
         assert (a - b).abs().max() < 0.05 * b.abs().max(), (a - b).abs().max()
+    for a, b in zip(outs["flash"], outs["compiled"]):
+        assert torch.equal(a, b)
 
 
 def test_a_training_run_with_varlen_and_compiled_layers_mines_and_saves(qwen3, tmp_path):
@@ -162,3 +169,55 @@ def test_a_training_run_with_varlen_and_compiled_layers_mines_and_saves(qwen3, t
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     log = [json.loads(ln) for ln in (tmp_path / "out" / train.TRAIN_LOG).read_text().splitlines()]
     assert all(r["loss"] == r["loss"] for r in log if "loss" in r)  # no NaN
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_lean_training_loss_is_trls_and_its_metrics_are_read_at_logging(qwen3, tmp_path, packed):
+    """Training steps take TRL's loss without reading the device each step (`Trainer._lean_loss`): the same loss,
+    gradients, entropy, token accuracy and token count as TRL's own compute_loss, the metrics read at the log."""
+    import torch
+    from trl import SFTTrainer
+
+    if packed:
+        trainer, _ = _varlen_trainer(qwen3, tmp_path, None)
+    else:
+        trainer, _, _ = _trainer(qwen3, tmp_path, False, "sdpa", mask_free=True)
+    trainer.model.train()
+    batch = _batch(trainer)
+    assert trainer._lean(False) and not trainer._lean(True)
+
+    def run(fn):
+        trainer.model.zero_grad()
+        before = trainer._total_train_tokens
+        loss = fn(dict(batch))
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}, before
+
+    ref_loss, ref_grads, t0 = run(lambda b: Trainer_compute_loss(trainer, b))
+    ref_tokens = trainer._total_train_tokens - t0
+    ref_entropy = trainer._metrics["train"]["entropy"][-1]
+    ref_acc = trainer._metrics["train"]["mean_token_accuracy"][-1]
+    trainer._metrics["train"].clear()
+    loss, grads, t1 = run(lambda b: trainer.compute_loss(trainer.model, b))
+    assert trainer._total_train_tokens == t1 and trainer._lean_sums is not None  # nothing read yet
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    for n in ref_grads:
+        assert torch.allclose(grads[n], ref_grads[n], rtol=1e-5, atol=1e-8), n
+    trainer.log({"loss": loss})
+    row = trainer.state.log_history[-1]
+    assert trainer._lean_sums is None and trainer._total_train_tokens - t1 == ref_tokens > 0
+    assert row["entropy"] == pytest.approx(ref_entropy, rel=1e-5)
+    assert row["mean_token_accuracy"] == pytest.approx(ref_acc)
+    assert row["num_tokens"] == trainer._total_train_tokens
+    if not packed:
+        assert ref_tokens == int(batch["attention_mask"].sum())  # the padding is no token of data
+
+
+def Trainer_compute_loss(trainer, batch):
+    """TRL's path of the recipe's Trainer (the one taken with several processes)."""
+    lean = type(trainer)._lean
+    type(trainer)._lean = lambda self, r: False
+    try:
+        return trainer.compute_loss(trainer.model, batch)
+    finally:
+        type(trainer)._lean = lean

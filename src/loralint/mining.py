@@ -53,10 +53,11 @@ def sample(n: int, k: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), k))
 
 
-def answer_limit(messages: list[dict]) -> int:
-    """The scanner's answer limit for the window in a prompt (its code is the user message's lines)."""
+def answer_limit(messages: list[dict], rule=None) -> int:
+    """The scanner's answer limit for the window in a prompt (its code is the user message's lines): the rule's
+    (:meth:`loralint.rules.Rule.answer_limit`; without one, the predicate rule's bound)."""
     user = next(m["content"] for m in messages if m["role"] == "user")
-    return max_new_tokens_for(user.splitlines())
+    return rule.answer_limit(user.splitlines()) if rule is not None else max_new_tokens_for(user.splitlines())
 
 
 def mine(rows: list[dict], rule, backend, windows: int = 0, seed: int = 0) -> MineResult:
@@ -64,7 +65,7 @@ def mine(rows: list[dict], rule, backend, windows: int = 0, seed: int = 0) -> Mi
     t0 = time.perf_counter()
     idx = sample(len(rows), windows, seed)
     prompts = [rows[i]["messages"][:-1] for i in idx]
-    results = backend.generate(prompts, [answer_limit(p) for p in prompts])
+    results = backend.generate(prompts, [answer_limit(p, rule) for p in prompts])
     answers: dict[int, str] = {}
     dis: list[int] = []
     errors = 0

@@ -10,8 +10,9 @@ of each example's own attention, whatever the row's length.
 
 On a CUDA GPU the kernel is PyTorch's FlashAttention; elsewhere (CPU, the tests) the same arithmetic runs as one
 SDPA call an example, so a packed batch can be checked against a padded one anywhere. Under
-``torch.compile`` the call is left out of the compiled graphs (one graph before it and one after, in each
-decoder layer): the kernel is one call already, and its lengths change from batch to batch.
+``torch.compile`` (``compile_layers``) the kernel's call is traced into each layer's graph (one graph a layer
+forward and one backward; the number of examples, a dimension of the lengths, is dynamic); the CPU loop reads the
+lengths, so it runs outside the graphs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def register() -> str:
     from transformers import AttentionInterface, masking_utils
 
     AttentionInterface.register(NAME, varlen_attention)
+    _flash()  # (defined now, not inside a compiled graph)
     # transformers builds no mask for an attention it has no mask function for (recent versions); older ones look
     # the name up: a mask function that builds none
     if "_global_mapping" not in inspect.getsource(masking_utils._preprocess_mask_arguments):
@@ -130,6 +132,13 @@ def _flash_function():
 _FLASH = None
 
 
+def _flash():
+    global _FLASH
+    if _FLASH is None:
+        _FLASH = _flash_function()
+    return _FLASH
+
+
 def _per_example(q, k, v, cu, scale):
     """The same attention as one SDPA call an example (CPU, or a GPU without the kernel)."""
     import torch
@@ -148,12 +157,9 @@ def _per_example(q, k, v, cu, scale):
 def _varlen(q, k, v, cu, max_len: int, scale):
     import torch
 
-    global _FLASH
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
-        if _FLASH is None:
-            _FLASH = _flash_function()
-        return _FLASH.apply(q, k, v, cu, max_len, scale)
-    return _per_example(q, k, v, cu, scale)
+        return (_FLASH or _flash()).apply(q, k, v, cu, max_len, scale)
+    return _per_example_eager(q, k, v, cu, scale)
 
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
@@ -192,7 +198,10 @@ def _not_compiled(fn):
         return fn
 
 
-varlen_attention = _not_compiled(_attention)
+#: the attention transformers calls; compiled layers trace it (PyTorch's flash kernels have their shapes'
+#: rules, so a layer stays one graph); the per-example loop (CPU) reads the lengths, so it stays out of graphs
+varlen_attention = _attention
+_per_example_eager = _not_compiled(_per_example)
 
 
 def compile_layers(model, backend: str = "inductor") -> int:

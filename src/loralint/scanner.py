@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 from .backends import (CONSTRAINED_BACKENDS, Adapter, Backend, BackendError, BackendOptions, Completion, as_result,
-                       llamacpp_identity, max_new_tokens_for, model_identity, resolve_adapter)
+                       llamacpp_identity, model_identity, resolve_adapter)
 from .cache import ScanCache, file_hash, settings_key
 from .checker import FileResult, RunResult
 from .findings import Finding, sort_findings
@@ -32,7 +32,7 @@ from .windows import (DEFAULT_TARGET, DIFF_CONTEXT, Window, changed_windows, fil
                       protected_spans, window_messages)
 
 #: the decoding every backend uses (part of the cache key)
-DECODING = {"greedy": True, "max_new_tokens": "32+16/op-line+len/2", "truncated_last_line": "dropped"}
+DECODING = {"greedy": True, "max_new_tokens": "the rule's answer_limit (v2)", "truncated_last_line": "dropped"}
 
 
 @dataclass
@@ -375,7 +375,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
         for s in range(0, len(jobs), max(1, chunk)):
             part = jobs[s: s + chunk]
             prompts = [window_messages(the_rule, f.lines, w, fence_for(f.src.path)) for f, w in part]
-            caps = [max_new_tokens_for(f.lines[w.start:w.end]) for f, w in part]
+            caps = [the_rule.answer_limit(f.lines[w.start:w.end]) for f, w in part]
             g0 = time.perf_counter()
             try:
                 kw = {}

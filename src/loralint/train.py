@@ -518,6 +518,8 @@ def sft_config(s: dict, out: Path, has_eval: bool, n_rows: int = 0):
     )
     if s["dataloader_num_workers"]:
         passed.setdefault("dataloader_persistent_workers", True)
+    # the Trainer's check of every step's loss for NaN/inf waits for the GPU each step; a NaN is logged as it is
+    passed.setdefault("logging_nan_inf_filter", False)
     if has_eval:
         passed.setdefault("eval_strategy", "steps")
         passed.setdefault("eval_steps", s["save_steps"])
@@ -542,9 +544,55 @@ def make_trainer(s: dict, model, tokenizer, args, train_ds, eval_ds, peft_config
     from trl import SFTTrainer
 
     class Trainer(SFTTrainer):
+        _lean_sums = None  # (entropy, correct, answer tokens, real tokens) since the last log, on the device
+
+        def _lean(self, return_outputs: bool) -> bool:
+            return (not return_outputs and self.model.training and self.accelerator.num_processes == 1
+                    and not self.aux_loss_enabled and self.compute_loss_func is None and self.label_smoother is None
+                    and self.args.loss_type == "nll")
+
+        def _lean_loss(self, model, inputs, num_items_in_batch):
+            """TRL's loss (the fused LM head's log-probabilities of the answer tokens, over the batch's answer
+            tokens) without its reads of the device every step (entropy, token accuracy, tokens: each a wait
+            for the GPU, after which the GPU waits for the next step's launches). The same metrics add up on
+            the device and are read once a logging step (:meth:`log`)."""
+            import torch
+
+            inputs["use_cache"] = False
+            mask = inputs.get("attention_mask")
+            pos = inputs.get("position_ids") if mask is None else None
+            if mask is not None:
+                real = mask.sum()
+                if s.get("mask_free"):  # (see the comment below)
+                    inputs["attention_mask"] = torch.ones_like(mask)
+            elif pos is not None and getattr(self.data_collator, "pad_to_multiple_of", None):
+                idx = torch.arange(pos.size(1), device=pos.device)  # the padding after the last example: position 0
+                real = torch.where(pos[0] != 0, idx, -1).max() + 1
+            else:
+                real = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+            outputs = model(**inputs, fused_lm_head=True)
+            n = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = -outputs.log_probs.sum() / torch.as_tensor(n).clamp(min=1)
+            sums = (outputs.entropy.detach().sum().float(), outputs.is_top1.sum(), outputs.label_mask.sum(), real)
+            self._lean_sums = sums if self._lean_sums is None else tuple(a + b for a, b in zip(self._lean_sums, sums))
+            return loss
+
+        def log(self, logs, start_time=None):
+            if self._lean_sums is not None and self.model.training:
+                entropy, correct, valid, real = (float(x) for x in self._lean_sums)  # one read a logging step
+                self._lean_sums = None
+                m = self._metrics["train"]
+                m["entropy"] = [entropy / valid if valid else 0.0]
+                m["mean_token_accuracy"] = [correct / valid if valid else 0.0]
+                self._total_train_tokens += int(real)
+                m["num_tokens"] = [self._total_train_tokens]
+            super().log(logs, start_time)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             import torch
 
+            if self._lean(return_outputs):
+                return self._lean_loss(model, inputs, num_items_in_batch)
             pos = inputs.get("position_ids") if "attention_mask" not in inputs else None
             pad = 0
             if s.get("mask_free") and inputs.get("attention_mask") is not None:

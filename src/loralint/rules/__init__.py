@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from tree_sitter import Tree
 
@@ -110,6 +110,12 @@ class Rule:
         comment column intervals; ``literals``: the same for literal text (strings, regexes). None: this rule's
         answers cannot be constrained."""
         return None
+
+    def answer_limit(self, lines: Sequence[str]) -> int:
+        """A token limit for the answer to a window of these ``lines`` that no real answer reaches (the scanner's
+        and mining's ``max_new_tokens``; an answer cut by it loses its last findings). By default every line may
+        hold a finding that copies it: 32 tokens, and for each line with code 8 and one per two characters."""
+        return min(4096, 32 + sum(8 + len(s.strip()) // 2 for s in lines if s.strip()))
 
     def messages(self, numbered_code: str, fence: str, answer: str | None = None) -> list[dict]:
         msgs = [{"role": "user", "content": self.user_prompt(numbered_code, fence)}]

@@ -376,6 +376,11 @@ class ElseReturnRule(Rule):
             return self.no_findings_answer
         return "\n".join(f"{f.line}: {KIND}" for f in findings)
 
+    def answer_limit(self, lines) -> int:
+        """One answer line ``LINE: else`` (about 5 tokens) for each line with the word ``else``: 32 tokens and 8
+        for each such line."""
+        return min(4096, 32 + 8 * sum(1 for s in lines if _ELSE_WORD.search(s)))
+
     def parse_answer(self, text: str) -> ParsedAnswer:
         def claim(line: str) -> Claim | None:
             m = _ANSWER_LINE.match(line)

@@ -494,6 +494,17 @@ class NamingRule(Rule):
             return self.no_findings_answer
         return "\n".join(dict.fromkeys(f"{f.line}: {f.text}" for f in findings))
 
+    def answer_limit(self, lines) -> int:
+        """One answer line ``LINE: NAME`` for each name of the answer format's shape on each line (a name once a
+        line): 32 tokens, and for each such name 6 (its line number, the colon, the line break) and one per two
+        of its characters. A window of a bundle can name dozens: a bound on operator lines would cut them."""
+        n = 32
+        for s in lines:
+            for w in dict.fromkeys(m.group(0) for m in _WORD.finditer(s)):
+                if is_underscored(w):
+                    n += 6 + (len(w) + 1) // 2
+        return min(n, 4096)
+
     def parse_answer(self, text: str) -> ParsedAnswer:
         def claim(line: str) -> Claim | None:
             m = _ANSWER_LINE.match(line)

@@ -273,6 +273,13 @@ class PredicateRule(Rule):
                              lines=lines, first_line=first_line, empty=self.no_findings_answer,
                              repeat_line=True, comments=comments or {}, literals=literals or {})
 
+    def answer_limit(self, lines) -> int:
+        """Each finding is one line ``LINE: KIND: CONDITION`` whose condition holds ``&&`` or ``||`` on one of its
+        lines (:func:`loralint.backends.max_new_tokens_for`)."""
+        from ..backends import max_new_tokens_for
+
+        return max_new_tokens_for(lines)
+
     def parse_answer(self, text: str) -> ParsedAnswer:
         def claim(line: str) -> Claim | None:
             m = _ANSWER_LINE.match(line)
