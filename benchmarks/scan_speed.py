@@ -288,11 +288,16 @@ class Recorder(Backend):
     """A backend that passes prompts to ``inner`` and keeps every answer (keyed by the prompt's text); past
     ``deadline`` (time.monotonic()), chunks are answered with an error without asking the model."""
 
-    def __init__(self, inner, deadline: float):
+    def __init__(self, inner, deadline: float, constrained: bool = False):
         self.inner, self.deadline = inner, deadline
         self.answers: dict[str, object] = {}
         self.name = getattr(inner, "name", "backend")
         self.timed_out = False
+        # constrained: the scan builds each window's answer grammar (as `loralint scan` does by default) and the
+        # engine decodes under it; the engine's tokenizer and end ids are read through this wrapper
+        self.supports_constraints = bool(constrained and getattr(inner, "supports_constraints", False))
+        self.tok = getattr(inner, "tok", None) or getattr(inner, "tokenizer", None)
+        self.eos_ids = getattr(inner, "eos_ids", None)
 
     def identity(self):
         return self.inner.identity()
@@ -300,11 +305,12 @@ class Recorder(Backend):
     def close(self):
         pass
 
-    def generate(self, prompts, max_new_tokens, progress=None):
+    def generate(self, prompts, max_new_tokens, progress=None, constraints=None):
         if time.monotonic() > self.deadline:
             self.timed_out = True
             return [BackendError("benchmark phase timed out")] * len(prompts)
-        outs = self.inner.generate(prompts, max_new_tokens, progress)
+        kw = {"constraints": constraints} if constraints is not None else {}
+        outs = self.inner.generate(prompts, max_new_tokens, progress, **kw)
         for m, o in zip(prompts, outs):
             self.answers[m[-1]["content"]] = o
         return outs
@@ -324,7 +330,8 @@ def corpus_files_all(corpus: Path, limit: int) -> list[str]:
     return readable_files([d for d in folders if d.is_dir()], limit)
 
 
-def engine_phase(label: str, make, paths: list[str], budget_s: float, chunk: int) -> tuple[dict, Recorder | None]:
+def engine_phase(label: str, make, paths: list[str], budget_s: float, chunk: int,
+                 constrained: bool = False) -> tuple[dict, Recorder | None]:
     """Build an engine (timed: model load included) and scan ``paths`` with it, answer cache off."""
     import gc
 
@@ -337,8 +344,8 @@ def engine_phase(label: str, make, paths: list[str], budget_s: float, chunk: int
     except Exception as e:  # noqa: BLE001 - the phase says why and the benchmark goes on
         return {"label": label, "error": f"{type(e).__name__}: {e}"}, None
     load_s = time.perf_counter() - t0
-    rec = Recorder(engine, deadline)
-    res = scan(paths, backend=rec, cache=False, chunk=chunk)
+    rec = Recorder(engine, deadline, constrained)
+    res = scan(paths, backend=rec, cache=False, chunk=chunk, constrained=constrained)
     wall = time.perf_counter() - t0
     st = res.stats()
     prof = engine.profile() if hasattr(engine, "profile") else {}
@@ -456,7 +463,9 @@ def compare_engines(a) -> int:
         return TransformersBackend(adapter, base=base, device=device, engine="batched")
 
     # a short warm-up of nothing: the model load of each phase is timed, as a user's scan pays it
-    row_gpu, rec_gpu = engine_phase("gpu engine", make_gpu, paths, min(a.phase_budget, left() * 0.45), a.chunk)
+    info["decoding"] = "constrained (the scan's default: each window's answer grammar)" if a.constrained else "free"
+    row_gpu, rec_gpu = engine_phase("gpu engine", make_gpu, paths, min(a.phase_budget, left() * 0.45), a.chunk,
+                                    a.constrained)
     info["phases"]["gpu"] = row_gpu
     info.update({k: row_gpu.get(k) for k in ("files", "windows", "seconds", "files_per_min", "windows_per_s",
                                               "prompt_tokens_per_s")})
@@ -467,7 +476,7 @@ def compare_engines(a) -> int:
     print(f"gpu engine: {row_gpu.get('files_per_min')} files/min", file=sys.stderr)
     if not a.skip_reference:
         row_ref, rec_ref = engine_phase("reference engine (transformers, batched)", make_ref, paths,
-                                        min(a.phase_budget, left()), a.ref_chunk)
+                                        min(a.phase_budget, left()), a.ref_chunk, a.constrained)
         info["phases"]["reference"] = row_ref
         if rec_gpu is not None and rec_ref is not None:
             both = [k for k in rec_ref.answers if k in rec_gpu.answers]
@@ -536,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="Windows per generate call of the reference engine (its phase stops within one chunk "
                          "of its budget).")
     ap.add_argument("--skip-reference", action="store_true", help="Only the gpu engine.")
+    ap.add_argument("--constrained", action="store_true",
+                    help="--compare-engines: decode under each window's answer grammar (the scan's default), both "
+                         "engines; windows the grammar answers alone never reach an engine")
     ap.add_argument("--phase-budget", type=float, default=330.0, help="Seconds at most for one engine's phase.")
     ap.add_argument("--total-budget", type=float, default=560.0,
                     help="Seconds after which the JSON is written with what has finished, and the run stops.")

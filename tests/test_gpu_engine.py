@@ -128,6 +128,39 @@ def test_several_adapters_in_one_pass(adapters, mix):
     assert "no adapter named 'nope'" in str(bad)
 
 
+@pytest.mark.slow
+def test_packed_prefill_answers_like_the_padded_prefill_and_the_reference(adapters):
+    """prefill="packed" (every prompt's own tokens in one row a forward, each prompt's queries over its shared
+    prefix and its own tokens, no padding; the default on CUDA): the same greedy answers as the reference engine
+    and the padded prefill, one adapter (merged) and two (one batch each); no padding computed, fewer forwards."""
+    from loralint.backends.gpu_engine import GpuEngine
+    from loralint.backends.transformers import TransformersBackend
+
+    memo, rand, _ = adapters
+    prompts, caps = mixed_prompts(step=5)
+    kw = dict(device="cpu", max_batch=48, batch_tokens=12_000, prefill_tokens=3000)
+    want = texts(TransformersBackend(memo, device="cpu").generate(prompts, caps))
+    padded = GpuEngine(memo, prefill="padded", **kw)
+    packed = GpuEngine(memo, prefill="packed", **kw)
+    assert packed.settings()["prefill"] == "packed" and padded.settings()["prefill"] == "padded"
+    assert texts(padded.generate(prompts, caps)) == want
+    assert texts(packed.generate(prompts, caps)) == want
+    a, b = padded.profile(), packed.profile()
+    assert b["padding_tokens"] == 0 < a["padding_tokens"] and b["prompt_tokens"] == a["prompt_tokens"]
+    assert b["prefill_forwards"] < a["prefill_forwards"]
+    # two adapters, one batch per adapter: each prompt's answer is its adapter's
+    names = ["memo" if k % 3 else "rand" for k in range(len(prompts))]
+    two = GpuEngine(adapters={"memo": memo, "rand": rand}, prefill="packed", **kw)
+    got = texts(two.generate(prompts, caps, adapters=names))
+    idx = [k for k, n in enumerate(names) if n == "rand"]
+    assert [got[k] for k in idx] == texts(TransformersBackend(rand, device="cpu").generate(
+        [prompts[k] for k in idx], [caps[k] for k in idx]))
+    assert [got[k] for k in range(len(got)) if names[k] == "memo"] == [want[k] for k in range(len(got))
+                                                                     if names[k] == "memo"]
+    with pytest.raises(ValueError, match="packed or padded"):
+        GpuEngine(memo, prefill="dense", **kw)
+
+
 class Spell:
     """A TokenConstraint (see loralint.decoding): only the tokens of one text, in order, then finished."""
 

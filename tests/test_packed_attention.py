@@ -221,3 +221,24 @@ def Trainer_compute_loss(trainer, batch):
         return trainer.compute_loss(trainer.model, batch)
     finally:
         type(trainer)._lean = lean
+
+
+def test_prefill_attention_kernel_aligns_causality_to_the_end_on_cuda():
+    """On a GPU: the packed prefill's FlashAttention call (each prompt's queries over its shared prefix and its
+    own tokens: more keys than queries, causal mask aligned to the bottom right) against one SDPA call a span
+    with that mask."""
+    import torch
+
+    if not packed_attention.available():
+        pytest.skip("needs a CUDA GPU of compute capability 8 or more")
+    g = torch.Generator(device="cuda").manual_seed(1)
+    P, lq = 37, [5, 300, 1, 64, 129]
+    lk = [P + n for n in lq]
+    cu_q = torch.tensor([0] + list(torch.tensor(lq).cumsum(0)), dtype=torch.int32, device="cuda")
+    cu_k = torch.tensor([0] + list(torch.tensor(lk).cumsum(0)), dtype=torch.int32, device="cuda")
+    q = torch.randn((sum(lq), 9, 64), generator=g, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn((sum(lk), 9, 64), generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    flash = packed_attention.prefill_attention(q, k, v, cu_q, cu_k, max(lq), max(lk), 0.125).float()
+    loop = packed_attention.prefill_attention(q.float(), k.float(), v.float(), cu_q, cu_k, max(lq), max(lk),
+                                              0.125)
+    assert (flash - loop).abs().max() < 0.02 * loop.abs().max()

@@ -215,3 +215,29 @@ def compile_layers(model, backend: str = "inductor") -> int:
             module.compile(backend=backend)
             n += 1
     return n
+
+
+def prefill_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale=None):
+    """Inference (no gradient): the queries of span i of ``q`` (rows ``cu_q[i]:cu_q[i+1]``) attend to span i of
+    ``k``/``v`` (``cu_k``), causally with the ends aligned: a span's keys may begin with keys the queries do not
+    have (a shared prefix), which every query sees. (tokens, heads, dim) tensors, heads equal. On CUDA in half
+    precision: PyTorch's FlashAttention kernel (its causal mask is aligned to the bottom right); elsewhere one
+    SDPA call a span with that mask."""
+    import torch
+    import torch.nn.functional as F
+
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+        out = torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False,
+                                                     scale=scale)[0]
+        return out
+    outs = []
+    bq, bk = cu_q.tolist(), cu_k.tolist()
+    for (a, b), (c, d) in zip(zip(bq, bq[1:]), zip(bk, bk[1:])):
+        lq, lk = b - a, d - c
+        if lq == 0:
+            continue
+        mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
+        o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[c:d].transpose(0, 1), v[c:d].transpose(0, 1),
+                                           attn_mask=mask, scale=scale)
+        outs.append(o.transpose(0, 1))
+    return torch.cat(outs, dim=0)

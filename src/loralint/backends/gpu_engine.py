@@ -75,6 +75,17 @@ class _Ctx:
     cols = None  # long tensor: the cache columns the forward's tokens are written at
     kv_len: int = 0  # columns attended to (a prefix of the buffers)
     mask = None  # bool [rows, 1, q, kv_len]: True = attend
+    # a packed prefill (``packed``): one row of every prompt's own tokens; token t is written at buffer row
+    # rows[t], column cols[t]; the attention keys of prompt i are its prefix then its own tokens (``gather`` into
+    # the prefix's keys followed by the forward's), spans cu_q / cu_k
+    packed: bool = False
+    rows = None
+    prefix_k = None  # per layer: (P, kv heads, dim) or None
+    prefix_v = None
+    gather = None
+    cu_q = cu_k = None
+    max_q: int = 0
+    max_k: int = 0
 
 
 _ACTIVE: _Ctx | None = None  # set only inside this engine's forwards (one engine runs at a time)
@@ -91,6 +102,8 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                       dropout=dropout, **kw)
     li = module.layer_idx
+    if ctx.packed:
+        return _packed_attention(ctx, li, query, key, value, scaling), None
     K = ctx.k[li][ctx.r0:ctx.r1]
     V = ctx.v[li][ctx.r0:ctx.r1]
     K.index_copy_(2, ctx.cols, key.to(K.dtype))
@@ -106,6 +119,31 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         m = m.expand(b, 1, g, ctx.kv_len) if q == 1 else m.repeat(1, 1, g, 1)
     out = F.scaled_dot_product_attention(qq, K, V, attn_mask=m, scale=scaling)
     return out.reshape(b, h, q, out.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def _packed_attention(ctx: _Ctx, li: int, query, key, value, scaling):
+    """A packed prefill's attention: the forward's keys/values written into the batch's buffers at each token's
+    row and column, and each prompt's queries over its prefix and its own tokens (FlashAttention's kernel with
+    sequence lengths on CUDA, :func:`loralint.packed_attention.prefill_attention`): no padding, no mask."""
+    import torch
+
+    from ..packed_attention import prefill_attention
+
+    k = key[0].transpose(0, 1)  # (tokens, kv heads, dim)
+    v = value[0].transpose(0, 1)
+    K, V = ctx.k[li], ctx.v[li]  # (rows, kv heads, length, dim)
+    K[ctx.rows, :, ctx.cols] = k.to(K.dtype)
+    V[ctx.rows, :, ctx.cols] = v.to(V.dtype)
+    if ctx.prefix_k is not None:
+        k = torch.cat([ctx.prefix_k[li], k]).index_select(0, ctx.gather)
+        v = torch.cat([ctx.prefix_v[li], v]).index_select(0, ctx.gather)
+    q = query[0].transpose(0, 1)
+    g = q.shape[1] // k.shape[1]
+    if g > 1:  # grouped-query attention: each KV head serves g query heads (transformers' repeat_kv order)
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    out = prefill_attention(q.contiguous(), k.contiguous(), v.contiguous(), ctx.cu_q, ctx.cu_k, ctx.max_q,
+                            ctx.max_k, scaling)
+    return out.unsqueeze(0)
 
 
 _REGISTERED = False
@@ -201,7 +239,8 @@ class GpuEngine(Backend):
                  adapters: dict[str, Adapter] | None = None, model=None, tokenizer=None,
                  chat_template_kwargs: dict | None = None, cuda_graphs: bool | None = None,
                  check_every: int = 8, mix_adapters: bool = False, prefill_tokens: int | None = None,
-                 compact: bool | None = None, cuda_shapes: bool | None = None, **_ignored):
+                 compact: bool | None = None, cuda_shapes: bool | None = None, prefill: str | None = None,
+                 **_ignored):
         import torch
 
         _register()
@@ -250,6 +289,17 @@ class GpuEngine(Backend):
         self.graphs_captured = 0
         # LORALINT_GPU_COMPACT=0: decode each batch in its own buffer to the end (no compaction)
         self.compact = (os.environ.get("LORALINT_GPU_COMPACT", "1") != "0") if compact is None else compact
+        # prefill: "packed" (every prompt's own tokens in one row a forward, FlashAttention over each prompt's
+        # prefix and tokens: no padding; the default where PyTorch's kernel runs) or "padded" (rows left-padded
+        # to their chunk's width, a dense mask); LORALINT_GPU_PREFILL
+        prefill = prefill or os.environ.get("LORALINT_GPU_PREFILL") or None
+        if prefill not in (None, "packed", "padded"):
+            raise ValueError(f"prefill {prefill!r}: packed or padded")
+        if prefill is None:
+            from ..packed_attention import available
+
+            prefill = "packed" if self.cuda and available() else "padded"
+        self.prefill = prefill
         self.compactions = 0
         self.picks_accepted = 0  # constrained picks: the model's own token allowed / corrected by the grammar
         self.picks_corrected = 0
@@ -326,7 +376,7 @@ class GpuEngine(Backend):
                 "check_every": self.check_every, "adapters": list(self.adapters) or None,
                 "mix_adapters": self.mix_adapters, "batching": "answer-limit bucket, length-sorted; each prefill "
                 "chunk padded to its own longest row (rounded up to 8)", "prefix_caching": True,
-                "compact": self.compact, "first_piece": self.first_piece,
+                "compact": self.compact, "first_piece": self.first_piece, "prefill": self.prefill,
                 "graph_tokens": self.graph_tokens}
 
     def encode(self, messages: list[dict]) -> list[int]:
@@ -441,6 +491,15 @@ class GpuEngine(Backend):
         _ACTIVE = ctx
         try:
             return self.model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1, **kw).logits[:, -1]
+        finally:
+            _ACTIVE = None
+
+    def _forward_packed(self, ctx: _Ctx, ids, pos, last):
+        """One packed forward ([1, tokens]); the logits at positions ``last`` ([prompts, vocab])."""
+        global _ACTIVE
+        _ACTIVE = ctx
+        try:
+            return self.model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=last).logits[0]
         finally:
             _ACTIVE = None
 
@@ -605,6 +664,65 @@ class GpuEngine(Backend):
             r0 = r1
         return out
 
+    def _packed_chunks(self, lens: list[int]) -> list[tuple[int, int]]:
+        """(first row, end row) of each packed prefill forward: rows in order while their own tokens fit
+        ``prefill_tokens``."""
+        out, r0, n = [], 0, 0
+        for r, x in enumerate(lens):
+            if r > r0 and n + x > self.prefill_tokens:
+                out.append((r0, r))
+                r0, n = r, 0
+            n += x
+        out.append((r0, len(lens)))
+        return out
+
+    def _prefill_packed(self, b: _Batch, batch, lens, chunks, P: int, W: int, pk) -> list:
+        """The packed prefill of a batch (see :func:`_packed_attention`): each chunk's prompts' own tokens in one
+        row, row r's written at columns P + W - len .. P + W of the buffers (so decoding starts at column P + W
+        for every row, as after the padded prefill), its prefix's keys shared; the logits of each prompt's last
+        token."""
+        import torch
+
+        dev = self.device_t
+        n = len(batch)
+        c = torch.arange(b.length, device=dev)
+        lens_t = torch.tensor(lens, dtype=torch.long, device=dev)
+        b.mask[:n, 0, 0, :] |= (c[None, :] >= P + W - lens_t[:, None]) & (c[None, :] < P + W)
+        prefix_k = prefix_v = None
+        if P:
+            ks, vs = pk[next(iter(pk))]
+            prefix_k = [x[0].transpose(0, 1).contiguous() for x in ks]
+            prefix_v = [x[0].transpose(0, 1).contiguous() for x in vs]
+        parts = []
+        for r0, r1 in chunks:
+            lc = lens_t[r0:r1]
+            rc, total = r1 - r0, int(sum(lens[r0:r1]))
+            ids = torch.tensor([t for _, s in batch[r0:r1] for t in s[P:]], dtype=torch.long).to(dev, non_blocking=True)
+            starts = torch.cumsum(lc, 0) - lc
+            rows = torch.repeat_interleave(torch.arange(r0, r1, device=dev), lc)
+            j = torch.arange(total, device=dev) - torch.repeat_interleave(starts, lc)  # a token's index in its prompt
+            cu_q = torch.zeros(rc + 1, dtype=torch.int32, device=dev)
+            cu_q[1:] = torch.cumsum(lc, 0)
+            ctx = _Ctx()
+            ctx.packed, ctx.k, ctx.v, ctx.rows = True, b.k, b.v, rows
+            ctx.cols = P + W - torch.repeat_interleave(lc, lc) + j
+            ctx.cu_q, ctx.max_q = cu_q, int(max(lens[r0:r1]))
+            ctx.max_k = P + ctx.max_q
+            if P:
+                kl = lc + P  # a prompt's keys: its prefix, then its own tokens
+                cu_k = torch.zeros(rc + 1, dtype=torch.int32, device=dev)
+                cu_k[1:] = torch.cumsum(kl, 0)
+                local = torch.arange(int(total + rc * P), device=dev) - torch.repeat_interleave(cu_k[:-1].long(), kl)
+                own = P + torch.repeat_interleave(starts, kl) + local - P
+                ctx.gather = torch.where(local < P, local, own)
+                ctx.cu_k, ctx.prefix_k, ctx.prefix_v = cu_k, prefix_k, prefix_v
+            else:
+                ctx.cu_k = cu_q
+            pos = (P + j)[None]
+            parts.append(self._forward_packed(ctx, ids[None], pos, cu_q[1:].long() - 1))
+            self.prefill_forwards += 1
+        return parts
+
     def _run_batch(self, batch, caps, P, pk, constraints, adapters, out, adapter=None) -> None:
         import torch
 
@@ -612,12 +730,17 @@ class GpuEngine(Backend):
         batch = sorted(batch, key=lambda x: -len(x[1]))  # longest first: chunks of near-equal width
         n = len(batch)
         lens = [len(ids) - P for _, ids in batch]
-        chunks = self._prefill_chunks(lens)
-        W = max(w for _, _, w in chunks)
+        mixed = adapters is not None
+        packed = self.prefill == "packed" and not mixed  # (PEFT routes adapters by batch row)
+        if packed:
+            chunks = self._packed_chunks(lens)
+            W = _up(max(lens), 8 if self.cuda_shapes else 1)
+        else:
+            chunks = self._prefill_chunks(lens)
+            W = max(w for _, _, w in chunks)
         T = max(caps[i] for i, _ in batch)
         cons = [constraints[i] if constraints is not None else None for i, _ in batch]
         bias = any(c is not None for c in cons)
-        mixed = adapters is not None
         b = self._shape(self._rows_for(n), self._length_for(P + W + T), bias, adapter)
         rows = b.rows
         names = None
@@ -647,6 +770,9 @@ class GpuEngine(Backend):
         else:
             b.mask[:, :, :, 0] = True  # padding rows attend to something (no NaN)
         parts = []
+        if packed:
+            parts = self._prefill_packed(b, batch, lens, chunks, P, W, pk)
+            chunks = []
         for r0, r1, w in chunks:
             rc = r1 - r0
             ids = torch.full((rc, w), self.pad_id, dtype=torch.long)
