@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 train = pytest.importorskip("loralint.train")
 from loralint import packed_attention  # noqa: E402
-from test_packing import _batch, _loss_and_grads, _per_example, _trainer, qwen3  # noqa: E402,F401
+from test_packing import _batch, _trainer, assert_same_examples, qwen3  # noqa: E402,F401
 
 packed_attention.register()
 
@@ -40,23 +40,6 @@ def _varlen_trainer(qwen3, tmp_path, state, **over):
     return trainer, s
 
 
-def _same(padded, pb, packed, qb):
-    import torch
-
-    a, b = _per_example(padded, pb), _per_example(packed, qb)
-    assert len(a) == len(pb["input_ids"]) and set(a) == set(b)
-    for key in a:
-        assert len(a[key]) == len(b[key]) > 0
-        assert torch.allclose(torch.tensor(a[key]), torch.tensor(b[key]), atol=1e-5), key
-    la, ga = _loss_and_grads(padded, pb)
-    lb, gb = _loss_and_grads(packed, qb)
-    assert la == pytest.approx(lb, rel=1e-5, abs=1e-6)
-    assert set(ga) == set(gb) and len(ga) > 0
-    for n in ga:
-        assert ga[n].abs().max() > 0, n
-        assert torch.allclose(ga[n], gb[n], rtol=1e-4, atol=1e-7), (n, (ga[n] - gb[n]).abs().max())
-
-
 def test_varlen_packed_batch_equals_padded_batch(qwen3, tmp_path):
     padded, _, state = _trainer(qwen3, tmp_path, False, "sdpa")
     packed, s = _varlen_trainer(qwen3, tmp_path, state)
@@ -67,7 +50,7 @@ def test_varlen_packed_batch_equals_padded_batch(qwen3, tmp_path):
     cu = qb["cu_seq_lens_q"].tolist()
     assert len(cu) - 1 > len(pb["input_ids"])  # every example a span, and the padding after them
     assert cu[-1] == qb["input_ids"].shape[1] > int(pb["attention_mask"].sum())
-    _same(padded, pb, packed, qb)
+    assert_same_examples(padded, pb, packed, qb)
 
 
 def test_varlen_without_the_spans_would_differ(qwen3, tmp_path):
@@ -95,7 +78,7 @@ def test_compiled_layers_give_the_same_loss_and_gradients(qwen3, tmp_path):
     assert n == len(layers) > 1 and all(m._compiled_call_impl is not None for m in layers)
     torch._dynamo.reset()
     try:
-        _same(padded, _batch(padded), packed, _batch(packed))
+        assert_same_examples(padded, _batch(padded), packed, _batch(packed))
     finally:
         torch._dynamo.reset()
 
@@ -176,7 +159,6 @@ def test_the_lean_training_loss_is_trls_and_its_metrics_are_read_at_logging(qwen
     """Training steps take TRL's loss without reading the device each step (`Trainer._lean_loss`): the same loss,
     gradients, entropy, token accuracy and token count as TRL's own compute_loss, the metrics read at the log."""
     import torch
-    from trl import SFTTrainer
 
     if packed:
         trainer, _ = _varlen_trainer(qwen3, tmp_path, None)

