@@ -143,6 +143,7 @@ def test_packed_prefill_answers_like_the_padded_prefill_and_the_reference(adapte
     padded = GpuEngine(memo, prefill="padded", **kw)
     packed = GpuEngine(memo, prefill="packed", **kw)
     assert packed.settings()["prefill"] == "packed" and padded.settings()["prefill"] == "padded"
+    assert packed.self_check() is None and packed.prefill == "packed"  # its start-up check passes
     assert texts(padded.generate(prompts, caps)) == want
     assert texts(packed.generate(prompts, caps)) == want
     a, b = padded.profile(), packed.profile()
@@ -159,6 +160,28 @@ def test_packed_prefill_answers_like_the_padded_prefill_and_the_reference(adapte
                                                                      if names[k] == "memo"]
     with pytest.raises(ValueError, match="packed or padded"):
         GpuEngine(memo, prefill="dense", **kw)
+
+
+def test_a_packed_prefill_that_disagrees_with_a_plain_forward_is_turned_off(adapters, monkeypatch, capsys):
+    """The start-up check compares the packed prefill (and a decode step after it) with a plain forward; an
+    attention that ignores the shared prefix fails it, and the engine prefills padded rows, said in one line."""
+    import torch
+
+    from loralint import packed_attention
+    from loralint.backends.gpu_engine import GpuEngine
+
+    memo, *_ = adapters
+    eng = GpuEngine(memo, device="cpu", prefill="packed")
+    real = packed_attention.prefill_attention
+
+    def no_prefix(q, k, v, cu_q, cu_k, max_q, max_k, scale=None):  # keys of each prompt's own tokens only
+        keep = torch.cat([torch.arange(int(b) - (int(qb) - int(qa)), int(b))
+                          for (qa, qb), b in zip(zip(cu_q.tolist(), cu_q.tolist()[1:]), cu_k.tolist()[1:])])
+        return real(q, k[keep], v[keep], cu_q, cu_q, max_q, max_q, scale)
+
+    monkeypatch.setattr(packed_attention, "prefill_attention", no_prefix)
+    assert eng.self_check() is None and eng.prefill == "padded"
+    assert "the packed prefill does not fit here" in capsys.readouterr().err
 
 
 class Spell:

@@ -1028,14 +1028,61 @@ class GpuEngine(Backend):
 
     def self_check(self) -> str | None:
         """Does the model's attention go through this engine's buffers? A short prompt's next-token logits,
-        prefix then one decode step at a time, against one plain forward. None: yes; else why not."""
-        import torch
-
+        prefix then one decode step at a time, against one plain forward. None: yes; else why not. With the
+        packed prefill, it is checked too (:meth:`_check_packed`); where it fails, the engine says so in one
+        line and prefills padded."""
         t0 = time.perf_counter()
         try:
-            return self._self_check()
+            why = self._self_check()
+            if why is None and self.prefill == "packed":
+                bad = self._check_packed()
+                if bad is not None:
+                    notice(f"gpu engine: the packed prefill does not fit here ({bad}); prefilling padded rows")
+                    self.prefill = "padded"
+            return why
         finally:
             self.load_timing["load_self_check"] = time.perf_counter() - t0
+
+    def _check_packed(self) -> str | None:
+        """Three prompts of one shared prefix and different lengths, prefilled packed: each one's last logits,
+        and those of one decode step from the buffers the packed prefill wrote, against one plain forward of the
+        longest text. None: they agree."""
+        import torch
+
+        ids = self.encode([{"role": "user", "content": "while (a && b || c) { x = y ? 1 : 2; } if (p || q) {}"}])[:56]
+        n = len(ids)
+        P = n // 2
+        dev = self.device_t
+        with torch.inference_mode():
+            ref = self.model(input_ids=torch.tensor([ids], device=dev), use_cache=False).logits[0].float()
+            with self._attn():
+                if self.peft:
+                    self.model.set_adapter(next(iter(self.adapters)))
+                ks, vs = self._prefix_kv(None, tuple(ids[:P]))
+                batch = [(i, ids[:m]) for i, m in enumerate((n - 1, n - 5, P + 2))]  # longest first
+                lens = [len(s) - P for _, s in batch]
+                W = _up(max(lens), 8 if self.cuda_shapes else 1)
+                b = _Batch(self, len(batch), _up(P + W + 8, 8), False)
+                for li in range(self.n_layers):
+                    b.k[li][:, :, :P].copy_(ks[li].expand(len(batch), -1, -1, -1))
+                    b.v[li][:, :, :P].copy_(vs[li].expand(len(batch), -1, -1, -1))
+                b.mask[..., :P] = True
+                got = torch.cat(self._prefill_packed(b, batch, lens, self._packed_chunks(lens), P, W,
+                                                     {None: (ks, vs)})).float()
+                want = torch.stack([ref[len(s) - 1] for _, s in batch])
+                b.ids[:, 0] = torch.tensor([ids[len(s)] for _, s in batch], device=dev)
+                b.pos[:, 0] = torch.tensor([len(s) for _, s in batch], device=dev)
+                b.col.fill_(P + W)
+                b.mask.index_fill_(3, b.col, True)
+                got2 = self._forward(b.ctx(), b.ids, b.pos).float()
+                want2 = torch.stack([ref[len(s)] for _, s in batch])
+        self._prefixes.pop((None, tuple(ids[:P])), None)
+        tol = 1e-3 if self.dtype == torch.float32 else 0.06
+        for what, g, w in (("prefill", got, want), ("the decode step after it", got2, want2)):
+            err, scale = (g - w).abs().max().item(), w.abs().max().item() or 1.0
+            if not err <= tol * scale:
+                return f"{what}: logits differ from a plain forward's by {err:.3g} (scale {scale:.3g})"
+        return None
 
     def _self_check(self) -> str | None:
         import torch
