@@ -12,7 +12,10 @@ On a CUDA GPU the kernel is PyTorch's FlashAttention; elsewhere (CPU, the tests)
 SDPA call an example, so a packed batch can be checked against a padded one anywhere. Under
 ``torch.compile`` (``compile_layers``) the kernel's call is traced into each layer's graph (one graph a layer
 forward and one backward; the number of examples, a dimension of the lengths, is dynamic); the CPU loop reads the
-lengths, so it runs outside the graphs.
+lengths, so it runs outside the graphs. :func:`compile_layers` is that regional compilation.
+
+The gpu scan engine's packed prefill uses the same kernel for inference (:func:`prefill_attention`): each prompt's
+queries over its shared prefix's keys and its own, the causal mask aligned to the ends.
 """
 
 from __future__ import annotations
