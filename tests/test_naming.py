@@ -202,3 +202,45 @@ def test_clean_sites_are_lookalikes_without_findings():
 
 def test_grammars_for_fixtures():
     assert {grammar_for(n) for n in EXPECTED} == {"javascript", "typescript", "tsx"}
+
+
+def test_grammar_facts_keep_every_oracle_finding_and_drop_callees_arguments_and_properties():
+    """grammar_facts: on every fixture and a spread of corpus files, each finding of the oracle is a (row, name)
+    the facts allow (nothing the oracle reports becomes unclaimable); and the facts drop names ESLint never
+    reports there, so the grammar refuses them."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from real_files import sample_files
+
+    from loralint.decoding import Automaton
+
+    kept = allowed = words = 0
+    for p in sample_files(60):
+        src = load(str(p), 10**7)
+        if not hasattr(src, "data"):
+            continue
+        tree = parse(src.data, src.grammar)
+        facts = RULE.grammar_facts(tree, src.data, src.grammar)
+        for f in check_source(src, [RULE]).findings:
+            assert f.text in facts.get(f.line - 1, ()), (str(p), f.line, f.text)
+            kept += 1
+        doc = FileText(file_lines(src.data), comment_spans(tree, src.data, src.grammar))
+        from loralint.rules.naming import names_on
+
+        for r in range(len(doc.lines)):
+            ns = names_on(doc, r)
+            words += len(ns)
+            allowed += sum(n in facts.get(r, ()) for n in ns)
+    assert kept > 50 and allowed < words  # every finding kept, some look-alikes dropped
+
+    lines = ["var a_b = 1;", "call_me(a_b);", "new Some_Class(a_b);", "obj.key_name = a_b;", "define({ k: 1 }, AST_Node);",
+             "class K { method_name() {} }", "x = a_b;"]
+    data = "\n".join(lines).encode()
+    tree = parse(data, "javascript")
+    facts = RULE.grammar_facts(tree, data, "javascript")
+    g = Automaton(RULE.answer_grammar(lines, 1, facts=facts))
+    assert g.accepts("1: a_b") and g.accepts("7: a_b") and g.accepts("1: a_b\n7: a_b")
+    for bad in ("2: call_me", "2: a_b", "3: Some_Class", "3: a_b", "4: key_name", "5: AST_Node", "6: method_name"):
+        assert not g.accepts(bad), bad
+    assert Automaton(RULE.answer_grammar(lines, 1)).accepts("2: call_me")  # without facts: any word of the shape

@@ -886,13 +886,15 @@ def only_answer(grammar: AnswerGrammar | None, auto: "Automaton | None" = None) 
 def constraints_for(rule, tokenizer, windows: list[tuple[list[str], int]], *,
                     comments: Sequence[dict | None] | None = None,
                     literals: Sequence[dict | None] | None = None,
+                    facts: Sequence[dict | None] | None = None,
                     end_ids: Sequence[int] | None = None,
                     automata: Sequence["Automaton | None"] | None = None) -> list[TokenConstraint]:
     """One :class:`TokenConstraint` per window ``(lines, first line number)`` under ``rule``'s answer grammar.
 
     ``comments``: per window, 0-based window row -> comment column intervals (the file's, as
     :func:`loralint.verify.comment_spans` gives them); ``literals``: the same for literal text
-    (:func:`loralint.verify.literal_spans`).
+    (:func:`loralint.verify.literal_spans`); ``facts``: per window, its rows of the rule's
+    :meth:`~loralint.rules.Rule.grammar_facts`.
     ``end_ids``: the end-of-turn token ids (default: the tokenizer's eos and ``<|im_end|>``).
     ``automata``: per window, its :class:`Automaton` already built (by :func:`only_answer`) or None: reused
     with its grammar, so what it has worked out is not worked out again."""
@@ -905,7 +907,10 @@ def constraints_for(rule, tokenizer, windows: list[tuple[list[str], int]], *,
             continue
         com = comments[i] if comments is not None else None
         lit = literals[i] if literals is not None else None
-        out.append(TokenConstraint(rule.answer_grammar(lines, first, com, lit), vocab))
+        fct = facts[i] if facts is not None else None
+        # (facts only where the rule has them: a rule written before them keeps its four arguments)
+        kw = {"facts": fct} if fct is not None else {}
+        out.append(TokenConstraint(rule.answer_grammar(lines, first, com, lit, **kw), vocab))
     return out
 
 

@@ -185,6 +185,8 @@ class _File:
     #: window key -> the answer grammar's Automaton built by only_answer, kept for the window's constraint
     automata: dict[str, object] = field(default_factory=dict)
     detail: FileScan | None = None
+    #: the rule's :meth:`~loralint.rules.Rule.grammar_facts` of the file (None: it has none)
+    facts: dict | None = None
 
 
 def _whole(path: str) -> int:
@@ -203,7 +205,8 @@ def _touches(w: Window, changed: set[int] | None) -> bool:
     return changed is None or any(w.start < ln <= w.end for ln in changed)
 
 
-def _prepare(src: SourceFile, target: int, changed: set[int] | None, diff_context: int | None = None) -> _File:
+def _prepare(src: SourceFile, target: int, changed: set[int] | None, diff_context: int | None = None,
+             rule: Rule | None = None) -> _File:
     """A file parsed and cut into windows: the whole file's, or with ``changed`` lines and a ``diff_context``,
     only the changed lines with that many lines around them (:func:`~loralint.windows.changed_windows`)."""
     tree = parse(src.data, src.grammar)
@@ -216,7 +219,8 @@ def _prepare(src: SourceFile, target: int, changed: set[int] | None, diff_contex
     doc = FileText(lines, comment_spans(tree, src.data, src.grammar), literal_spans(tree, src.data, src.grammar))
     return _File(src, lines, wins, doc, file_hash(src.data), tree.root_node.has_error, changed,
                  parse_suppressions(src.data, tree), detail=FileScan(src.path, windows=len(wins),
-                                                                 spans=[(w.start, w.end) for w in wins]))
+                                                                 spans=[(w.start, w.end) for w in wins]),
+                 facts=rule.grammar_facts(tree, src.data, src.grammar) if rule is not None else None)
 
 
 def _finish(f: _File, rule: Rule) -> FileResult:
@@ -331,7 +335,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
         if changed_out is not None:
             changed_out[src.path] = changed
         try:
-            f = _prepare(src, window_lines, changed, diff_context)
+            f = _prepare(src, window_lines, changed, diff_context, the_rule)
         except Exception as e:  # noqa: BLE001 - one file's failure must not end the run
             results[src.path] = FileResult(path=src.path, error=f"{type(e).__name__}: {e}",
                                            lines=src.data.count(b"\n") + 1)
@@ -424,6 +428,13 @@ def _window_literals(f: _File, w: Window) -> dict:
     return {r - w.start: v for r, v in f.doc.literals.items() if w.start <= r < w.end}
 
 
+def _window_facts(f: _File, w: Window) -> dict | None:
+    """The rule's grammar facts of the file on the window's rows, by 0-based window row (None: it has none)."""
+    if f.facts is None:
+        return None
+    return {r - w.start: v for r, v in f.facts.items() if w.start <= r < w.end}
+
+
 #: windows a worker process takes at a time, and the fewest windows worth starting workers for
 FORCED_CHUNK = 48
 FORCED_POOL_MIN = 384
@@ -432,13 +443,14 @@ ENV_WORKERS = "LORALINT_GRAMMAR_WORKERS"  # worker processes that build the wind
 
 def _forced_answers(rule: Rule | str, items: list) -> list[tuple[str | None, object]]:
     """(the one answer the window's grammar allows or None, the automaton when the model must answer) for each
-    ``(lines, first line, comments, literals)``: what :func:`_answer_forced` needs, here or in a worker."""
+    ``(lines, first line, comments, literals[, facts])``: what :func:`_answer_forced` needs, here or in a worker."""
     from .decoding import Automaton, only_answer
 
     rule = get_rule(rule) if isinstance(rule, str) else rule
     out = []
-    for lines, first, com, lit in items:
-        g = rule.answer_grammar(lines, first, com, lit)
+    for lines, first, com, lit, *fct in items:
+        kw = {"facts": fct[0]} if fct and fct[0] is not None else {}
+        g = rule.answer_grammar(lines, first, com, lit, **kw)
         auto = Automaton(g) if g is not None and g.empty else None
         text = only_answer(g, auto)
         out.append((text, auto if text is None else None))
@@ -488,7 +500,8 @@ def _answer_forced(rule: Rule, jobs: list[tuple[_File, Window]], store: ScanCach
     the rule could name is in them) with that answer, as the constrained engine would; the other jobs."""
     if rule.answer_grammar([""], 1) is None:
         return jobs
-    items = [(f.lines[w.start:w.end], w.start + 1, _window_comments(f, w), _window_literals(f, w)) for f, w in jobs]
+    items = [(f.lines[w.start:w.end], w.start + 1, _window_comments(f, w), _window_literals(f, w),
+              _window_facts(f, w)) for f, w in jobs]
     got = _forced_in_workers(rule, items) or _forced_answers(rule, items)
     rest: list[tuple[_File, Window]] = []
     fresh: dict[str, tuple[_File, dict]] = {}
@@ -517,8 +530,9 @@ def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Wind
     wins = [(f.lines[w.start:w.end], w.start + 1) for f, w in part]
     comments = [_window_comments(f, w) for f, w in part]
     literals = [_window_literals(f, w) for f, w in part]
+    facts = [_window_facts(f, w) for f, w in part]
     automata = [f.automata.pop(_wkey(w), None) for f, w in part]  # (each serves one constraint, then is let go)
-    return constraints_for(rule, tok, wins, comments=comments, literals=literals,
+    return constraints_for(rule, tok, wins, comments=comments, literals=literals, facts=facts,
                            end_ids=getattr(engine, "eos_ids", None), automata=automata)
 
 

@@ -103,12 +103,19 @@ class Rule:
         return doc.find(claim.text, row, last_row)
 
     def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None,
-                       literals: dict | None = None):
+                       literals: dict | None = None, facts: dict | None = None):
         """The answers :meth:`parse_answer` reads and verification keeps, for one window, as a
         :class:`loralint.decoding.AnswerGrammar` (constrained decoding enforces it on tokens). ``lines``: the
         window's lines; ``first_line``: the 1-based number of the first; ``comments``: 0-based window row ->
-        comment column intervals; ``literals``: the same for literal text (strings, regexes). None: this rule's
-        answers cannot be constrained."""
+        comment column intervals; ``literals``: the same for literal text (strings, regexes); ``facts``: the
+        window's rows of :meth:`grammar_facts` (0-based window row -> value), None where the rule has none. None:
+        this rule's answers cannot be constrained."""
+        return None
+
+    def grammar_facts(self, tree: Tree, source: bytes, grammar: str = "javascript") -> dict | None:
+        """What the syntax tree says about a file that its windows' answer grammars narrow claims with (0-based
+        file row -> the rule's value; the scanner hands each window its rows as ``facts``); None: nothing (the
+        default). Syntax only, read where a window may not see it: never the oracle's verdict."""
         return None
 
     def answer_limit(self, lines: Sequence[str]) -> int:

@@ -349,7 +349,7 @@ class ElseReturnRule(Rule):
         return None
 
     def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None,
-                       literals: dict | None = None):
+                       literals: dict | None = None, facts: dict | None = None):
         """`LINE: else` lines, ascending: a line of the window where :meth:`locate` finds an `else` (or the block
         an `else` ending the line above opens); or `No violations found.` (A block whose `else` sits above the
         window cannot be named: the window does not show it.)"""

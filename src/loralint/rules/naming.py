@@ -527,8 +527,23 @@ class NamingRule(Rule):
                 return row, m.start(), row, m.end(), False
         return None
 
+    def grammar_facts(self, tree: Tree, source: bytes, grammar: str = "javascript") -> dict | None:
+        """The names a claim may give on each row (0-based file row -> names): identifiers of the answer format's
+        shape in a position ESLint's camelcase checks at all, that is, not a property (``properties: "never"``:
+        member names, keys, methods are no identifiers here) and not the callee, an argument or a default value
+        (its reportReferenceId exclusions, :func:`_skipped_reference`). Syntax alone: whether a name is declared
+        in the file, imported or global (what the model judges) is not looked at."""
+        out: dict[int, set[str]] = {}
+        if b"_" not in source:
+            return {}
+        for n in QueryCursor(_query(grammar)).captures(tree.root_node).get("id", ()):
+            name = _text(n)
+            if is_underscored(name) and not _skipped_reference(n):
+                out.setdefault(n.start_point[0], set()).add(name)
+        return {r: frozenset(v) for r, v in out.items()}
+
     def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None,
-                       literals: dict | None = None):
+                       literals: dict | None = None, facts: dict | None = None):
         """`LINE: NAME` lines: a line of the window (a line again with another name) and a name written on it
         that the format allows (an inner underscore, not ALL_CAPS) and :meth:`locate` finds (a whole word outside
         comments and literals); or `No violations found.`"""
@@ -537,6 +552,8 @@ class NamingRule(Rule):
 
         doc = FileText(lines, comments, literals)
         names = {r: names_on(doc, r) for r in range(len(lines))}
+        if facts is not None:  # only the names the syntax tree lets ESLint report there (grammar_facts)
+            names = {r: tuple(n for n in ns if n in facts.get(r, ())) for r, ns in names.items()}
         return AnswerGrammar(fields=(Line(rows=frozenset(r for r, n in names.items() if n)), Lit(": "),
                                      Choice(lambda n, text: names.get(n - first_line, ()))),
                              lines=lines, first_line=first_line, empty=self.no_findings_answer,

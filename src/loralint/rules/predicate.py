@@ -261,7 +261,7 @@ class PredicateRule(Rule):
         return doc.find(claim.text, row, last_row, accept=lambda hit: kind_fits(claim.kind, doc, hit))
 
     def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None,
-                       literals: dict | None = None):
+                       literals: dict | None = None, facts: dict | None = None):
         """`LINE: KIND: CONDITION` lines: a line of the window (ascending; one line again only with another
         kind: an `if` and a ternary may start on one line), a kind, and a span of the code from that line that
         holds && or ||, that verification finds in the file, where the kind's syntax puts a condition
