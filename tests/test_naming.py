@@ -234,13 +234,14 @@ def test_grammar_facts_keep_every_oracle_finding_and_drop_callees_arguments_and_
             allowed += sum(n in facts.get(r, ()) for n in ns)
     assert kept > 50 and allowed < words  # every finding kept, some look-alikes dropped
 
-    lines = ["var a_b = 1;", "call_me(a_b);", "new Some_Class(a_b);", "obj.key_name = a_b;", "define({ k: 1 }, AST_Node);",
+    lines = ["import { kept_name, orig_name as new_name } from 'm';", "call_me(a_b);", "new Some_Class(a_b);", "obj.key_name = a_b;", "define({ k: 1 }, AST_Node);",
              "class K { method_name() {} }", "x = a_b;"]
     data = "\n".join(lines).encode()
     tree = parse(data, "javascript")
     facts = RULE.grammar_facts(tree, data, "javascript")
     g = Automaton(RULE.answer_grammar(lines, 1, facts=facts))
-    assert g.accepts("1: a_b") and g.accepts("7: a_b") and g.accepts("1: a_b\n7: a_b")
+    assert g.accepts("1: new_name") and g.accepts("7: a_b") and g.accepts("1: new_name\n7: a_b")
+    assert not g.accepts("1: kept_name")  # an import that keeps its name (ignoreImports)
     for bad in ("2: call_me", "2: a_b", "3: Some_Class", "3: a_b", "4: key_name", "5: AST_Node", "6: method_name"):
         assert not g.accepts(bad), bad
     assert Automaton(RULE.answer_grammar(lines, 1)).accepts("2: call_me")  # without facts: any word of the shape

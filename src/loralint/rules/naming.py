@@ -149,6 +149,13 @@ def _skipped_reference(node: Node) -> bool:
     return False
 
 
+def _kept_import(node: Node) -> bool:
+    """An import specifier that keeps the imported name (``import { a_b } from ...``): ``ignoreImports`` allows
+    that declaration (its references elsewhere are another matter)."""
+    p = node.parent
+    return p is not None and p.type == "import_specifier" and p.child_by_field_name("alias") is None
+
+
 class _Facts:
     """One file's underscored names: declarations by scope, references, labels and exported names."""
 
@@ -538,7 +545,7 @@ class NamingRule(Rule):
             return {}
         for n in QueryCursor(_query(grammar)).captures(tree.root_node).get("id", ()):
             name = _text(n)
-            if is_underscored(name) and not _skipped_reference(n):
+            if is_underscored(name) and not _skipped_reference(n) and not _kept_import(n):
                 out.setdefault(n.start_point[0], set()).add(name)
         return {r: frozenset(v) for r, v in out.items()}
 
