@@ -883,6 +883,14 @@ def only_answer(grammar: AnswerGrammar | None, auto: "Automaton | None" = None) 
     return grammar.empty if not auto.lines_after(auto.hist0) else None
 
 
+def window_grammar(rule, lines: list[str], first: int, comments: dict | None = None, literals: dict | None = None,
+                   facts: dict | None = None):
+    """``rule.answer_grammar`` of one window, with its ``facts`` only where the rule has them (a rule written
+    before grammar facts keeps its four arguments)."""
+    kw = {"facts": facts} if facts is not None else {}
+    return rule.answer_grammar(lines, first, comments, literals, **kw)
+
+
 def constraints_for(rule, tokenizer, windows: list[tuple[list[str], int]], *,
                     comments: Sequence[dict | None] | None = None,
                     literals: Sequence[dict | None] | None = None,
@@ -908,9 +916,7 @@ def constraints_for(rule, tokenizer, windows: list[tuple[list[str], int]], *,
         com = comments[i] if comments is not None else None
         lit = literals[i] if literals is not None else None
         fct = facts[i] if facts is not None else None
-        # (facts only where the rule has them: a rule written before them keeps its four arguments)
-        kw = {"facts": fct} if fct is not None else {}
-        out.append(TokenConstraint(rule.answer_grammar(lines, first, com, lit, **kw), vocab))
+        out.append(TokenConstraint(window_grammar(rule, lines, first, com, lit, fct), vocab))
     return out
 
 

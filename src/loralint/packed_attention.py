@@ -144,16 +144,25 @@ def _flash():
 
 def _per_example(q, k, v, cu, scale):
     """The same attention as one SDPA call an example (CPU, or a GPU without the kernel)."""
+    return _per_span(q, k, v, cu, cu, scale)
+
+
+def _per_span(q, k, v, cu_q, cu_k, scale):
+    """One SDPA call a span: span i's queries over span i's keys, causal with the ends aligned (plain causal
+    where queries and keys are the same span)."""
     import torch
     import torch.nn.functional as F
 
-    bounds = cu.tolist()
     outs = []
-    for a, b in zip(bounds, bounds[1:]):
-        if b > a:
-            o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
-                                               v[a:b].transpose(0, 1), is_causal=True, scale=scale)
-            outs.append(o.transpose(0, 1))
+    bq, bk = cu_q.tolist(), cu_k.tolist()
+    for (a, b), (c, d) in zip(zip(bq, bq[1:]), zip(bk, bk[1:])):
+        lq, lk = b - a, d - c
+        if lq == 0:
+            continue
+        mask = None if lq == lk else torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
+        o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[c:d].transpose(0, 1), v[c:d].transpose(0, 1),
+                                           attn_mask=mask, is_causal=mask is None, scale=scale)
+        outs.append(o.transpose(0, 1))
     return torch.cat(outs, dim=0)
 
 
@@ -227,20 +236,8 @@ def prefill_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale=None):
     precision: PyTorch's FlashAttention kernel (its causal mask is aligned to the bottom right); elsewhere one
     SDPA call a span with that mask."""
     import torch
-    import torch.nn.functional as F
 
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
-        out = torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False,
-                                                     scale=scale)[0]
-        return out
-    outs = []
-    bq, bk = cu_q.tolist(), cu_k.tolist()
-    for (a, b), (c, d) in zip(zip(bq, bq[1:]), zip(bk, bk[1:])):
-        lq, lk = b - a, d - c
-        if lq == 0:
-            continue
-        mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
-        o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[c:d].transpose(0, 1), v[c:d].transpose(0, 1),
-                                           attn_mask=mask, scale=scale)
-        outs.append(o.transpose(0, 1))
-    return torch.cat(outs, dim=0)
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False,
+                                                      scale=scale)[0]
+    return _per_span(q, k, v, cu_q, cu_k, scale)

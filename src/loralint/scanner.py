@@ -444,13 +444,12 @@ ENV_WORKERS = "LORALINT_GRAMMAR_WORKERS"  # worker processes that build the wind
 def _forced_answers(rule: Rule | str, items: list) -> list[tuple[str | None, object]]:
     """(the one answer the window's grammar allows or None, the automaton when the model must answer) for each
     ``(lines, first line, comments, literals[, facts])``: what :func:`_answer_forced` needs, here or in a worker."""
-    from .decoding import Automaton, only_answer
+    from .decoding import Automaton, only_answer, window_grammar
 
     rule = get_rule(rule) if isinstance(rule, str) else rule
     out = []
     for lines, first, com, lit, *fct in items:
-        kw = {"facts": fct[0]} if fct and fct[0] is not None else {}
-        g = rule.answer_grammar(lines, first, com, lit, **kw)
+        g = window_grammar(rule, lines, first, com, lit, fct[0] if fct else None)
         auto = Automaton(g) if g is not None and g.empty else None
         text = only_answer(g, auto)
         out.append((text, auto if text is None else None))

@@ -713,8 +713,8 @@ class GpuEngine(Backend):
                 cu_k = torch.zeros(rc + 1, dtype=torch.int32, device=dev)
                 cu_k[1:] = torch.cumsum(kl, 0)
                 local = torch.arange(int(total + rc * P), device=dev) - torch.repeat_interleave(cu_k[:-1].long(), kl)
-                own = P + torch.repeat_interleave(starts, kl) + local - P
-                ctx.gather = torch.where(local < P, local, own)
+                # into [prefix keys; this forward's keys]: own token (local - P) of a prompt is at P + its start + that
+                ctx.gather = torch.where(local < P, local, torch.repeat_interleave(starts, kl) + local)
                 ctx.cu_k, ctx.prefix_k, ctx.prefix_v = cu_k, prefix_k, prefix_v
             else:
                 ctx.cu_k = cu_q
