@@ -392,6 +392,8 @@ PROFILE_NOTES = {
     "row_steps": "buffer rows x decode steps (KV rows read)", "live_row_steps": "of which rows still answering",
     "wasted_row_steps": "row_steps - live_row_steps", "compactions": "count", "generated_tokens": "tokens",
     "graph_steps": "decode steps replayed from a CUDA graph (the rest eager: big shapes)",
+    "fills": "continuous decode: packed prefills into finished rows' slots",
+    "slot_shapes": "continuous decode: the buffer (rows, columns) of each generate call",
     "load_model": "of load: base + adapter (merged), on the device", "load_tokenizer": "of load: tokenizer",
     "load_self_check": "of load: the engine's start-up check against a plain forward",
 }
@@ -474,6 +476,22 @@ def compare_engines(a) -> int:
     info["profile"] = row_gpu.get("profile")
     write()
     print(f"gpu engine: {row_gpu.get('files_per_min')} files/min", file=sys.stderr)
+    if a.compare_decode:  # the same engine decoding batch by batch (the engine before continuous decoding)
+        os.environ["LORALINT_GPU_DECODE"] = "batches"
+        try:
+            row_b, rec_b = engine_phase("gpu engine, batch by batch (LORALINT_GPU_DECODE=batches)", make_gpu, paths,
+                                        min(a.phase_budget, left() * 0.4), a.chunk, a.constrained)
+        finally:
+            os.environ.pop("LORALINT_GPU_DECODE", None)
+        info["phases"]["gpu_batches"] = row_b
+        if rec_gpu is not None and rec_b is not None:
+            both = [k for k in rec_b.answers if k in rec_gpu.answers]
+            same = sum(getattr(rec_gpu.answers[k], "text", None) == getattr(rec_b.answers[k], "text", None)
+                       for k in both)
+            info["slots_vs_batches_identical_fraction"] = round(same / len(both), 4) if both else None
+            if row_b.get("seconds") and row_gpu.get("seconds"):
+                info["speedup_vs_batches"] = round(row_b["seconds"] / row_gpu["seconds"], 2)
+        write()
     if not a.skip_reference:
         row_ref, rec_ref = engine_phase("reference engine (transformers, batched)", make_ref, paths,
                                         min(a.phase_budget, left()), a.ref_chunk, a.constrained)
@@ -545,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="Windows per generate call of the reference engine (its phase stops within one chunk "
                          "of its budget).")
     ap.add_argument("--skip-reference", action="store_true", help="Only the gpu engine.")
+    ap.add_argument("--compare-decode", action="store_true",
+                    help="Also the gpu engine decoding batch by batch (LORALINT_GPU_DECODE=batches), same files.")
     ap.add_argument("--constrained", action="store_true",
                     help="--compare-engines: decode under each window's answer grammar (the scan's default), both "
                          "engines; windows the grammar answers alone never reach an engine")

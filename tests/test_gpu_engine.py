@@ -359,3 +359,72 @@ def test_prefill_chunks_pad_each_chunk_to_its_own_longest_row():
     sizes = {eng._rows_for(n) for n in range(1, 1025)}
     assert len(sizes) <= 40 and all(n <= eng._rows_for(n) <= max(n * 1.25, n + 7) for n in range(1, 1025))
     assert eng._rows_for(1000) == 1024 and eng._rows_for(5) == 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shapes", [False, True], ids=["exact-shapes", "cuda-shapes"])
+def test_continuous_decode_answers_like_the_reference(adapters, shapes):
+    """decode="slots" (the default with the packed prefill): rows refilled with the next prompt as they finish,
+    prompts arriving in pieces, the buffer shrinking at the end. The reference engine's answers on ~600 windows
+    whose limits differ widely (a few long answers among short ones), one prompt too long for the slots answered
+    in a batch; far fewer decode steps than decoding batch by batch, which answers the same."""
+    from loralint.backends.gpu_engine import GpuEngine
+    from loralint.backends.transformers import TransformersBackend
+
+    memo, *_ = adapters
+    prompts, caps = mixed_prompts(step=4)
+    caps = [32 if k % 11 == 0 else 4 + k % 5 for k in range(len(prompts))]
+    caps[5] = 600  # its own tokens and limit exceed the columns the first piece's prompts set
+    want = texts(TransformersBackend(memo, device="cpu").generate(prompts, caps))
+    kw = dict(device="cpu", prefill="packed", max_batch=64, batch_tokens=20_000, prefill_tokens=6000,
+              check_every=4, cuda_shapes=shapes)
+    eng, batches = GpuEngine(memo, **kw), GpuEngine(memo, decode="batches", **kw)
+    eng.first_piece = batches.first_piece = 50  # pieces of 50, 100, 200 ... prompts
+    assert eng.settings()["decode"] == "slots" and batches.settings()["decode"] == "batches"
+    assert eng.self_check() is None
+    got = texts(eng.generate(prompts, caps))
+    assert got == want
+    assert texts(batches.generate(prompts, caps)) == want
+    p, q = eng.profile(), batches.profile()
+    assert p["fills"] > 5 and len(p["slot_shapes"]) == 1 and q["fills"] == 0
+    assert p["compactions"] >= 1  # the tail
+    # the one long prompt decodes 600 steps in its own batch; the rest needs far fewer steps than batch by batch
+    assert p["decode_steps"] - 600 < 0.5 * (q["decode_steps"] - 600)
+    assert p["live_row_steps"] == q["live_row_steps"] and p["padding_tokens"] == 0
+    assert p["prompt_tokens"] == q["prompt_tokens"]
+    # a second call on the same engine (its shapes and prefix kept) answers the same
+    assert texts(eng.generate(prompts[:60], caps[:60])) == want[:60]
+
+
+@pytest.mark.slow
+def test_continuous_decode_with_constraints_and_two_adapters(adapters):
+    """Constrained rows in a continuous decode (the first token picked after each slot's prefill, then every
+    step on the host) give the reference engine's masked answers; two adapters decode one after the other, each
+    prompt answered by its own."""
+    from loralint.backends.gpu_engine import GpuEngine
+    from loralint.backends.transformers import TransformersBackend
+    from loralint.decoding import constraints_for
+    from loralint.rules import get_rule
+    from loralint.windows import Window, window_messages
+
+    memo, rand, _ = adapters
+    rule = get_rule("predicate")
+    lines = FIXTURE.read_text().split("\n")
+    wins = [(s, min(s + 12, len(lines))) for s in range(0, len(lines), 2)]
+    prompts = [window_messages(rule, lines, Window(s, e), "js") for s, e in wins]
+    eng = GpuEngine(adapters={"memo": memo, "rand": rand}, device="cpu", prefill="packed", max_batch=4,
+                    check_every=2)
+    assert eng.settings()["decode"] == "slots"
+    names = ["memo" if k % 3 else "rand" for k in range(len(prompts))]
+
+    def cons(tok):
+        return constraints_for(rule, tok, [(lines[s:e], s + 1) for s, e in wins], end_ids=eng.eos_ids)
+
+    got = texts(eng.generate(prompts, 40, constraints=cons(eng.tok), adapters=names))
+    assert eng.profile()["fills"] >= 6 and eng.picks_corrected > 0, eng.profile()
+    for name, ad in (("memo", memo), ("rand", rand)):
+        idx = [k for k, n in enumerate(names) if n == name]
+        ref = TransformersBackend(ad, device="cpu")
+        c = cons(ref.tok)
+        want = texts(ref.generate([prompts[k] for k in idx], 40, constraints=[c[k] for k in idx]))
+        assert [got[k] for k in idx] == want, name

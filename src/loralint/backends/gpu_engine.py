@@ -46,6 +46,7 @@ capture failing) it says so in one line and uses the reference engine (or eager 
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -73,6 +74,8 @@ class _Ctx:
     r0: int = 0
     r1: int = 0
     cols = None  # long tensor: the cache columns the forward's tokens are written at
+    row_cols = None  # a decode step (one token a row): each row's own column (``cols`` unused)
+    ar = None  # arange(rows), with row_cols
     kv_len: int = 0  # columns attended to (a prefix of the buffers)
     mask = None  # bool [rows, 1, q, kv_len]: True = attend
     # a packed prefill (``packed``): one row of every prompt's own tokens; token t is written at buffer row
@@ -106,8 +109,12 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         return _packed_attention(ctx, li, query, key, value, scaling), None
     K = ctx.k[li][ctx.r0:ctx.r1]
     V = ctx.v[li][ctx.r0:ctx.r1]
-    K.index_copy_(2, ctx.cols, key.to(K.dtype))
-    V.index_copy_(2, ctx.cols, value.to(V.dtype))
+    if ctx.row_cols is not None:  # a decode step: row r's token at its own column row_cols[r]
+        K[ctx.ar, :, ctx.row_cols] = key[:, :, 0].to(K.dtype)
+        V[ctx.ar, :, ctx.row_cols] = value[:, :, 0].to(V.dtype)
+    else:
+        K.index_copy_(2, ctx.cols, key.to(K.dtype))
+        V.index_copy_(2, ctx.cols, value.to(V.dtype))
     K, V = K[:, :, :ctx.kv_len], V[:, :, :ctx.kv_len]
     b, h, q, d = query.shape
     kvh = K.shape[1]
@@ -174,8 +181,11 @@ class _Batch:
         self.mask = torch.zeros(rows, 1, 1, length, dtype=torch.bool, device=dev)
         self.ids = torch.zeros(rows, 1, dtype=torch.long, device=dev)
         self.pos = torch.zeros(rows, 1, dtype=torch.long, device=dev)
-        self.col = torch.zeros(1, dtype=torch.long, device=dev)
-        self.step = torch.zeros(1, dtype=torch.long, device=dev)
+        # each row's own column (where its next token's keys/values go) and answer step: a batch's rows move
+        # together; the slots of a continuous decode (GpuEngine._run_slots) each at their own
+        self.col = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.step = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.ar = torch.arange(rows, device=dev)
         self.limit = torch.zeros(rows, dtype=torch.long, device=dev)
         self.done = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.out = torch.zeros(rows, length, dtype=torch.long, device=dev)
@@ -189,9 +199,39 @@ class _Batch:
 
     def ctx(self) -> _Ctx:
         c = _Ctx()
-        c.k, c.v, c.r0, c.r1, c.cols, c.kv_len = self.k, self.v, 0, self.rows, self.col, self.length
-        c.mask = self.mask
+        c.k, c.v, c.r0, c.r1, c.kv_len = self.k, self.v, 0, self.rows, self.length
+        c.row_cols, c.ar, c.mask = self.col, self.ar, self.mask
         return c
+
+    def put_prefix(self, pk, rows=None) -> None:
+        """A shared prefix's keys/values (``pk``: per-layer lists, one row each) into columns 0 .. P of every row
+        (or of ``rows``, a long tensor), and those columns attended to."""
+        ks, vs = pk
+        P = ks[0].shape[2]
+        for li in range(len(self.k)):
+            for buf, x in ((self.k[li], ks[li]), (self.v[li], vs[li])):
+                if rows is None:
+                    buf[:, :, :P].copy_(x.expand(self.rows, -1, -1, -1))
+                else:
+                    buf[:, :, :P].index_copy_(0, rows, x.expand(len(rows), -1, -1, -1))
+        if rows is None:
+            self.mask[:, :, :, :P] = True
+        else:
+            self.mask[rows, :, :, :P] = True
+
+    def start(self, rows, nxt, cols, limit) -> None:
+        """Rows ``rows`` (long tensor) begin an answer: its first token ``nxt`` (picked from the prefill's logits),
+        the column and position ``cols`` it goes at (a slot's prompt starts at column 0, so position = column),
+        its answer limit. The prompt's columns are already in the row's mask."""
+        self.out.index_fill_(0, rows, 0)
+        self.out[rows, 0] = nxt
+        self.step[rows] = 1
+        self.limit[rows] = limit
+        self.done[rows] = (nxt[:, None] == self.eos[None, :]).any(-1) | (limit <= 1)
+        self.ids[rows, 0] = nxt
+        self.pos[rows, 0] = cols
+        self.col[rows] = cols
+        self.mask[rows, 0, 0, cols] = True
 
     def select(self, logits) -> None:
         """The greedy pick of one step, all on the device: finished rows say end-of-turn, tokens recorded. In a
@@ -208,10 +248,10 @@ class _Batch:
         import torch
 
         nxt = torch.where(self.done, self.eos[0], nxt)
-        self.out.scatter_(1, self.step.view(1, 1).expand(self.rows, 1), nxt[:, None])
+        self.out[self.ar, self.step.clamp(max=self.length - 1)] = nxt
         self.done |= (nxt[:, None] == self.eos[None, :]).any(-1) | (self.step + 1 >= self.limit)
         self.ids.copy_(nxt[:, None])
-        self.mask.index_fill_(3, self.col, True)  # the next token's own column
+        self.mask[self.ar, 0, 0, self.col] = True  # the next token's own column
         self.step += 1
 
 
@@ -240,7 +280,7 @@ class GpuEngine(Backend):
                  chat_template_kwargs: dict | None = None, cuda_graphs: bool | None = None,
                  check_every: int = 8, mix_adapters: bool = False, prefill_tokens: int | None = None,
                  compact: bool | None = None, cuda_shapes: bool | None = None, prefill: str | None = None,
-                 **_ignored):
+                 decode: str | None = None, **_ignored):
         import torch
 
         _register()
@@ -300,6 +340,15 @@ class GpuEngine(Backend):
 
             prefill = "packed" if self.cuda and available() else "padded"
         self.prefill = prefill
+        # decode: "slots" (continuous: a buffer of rows each answering its own prompt, a finished row's slot
+        # refilled with the next prompt's packed prefill; with the packed prefill only) or "batches" (a batch of
+        # prompts prefilled, then decoded until its last row ends); LORALINT_GPU_DECODE
+        decode = decode or os.environ.get("LORALINT_GPU_DECODE") or "slots"
+        if decode not in ("slots", "batches"):
+            raise ValueError(f"decode {decode!r}: slots or batches")
+        self.decode = decode
+        self.fills = 0
+        self.slot_shapes: list[tuple[int, int]] = []
         self.compactions = 0
         self.picks_accepted = 0  # constrained picks: the model's own token allowed / corrected by the grammar
         self.picks_corrected = 0
@@ -377,7 +426,12 @@ class GpuEngine(Backend):
                 "mix_adapters": self.mix_adapters, "batching": "answer-limit bucket, length-sorted; each prefill "
                 "chunk padded to its own longest row (rounded up to 8)", "prefix_caching": True,
                 "compact": self.compact, "first_piece": self.first_piece, "prefill": self.prefill,
-                "graph_tokens": self.graph_tokens}
+                "decode": "slots" if self._slots() else "batches", "graph_tokens": self.graph_tokens}
+
+    def _slots(self) -> bool:
+        """Continuous decoding (``decode="slots"``): it needs the packed prefill (a slot's prompt is written into
+        its row alone) and one adapter a batch."""
+        return self.decode == "slots" and self.prefill == "packed" and not self.mix_adapters
 
     def encode(self, messages: list[dict]) -> list[int]:
         text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
@@ -416,19 +470,30 @@ class GpuEngine(Backend):
                 order.append((a, idx[s:s + take]))
                 s, size = s + take, size * 2
         with torch.inference_mode(), self._attn():
-            pending = self._tokenize_async(prompts, order[0]) if order else None
-            for k, (adapter, idx) in enumerate(order):
-                w0 = time.perf_counter()
-                group = pending.result()
-                self.timing["tokenize_wait"] += time.perf_counter() - w0
-                pending = self._tokenize_async(prompts, order[k + 1]) if k + 1 < len(order) else None
-                for i, msg in group.error.items():
-                    out[i] = BackendError(msg)
-                live = [(i, ids) for i, ids in zip(group.idx, group.ids) if i not in group.error]
-                if not live:
-                    continue
-                self._run_group(adapter, live, caps, constraints, adapters, out, progress)
+            pieces = self._pieces(prompts, order, out)
+            if self._slots():  # each adapter's pieces through one continuous decode
+                for adapter, run in itertools.groupby(pieces, key=lambda x: x[0]):
+                    self._run_slots(adapter, (live for _, live in run), len(groups[adapter]), caps, constraints,
+                                    out, progress)
+            else:
+                for adapter, live in pieces:
+                    self._run_group(adapter, live, caps, constraints, adapters, out, progress)
         return [r if r is not None else BackendError("no answer") for r in out]
+
+    def _pieces(self, prompts, order, out):
+        """(adapter, [(prompt index, token ids), ...]) a piece of ``order``, tokenized: the next piece's
+        tokenization runs in a thread while this one is answered; a prompt that cannot be built gets its error."""
+        pending = self._tokenize_async(prompts, order[0]) if order else None
+        for k in range(len(order)):
+            w0 = time.perf_counter()
+            group = pending.result()
+            self.timing["tokenize_wait"] += time.perf_counter() - w0
+            pending = self._tokenize_async(prompts, order[k + 1]) if k + 1 < len(order) else None
+            for i, msg in group.error.items():
+                out[i] = BackendError(msg)
+            live = [(i, ids) for i, ids in zip(group.idx, group.ids) if i not in group.error]
+            if live:
+                yield group.adapter, live
 
     # ----------------------------------------------------------- tokenization
     def _tokenize_async(self, prompts, item):
@@ -570,6 +635,171 @@ class GpuEngine(Backend):
             if progress:
                 progress(len(batch))
 
+    # ------------------------------------------------------- continuous decode
+    def _run_slots(self, adapter, pieces, total: int, caps, constraints, out, progress) -> None:
+        """Continuous decoding of one adapter's prompts (``pieces``: lists of (index, token ids), the first one
+        already tokenized, the next ones as they come). One buffer of R rows ("slots") of L columns: the shared
+        prefix in columns 0 .. P of every row once; a prompt's own tokens prefilled (packed) into a free row from
+        column P, then decoded there, one column a step. Every ``check_every`` steps the host looks: finished
+        rows give their answers and their slots take the next prompts (one packed prefill for all of them), so
+        the GPU decodes full rows until the prompts run out, instead of a batch's few long answers keeping it
+        busy. Then, its rows ending, the buffer shrinks (compaction) as a batch's does. The few prompts whose
+        own tokens and answer limit exceed L (the longest half-percent of the first piece sets L), or that do
+        not begin with the prefix, are answered in batches at the end."""
+        import torch
+        from collections import deque
+
+        first = next(pieces, None)
+        if first is None:
+            return
+        dev = self.device_t
+        P = shared_prefix([ids for _, ids in first])
+        prefix = tuple(first[0][1][:P])
+        pk = self._prefix_kv(adapter, prefix) if P else None
+        if self.peft and adapter is not None:
+            self.model.set_adapter(adapter)
+        need = sorted(len(ids) - P + caps[i] + 1 for i, ids in first)
+        L = self._length_for(P + max(need[min(len(need) - 1, int(len(need) * 0.995))], 64))
+        R = self._rows_for(max(1, min(self.max_batch, (2 * self.batch_tokens) // L, total)))
+        bias = constraints is not None and any(c is not None for c in constraints)
+        b = self._shape(R, L, bias, adapter)
+        R, L = b.rows, b.length  # (a kept shape may be a little bigger)
+        self.slot_shapes.append((R, L))
+        self.prefix_tokens_saved -= P  # (computed once)
+        # every row free: finished, its next column the last (never the prefix's), that column attended to
+        b.mask.zero_()
+        b.out.zero_()
+        b.step.zero_()
+        b.limit.zero_()
+        b.done.fill_(True)
+        b.col.fill_(L - 1)
+        b.mask[:, :, :, L - 1] = True
+        if P:
+            b.put_prefix(pk)
+        slot: list = [None] * R  # (prompt index, its constraint) a row, None: free
+        queue: deque = deque()
+        seen: list = []
+        leftover: list = []
+
+        def admit(items):
+            for i, ids in items:
+                seen.append((i, ids))
+                if tuple(ids[:P]) == prefix and len(ids) - P + caps[i] + 1 <= L - P:
+                    queue.append((i, ids))
+                else:
+                    leftover.append((i, ids))
+
+        admit(first)
+        more = True
+        graph = self._graph(b, None) if self.cuda_graphs else None
+        eos = set(self.eos_ids)
+        t_loop = time.perf_counter()
+        other = sum(self.timing[k] for k in ("prefill", "compact", "capture"))
+        try:
+            while True:
+                # ---- look: finished rows' answers out, their slots refilled
+                done = b.done.tolist()
+                fin = [r for r in range(b.rows) if slot[r] is not None and done[r]]
+                if fin:
+                    idx = torch.tensor(fin, dtype=torch.long, device=dev)
+                    rows_out = torch.cat([b.step.index_select(0, idx)[:, None], b.out.index_select(0, idx)], 1)
+                    for r, row in zip(fin, rows_out.tolist()):
+                        i = slot[r][0]
+                        toks = row[1:1 + min(row[0], b.length)]
+                        self.live_row_steps += min(caps[i], next((k + 1 for k, t in enumerate(toks) if t in eos),
+                                                                 len(toks)))
+                        out[i] = self._finish(toks, caps[i])
+                        slot[r] = None
+                    if progress:
+                        progress(len(fin))
+                while not queue and more:
+                    nxt = next(pieces, None)
+                    if nxt is None:
+                        more = False
+                    else:
+                        admit(nxt)
+                free = [r for r in range(b.rows) if slot[r] is None]
+                busy = b.rows - len(free)
+                if queue and free and (busy == 0 or len(free) >= min(len(queue), max(1, b.rows // 8))):
+                    take = [queue.popleft() for _ in range(min(len(free), len(queue)))]
+                    self._fill(b, take, free[:len(take)], P, pk, caps, constraints)
+                    for r, (i, _ids) in zip(free, take):
+                        slot[r] = (i, constraints[i] if constraints is not None else None)
+                    busy += len(take)
+                if busy == 0:
+                    break
+                if not queue and not more and self.compact and self._compact_rows(busy) <= b.rows // 2:
+                    t0 = time.perf_counter()
+                    keep = [r for r in range(b.rows) if slot[r] is not None]
+                    b2 = self._gather(b, keep, adapter)
+                    slot = [slot[r] for r in keep] + [None] * (b2.rows - len(keep))
+                    b = b2
+                    graph = self._graph(b, None) if self.cuda_graphs else None
+                    self.compactions += 1
+                    self.timing["compact"] += time.perf_counter() - t0
+                # ---- decode: check_every steps of every row (a free row's are wasted, and cheap)
+                cons = [x[1] if x is not None else None for x in slot] if bias else None
+                for _ in range(self.check_every):
+                    if graph is not None:
+                        graph.replay()
+                        self.graph_steps += 1
+                    else:
+                        self._step(b, None)
+                    if bias:
+                        self._pick(b, cons, b.rows)
+                self._decode_steps += self.check_every
+                self.row_steps += b.rows * self.check_every
+        except Exception as e:  # noqa: BLE001 - the prompts not answered yet go through batches
+            if isinstance(e, torch.OutOfMemoryError) and self.cuda:
+                torch.cuda.empty_cache()
+            self._shapes.clear()
+            notice(f"gpu engine: continuous decoding failed ({type(e).__name__}: {str(e)[:120]}); "
+                   f"answering in batches")
+            self.decode = "batches"
+            for items in pieces:
+                seen.extend(items)
+            leftover = [x for x in seen if out[x[0]] is None]
+        # decode: the loop's time less its prefills, compactions and captures (the looks' syncs wait for it)
+        self.timing["decode"] += time.perf_counter() - t_loop - (
+            sum(self.timing[k] for k in ("prefill", "compact", "capture")) - other)
+        if leftover:
+            self._run_group(adapter, leftover, caps, constraints, None, out, progress)
+
+    def _fill(self, b: _Batch, items, rows: list[int], P: int, pk, caps, constraints) -> None:
+        """Prompts ``items`` into free rows ``rows`` of a continuous decode: each row's mask reset to its prefix
+        and prompt (columns 0 .. P + its length), its own tokens prefilled packed from column P, its first answer
+        token picked (through its constraint, if any), the row started."""
+        import torch
+
+        t0 = time.perf_counter()
+        dev = self.device_t
+        lens = [len(ids) - P for _, ids in items]
+        rows_t = torch.tensor(rows, dtype=torch.long, device=dev)
+        ends = torch.tensor([P + x for x in lens], dtype=torch.long, device=dev)
+        c = torch.arange(b.length, device=dev)
+        b.mask[rows_t] = (c[None, :] < ends[:, None])[:, None, None, :]
+        parts = self._prefill_packed(b, items, lens, self._packed_chunks(lens), P, {None: pk} if P else {},
+                                     [P] * len(items), rows=rows_t)
+        logits = torch.cat(parts)
+        self.prompt_tokens += sum(len(s) for _, s in items)
+        self.prefix_tokens_saved += P * len(items)
+        limit = torch.tensor([caps[i] for i, _ in items], dtype=torch.long, device=dev)
+        cons = [constraints[i] for i, _ in items] if constraints is not None else None
+        if cons is not None and any(x is not None for x in cons):
+            lg = logits.float()
+            raw = lg.argmax(-1).tolist()
+            done = [0] * len(items)
+            nxt = self._choose(lg, raw, done, cons)
+            self._advance(cons, done, nxt)
+            nxt = torch.tensor(nxt, dtype=torch.long, device=dev)
+        else:
+            nxt = logits.argmax(-1)
+        b.start(rows_t, nxt, ends, limit)
+        self.fills += 1
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.timing["prefill"] += time.perf_counter() - t0
+
     def _batches(self, live, caps, P) -> list[list[tuple[int, list[int]]]]:
         """Answer-limit buckets (rows of a batch end together), then length-sorted runs within the budget."""
         def bucket(c):
@@ -676,18 +906,18 @@ class GpuEngine(Backend):
         out.append((r0, len(lens)))
         return out
 
-    def _prefill_packed(self, b: _Batch, batch, lens, chunks, P: int, W: int, pk) -> list:
-        """The packed prefill of a batch (see :func:`_packed_attention`): each chunk's prompts' own tokens in one
-        row, row r's written at columns P + W - len .. P + W of the buffers (so decoding starts at column P + W
-        for every row, as after the padded prefill), its prefix's keys shared; the logits of each prompt's last
-        token."""
+    def _prefill_packed(self, b: _Batch, batch, lens, chunks, P: int, pk, first_cols, rows=None) -> list:
+        """The packed prefill of prompts ``batch`` (see :func:`_packed_attention`): each chunk's prompts' own
+        tokens in one row; prompt k's keys/values written into buffer row ``rows[k]`` (default k) at columns
+        ``first_cols[k]`` .. + its length (a batch right-aligns its prompts at P + W, so decoding starts at one
+        column for every row, as after the padded prefill; a slot starts its prompt at column P), its prefix's
+        keys shared; the logits of each prompt's last token. The caller sets the rows' masks."""
         import torch
 
         dev = self.device_t
-        n = len(batch)
-        c = torch.arange(b.length, device=dev)
         lens_t = torch.tensor(lens, dtype=torch.long, device=dev)
-        b.mask[:n, 0, 0, :] |= (c[None, :] >= P + W - lens_t[:, None]) & (c[None, :] < P + W)
+        first_t = torch.as_tensor(first_cols, dtype=torch.long).to(dev)
+        rows_t = torch.arange(len(batch), device=dev) if rows is None else torch.as_tensor(rows).to(dev)
         prefix_k = prefix_v = None
         if P:
             ks, vs = pk[next(iter(pk))]
@@ -699,13 +929,13 @@ class GpuEngine(Backend):
             rc, total = r1 - r0, int(sum(lens[r0:r1]))
             ids = torch.tensor([t for _, s in batch[r0:r1] for t in s[P:]], dtype=torch.long).to(dev, non_blocking=True)
             starts = torch.cumsum(lc, 0) - lc
-            rows = torch.repeat_interleave(torch.arange(r0, r1, device=dev), lc)
             j = torch.arange(total, device=dev) - torch.repeat_interleave(starts, lc)  # a token's index in its prompt
             cu_q = torch.zeros(rc + 1, dtype=torch.int32, device=dev)
             cu_q[1:] = torch.cumsum(lc, 0)
             ctx = _Ctx()
-            ctx.packed, ctx.k, ctx.v, ctx.rows = True, b.k, b.v, rows
-            ctx.cols = P + W - torch.repeat_interleave(lc, lc) + j
+            ctx.packed, ctx.k, ctx.v = True, b.k, b.v
+            ctx.rows = torch.repeat_interleave(rows_t[r0:r1], lc)
+            ctx.cols = torch.repeat_interleave(first_t[r0:r1], lc) + j
             ctx.cu_q, ctx.max_q = cu_q, int(max(lens[r0:r1]))
             ctx.max_k = P + ctx.max_q
             if P:
@@ -755,23 +985,19 @@ class GpuEngine(Backend):
         b.step.zero_()
         b.out.zero_()
         if P:
-            b.mask[:, :, :, :P] = True
             if mixed:  # each adapter's prefix into its rows
                 for a in set(names):
-                    idx = torch.tensor([r for r, x in enumerate(names) if x == a], device=dev)
-                    for li in range(self.n_layers):
-                        b.k[li][:, :, :P].index_copy_(0, idx, pk[a][0][li].expand(len(idx), -1, -1, -1))
-                        b.v[li][:, :, :P].index_copy_(0, idx, pk[a][1][li].expand(len(idx), -1, -1, -1))
+                    b.put_prefix(pk[a], torch.tensor([r for r, x in enumerate(names) if x == a], device=dev))
             else:
-                ks, vs = pk[next(iter(pk))]
-                for li in range(self.n_layers):
-                    b.k[li][:, :, :P].copy_(ks[li].expand(rows, -1, -1, -1))
-                    b.v[li][:, :, :P].copy_(vs[li].expand(rows, -1, -1, -1))
+                b.put_prefix(pk[next(iter(pk))])
         else:
             b.mask[:, :, :, 0] = True  # padding rows attend to something (no NaN)
         parts = []
         if packed:
-            parts = self._prefill_packed(b, batch, lens, chunks, P, W, pk)
+            c = torch.arange(b.length, device=dev)
+            first = torch.tensor([P + W - x for x in lens], dtype=torch.long, device=dev)
+            b.mask[:n, 0, 0, :] |= (c[None, :] >= first[:, None]) & (c[None, :] < P + W)
+            parts = self._prefill_packed(b, batch, lens, chunks, P, pk, first)
             chunks = []
         for r0, r1, w in chunks:
             rc = r1 - r0
@@ -887,6 +1113,22 @@ class GpuEngine(Backend):
             if d:
                 final[cur[j]] = toks[j]
         live = len(keep)
+        b2 = self._gather(b, keep, adapter)
+        cur = [cur[j] for j in keep]
+        if cons is not None:
+            cons = [cons[j] for j in keep]
+        if names is not None:
+            names = [names[j] for j in keep] + [names[0]] * (b2.rows - live)
+        self.compactions += 1
+        self.timing["compact"] += time.perf_counter() - t0
+        return b2, cur, cons, names
+
+    def _gather(self, b: _Batch, keep: list[int], adapter) -> _Batch:
+        """Rows ``keep`` of ``b`` (keys, values, mask, state) gathered into the first rows of a smaller buffer
+        (rows a power of 2 on CUDA, the same columns); its further rows are finished padding."""
+        import torch
+
+        live = len(keep)
         length = b.length if not self.cuda_shapes else 1 << (b.length - 1).bit_length()
         b2 = self._shape(self._compact_rows(live), length, b.bias, adapter, avoid=b)
         idx = torch.tensor(keep, dtype=torch.long, device=self.device_t)
@@ -899,20 +1141,12 @@ class GpuEngine(Backend):
         b2.mask[live:, :, :, 0] = True  # padding rows attend to something (no NaN)
         b2.out.zero_()
         b2.out[:live, :L].copy_(b.out.index_select(0, idx))
-        for x, y in ((b2.ids, b.ids), (b2.pos, b.pos), (b2.limit, b.limit), (b2.done, b.done)):
+        for x, y in ((b2.ids, b.ids), (b2.pos, b.pos), (b2.limit, b.limit), (b2.done, b.done), (b2.col, b.col),
+                     (b2.step, b.step)):
             x.zero_()
             x[:live].copy_(y.index_select(0, idx))
         b2.done[live:] = True
-        b2.col.copy_(b.col)
-        b2.step.copy_(b.step)
-        cur = [cur[j] for j in keep]
-        if cons is not None:
-            cons = [cons[j] for j in keep]
-        if names is not None:
-            names = [names[j] for j in keep] + [names[0]] * (b2.rows - live)
-        self.compactions += 1
-        self.timing["compact"] += time.perf_counter() - t0
-        return b2, cur, cons, names
+        return b2
 
     def _grouped_mask(self, m, dtype):
         """A prefill's bool mask ``[rows, 1, q, kv]`` made once for all layers: repeated for the query heads
@@ -929,7 +1163,7 @@ class GpuEngine(Backend):
     def _step(self, b: _Batch, names=None) -> None:
         """One decode step: the last tokens' forward, then the greedy pick (captured whole as a CUDA graph)."""
         logits = self._forward(b.ctx(), b.ids, b.pos, names)
-        b.col += 1
+        b.col.add_(1).clamp_(max=b.length - 1)  # (a finished row waiting in a slot stays in its buffer)
         b.pos += 1
         b.select(logits)
 
@@ -985,9 +1219,25 @@ class GpuEngine(Backend):
         import torch
 
         raw, done = torch.stack((b.raw[:n], b.done[:n].long())).tolist()  # one transfer
+        nxt = self._choose(b.logits, raw, done, cons[:n])
+        full = nxt + [self.eos_ids[0]] * (b.rows - n)
+        b.commit(torch.tensor(full, dtype=torch.long).to(b.raw.device, non_blocking=True))
+        self._advance(cons[:n], done, nxt)
+
+    def _advance(self, cons, done, nxt) -> None:
+        eos = set(self.eos_ids)
+        for r, c in enumerate(cons):
+            if c is not None and not done[r] and not getattr(c, "finished", False) and nxt[r] not in eos:
+                c.advance(nxt[r])  # a row that has ended says end-of-turn from then on: never fed
+
+    def _choose(self, logits, raw: list[int], done: list, cons) -> list[int]:
+        """Each row's token (see :meth:`_pick`): ``raw`` (the argmax of ``logits``, [rows, vocab]) where its
+        constraint accepts it or it has none, else its constraint's best allowed token."""
+        import torch
+
         nxt = list(raw)
         fix_rows, fix_ids = [], []
-        for r, c in enumerate(cons[:n]):
+        for r, c in enumerate(cons):
             if c is None or done[r]:
                 continue
             if getattr(c, "finished", False):
@@ -1005,18 +1255,13 @@ class GpuEngine(Backend):
             self.picks_corrected += len(fix_rows)
             width = max(map(len, fix_ids))
             cols = torch.tensor([x + [x[0]] * (width - len(x)) for x in fix_ids], dtype=torch.long)
-            cols = cols.to(b.logits.device)
-            rows = torch.tensor(fix_rows, dtype=torch.long, device=b.logits.device)
-            best = b.logits[rows[:, None], cols].argmax(-1)  # the best allowed token, lowest id on a tie
+            cols = cols.to(logits.device)
+            rows = torch.tensor(fix_rows, dtype=torch.long, device=logits.device)
+            best = logits[rows[:, None], cols].argmax(-1)  # the best allowed token, lowest id on a tie
             got = cols.gather(1, best[:, None])[:, 0].tolist()
             for r, t in zip(fix_rows, got):
                 nxt[r] = t
-        full = nxt + [self.eos_ids[0]] * (b.rows - n)
-        b.commit(torch.tensor(full, dtype=torch.long).to(b.raw.device, non_blocking=True))
-        eos = set(self.eos_ids)
-        for r, c in enumerate(cons[:n]):
-            if c is not None and not done[r] and not getattr(c, "finished", False) and nxt[r] not in eos:
-                c.advance(nxt[r])  # a row that has ended says end-of-turn from then on: never fed
+        return nxt
 
     def _finish(self, tokens: Sequence[int], cap: int) -> Completion:
         eos = set(self.eos_ids)
@@ -1061,19 +1306,19 @@ class GpuEngine(Backend):
                 ks, vs = self._prefix_kv(None, tuple(ids[:P]))
                 batch = [(i, ids[:m]) for i, m in enumerate((n - 1, n - 5, P + 2))]  # longest first
                 lens = [len(s) - P for _, s in batch]
-                W = _up(max(lens), 8 if self.cuda_shapes else 1)
-                b = _Batch(self, len(batch), _up(P + W + 8, 8), False)
-                for li in range(self.n_layers):
-                    b.k[li][:, :, :P].copy_(ks[li].expand(len(batch), -1, -1, -1))
-                    b.v[li][:, :, :P].copy_(vs[li].expand(len(batch), -1, -1, -1))
-                b.mask[..., :P] = True
-                got = torch.cat(self._prefill_packed(b, batch, lens, self._packed_chunks(lens), P, W,
-                                                     {None: (ks, vs)})).float()
+                # as a continuous decode lays them out: each prompt from column P, then its own next column
+                b = _Batch(self, len(batch), _up(n + 8, 8), False)
+                b.put_prefix((ks, vs))
+                c = torch.arange(b.length, device=dev)
+                ends = torch.tensor([len(s) for _, s in batch], device=dev)
+                b.mask[:, 0, 0, :] |= c[None, :] < ends[:, None]
+                got = torch.cat(self._prefill_packed(b, batch, lens, self._packed_chunks(lens), P,
+                                                     {None: (ks, vs)}, [P] * len(batch))).float()
                 want = torch.stack([ref[len(s) - 1] for _, s in batch])
                 b.ids[:, 0] = torch.tensor([ids[len(s)] for _, s in batch], device=dev)
-                b.pos[:, 0] = torch.tensor([len(s) for _, s in batch], device=dev)
-                b.col.fill_(P + W)
-                b.mask.index_fill_(3, b.col, True)
+                b.pos[:, 0] = ends
+                b.col.copy_(ends)
+                b.mask[b.ar, 0, 0, b.col] = True
                 got2 = self._forward(b.ctx(), b.ids, b.pos).float()
                 want2 = torch.stack([ref[len(s)] for _, s in batch])
         self._prefixes.pop((None, tuple(ids[:P])), None)
@@ -1096,10 +1341,7 @@ class GpuEngine(Backend):
                     self.model.set_adapter(next(iter(self.adapters)))
                 ks, vs = self._prefix_kv(None, tuple(ids[:P]))
                 b = _Batch(self, 1, _up(n + 8, 8), False)
-                for li in range(self.n_layers):
-                    b.k[li][:, :, :P].copy_(ks[li])
-                    b.v[li][:, :, :P].copy_(vs[li])
-                b.mask[..., :P] = True
+                b.put_prefix((ks, vs))
                 b.col.fill_(P)
                 got = []
                 for t in range(P, n):
@@ -1126,7 +1368,8 @@ class GpuEngine(Backend):
             "row_steps": self.row_steps, "live_row_steps": self.live_row_steps,
             "wasted_row_steps": self.row_steps - self.live_row_steps, "compactions": self.compactions,
             "picks_accepted": self.picks_accepted, "picks_corrected": self.picks_corrected,
-            "prefill_forwards": self.prefill_forwards, "graph_steps": self.graph_steps}
+            "prefill_forwards": self.prefill_forwards, "graph_steps": self.graph_steps, "fills": self.fills,
+            "slot_shapes": [list(x) for x in self.slot_shapes]}
 
 
 def shared_prefix(seqs: Sequence[Sequence[int]], least: int = 8) -> int:
