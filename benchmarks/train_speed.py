@@ -66,6 +66,8 @@ MODES: dict[str, dict] = {  # in the order they run: the cheap and the likely de
     "packed-varlen-compile": {"packing": True, "attn_implementation": "varlen", "compile_layers": True},
     "packed-varlen-compile-b128": {"packing": True, "attn_implementation": "varlen", "compile_layers": True,
                                    "batch_size": 128},
+    "packed-varlen-compile-b256": {"packing": True, "attn_implementation": "varlen", "compile_layers": True,
+                                   "batch_size": 256},
     "grouped": {"group_by_length": True, "padding_free": False, "packing": False, "attn_implementation": "sdpa",
                 "mask_free": False},
     "grouped-maskfree": {"group_by_length": True, "padding_free": False, "packing": False,

