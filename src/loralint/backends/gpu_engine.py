@@ -19,6 +19,12 @@ that shape of work:
   Llama, Qwen, ...). The decode step (forward of one token a row, greedy pick, finished rows masked on the
   device, token recorded on the device) is captured once per (adapter, rows, length) as a CUDA graph and
   replayed; the host looks at the device every ``check_every`` steps only to stop once all rows are done.
+- **Continuous decoding** (``decode="slots"``, the default with the packed prefill). One buffer of rows
+  ("slots"), the shared prefix in every row once; a prompt's own tokens are prefilled (packed) into a free row
+  and decoded there, each row at its own column and step. At each look (every ``check_every`` steps) finished
+  rows give their answers and their slots take the next prompts, in one packed prefill: the GPU decodes full
+  rows until the prompts run out, instead of waiting, batch after batch, for each batch's longest answer.
+  ``decode="batches"`` (or the padded prefill) decodes batch by batch as below.
 - **Compaction.** At each look, once the rows still answering fit a buffer of half the rows or fewer, their
   keys/values, mask and state are gathered into such a buffer and decoding goes on there: a batch's few
   long answers no longer make all its rows decode (``row_steps`` / ``wasted_row_steps`` in the profile).
