@@ -748,13 +748,7 @@ class GpuEngine(Backend):
                 # ---- decode: check_every steps of every row (a free row's are wasted, and cheap)
                 cons = [x[1] if x is not None else None for x in slot] if bias else None
                 for _ in range(self.check_every):
-                    if graph is not None:
-                        graph.replay()
-                        self.graph_steps += 1
-                    else:
-                        self._step(b, None)
-                    if bias:
-                        self._pick(b, cons, b.rows)
+                    self._one_step(b, graph, None, cons, b.rows)
                 self._decode_steps += self.check_every
                 self.row_steps += b.rows * self.check_every
         except Exception as e:  # noqa: BLE001 - the prompts not answered yet go through batches
@@ -1093,13 +1087,7 @@ class GpuEngine(Backend):
                         self.row_steps += b.rows * (steps - shape_from)
                         shape_from, b = steps, b2
                         graph = self._graph_for(b, names)
-            if graph is not None:
-                graph.replay()
-                self.graph_steps += 1
-            else:
-                self._step(b, names)
-            if bias:
-                self._pick(b, cons, len(cur))
+            self._one_step(b, graph, names, cons if bias else None, len(cur))
             steps += 1
         self.row_steps += b.rows * (steps - shape_from)
         self._decode_steps += steps
@@ -1167,6 +1155,17 @@ class GpuEngine(Backend):
         if g > 1:
             m = m.repeat(1, 1, g, 1)
         return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf"))
+
+    def _one_step(self, b: _Batch, graph, names, cons, n: int) -> None:
+        """A decode step of ``b``: its graph replayed (or the step run eagerly); with constraints (``cons``: one a
+        buffer row, for the first ``n`` rows) the host's pick after it."""
+        if graph is not None:
+            graph.replay()
+            self.graph_steps += 1
+        else:
+            self._step(b, names)
+        if cons is not None:
+            self._pick(b, cons, n)
 
     def _step(self, b: _Batch, names=None) -> None:
         """One decode step: the last tokens' forward, then the greedy pick (captured whole as a CUDA graph)."""
