@@ -393,7 +393,8 @@ PROFILE_NOTES = {
     "wasted_row_steps": "row_steps - live_row_steps", "compactions": "count", "generated_tokens": "tokens",
     "graph_steps": "decode steps replayed from a CUDA graph (the rest eager: big shapes)",
     "fills": "continuous decode: packed prefills into finished rows' slots",
-    "slot_shapes": "continuous decode: the buffer (rows, columns) of each generate call",
+    "slot_shapes": "continuous decode: its buffers (rows, columns): one a generate call, and each growth",
+    "slot_leftovers": "continuous decode: prompts too long for its buffer, answered in batches after",
     "load_model": "of load: base + adapter (merged), on the device", "load_tokenizer": "of load: tokenizer",
     "load_self_check": "of load: the engine's start-up check against a plain forward",
 }

@@ -354,6 +354,7 @@ class GpuEngine(Backend):
             raise ValueError(f"decode {decode!r}: slots or batches")
         self.decode = decode
         self.fills = 0
+        self.slot_leftovers = 0  # prompts a continuous decode left to batches (too long for its buffer)
         self.slot_shapes: list[tuple[int, int]] = []
         self.compactions = 0
         self.picks_accepted = 0  # constrained picks: the model's own token allowed / corrected by the grammar
@@ -369,6 +370,7 @@ class GpuEngine(Backend):
         self.timing = {"tokenize": 0.0, "tokenize_wait": 0.0, "prefix": 0.0, "prefill": 0.0, "decode": 0.0,
                        "capture": 0.0, "compact": 0.0}
         self._prefixes: dict[tuple, tuple[list, list]] = {}
+        self._next_piece = None
         self._shapes: dict[tuple, _Batch] = {}
         self._graph_failed = False
         self._decode_steps = 0
@@ -495,6 +497,7 @@ class GpuEngine(Backend):
             group = pending.result()
             self.timing["tokenize_wait"] += time.perf_counter() - w0
             pending = self._tokenize_async(prompts, order[k + 1]) if k + 1 < len(order) else None
+            self._next_piece = pending  # (a continuous decode takes the next piece as soon as it is ready)
             for i, msg in group.error.items():
                 out[i] = BackendError(msg)
             live = [(i, ids) for i, ids in zip(group.idx, group.ids) if i not in group.error]
@@ -511,6 +514,9 @@ class GpuEngine(Backend):
             def result(self_inner):
                 th.join()
                 return box["g"]
+
+            def ready(self_inner) -> bool:
+                return not th.is_alive()
 
         return _Pending()
 
@@ -652,8 +658,9 @@ class GpuEngine(Backend):
         busy. Then, its rows ending, the buffer shrinks (compaction) as a batch's does. The few prompts whose
         own tokens and answer limit exceed L (the longest half-percent of the first piece sets L), or that do
         not begin with the prefix, are answered in batches at the end."""
+        import heapq
+
         import torch
-        from collections import deque
 
         first = next(pieces, None)
         if first is None:
@@ -667,6 +674,10 @@ class GpuEngine(Backend):
         need = sorted(len(ids) - P + caps[i] + 1 for i, ids in first)
         L = self._length_for(P + max(need[min(len(need) - 1, int(len(need) * 0.995))], 64))
         R = self._rows_for(max(1, min(self.max_batch, (2 * self.batch_tokens) // L, total)))
+        # a later prompt that needs more columns makes the buffer grow (at a look), up to what 4 x batch_tokens
+        # allows; beyond that it is answered in a batch at the end
+        cap_len = max(L, (4 * self.batch_tokens) // R)
+        grow = [0]
         bias = constraints is not None and any(c is not None for c in constraints)
         b = self._shape(R, L, bias, adapter)
         R, L = b.rows, b.length  # (a kept shape may be a little bigger)
@@ -683,15 +694,19 @@ class GpuEngine(Backend):
         if P:
             b.put_prefix(pk)
         slot: list = [None] * R  # (prompt index, its constraint) a row, None: free
-        queue: deque = deque()
+        # the prompts waiting, the longest answer limit first: the long answers start early and decode beside the
+        # short ones, instead of being the last rows a call waits for
+        queue: list = []
         seen: list = []
         leftover: list = []
 
         def admit(items):
             for i, ids in items:
                 seen.append((i, ids))
-                if tuple(ids[:P]) == prefix and len(ids) - P + caps[i] + 1 <= L - P:
-                    queue.append((i, ids))
+                end = len(ids) + caps[i] + 1  # (the prefix, the prompt, its answer, the end-of-turn's column)
+                if tuple(ids[:P]) == prefix and end <= cap_len:
+                    heapq.heappush(queue, (-caps[i], len(seen), i, ids))
+                    grow[0] = max(grow[0], end)
                 else:
                     leftover.append((i, ids))
 
@@ -720,16 +735,22 @@ class GpuEngine(Backend):
                         slot[r] = None
                     if progress:
                         progress(len(fin))
-                while not queue and more:
+                while more and (not queue or self._next_piece is None or self._next_piece.ready()):
                     nxt = next(pieces, None)
                     if nxt is None:
                         more = False
                     else:
                         admit(nxt)
+                if grow[0] > b.length:  # a waiting prompt needs more columns: every row moves to a longer buffer
+                    t0 = time.perf_counter()
+                    b = self._grow(b, grow[0], pk, adapter)
+                    slot += [None] * (b.rows - len(slot))
+                    graph = self._graph(b, None) if self.cuda_graphs else None
+                    self.timing["compact"] += time.perf_counter() - t0
                 free = [r for r in range(b.rows) if slot[r] is None]
                 busy = b.rows - len(free)
                 if queue and free and (busy == 0 or len(free) >= min(len(queue), max(1, b.rows // 8))):
-                    take = [queue.popleft() for _ in range(min(len(free), len(queue)))]
+                    take = [heapq.heappop(queue)[2:] for _ in range(min(len(free), len(queue)))]
                     self._fill(b, take, free[:len(take)], P, pk, caps, constraints)
                     for r, (i, _ids) in zip(free, take):
                         slot[r] = (i, constraints[i] if constraints is not None else None)
@@ -765,7 +786,24 @@ class GpuEngine(Backend):
         self.timing["decode"] += time.perf_counter() - t_loop - (
             sum(self.timing[k] for k in ("prefill", "compact", "capture")) - other)
         if leftover:
+            self.slot_leftovers += len(leftover)
             self._run_group(adapter, leftover, caps, constraints, None, out, progress)
+
+    def _grow(self, b: _Batch, columns: int, pk, adapter) -> _Batch:
+        """A continuous decode's buffer, every row and its state, in a buffer of at least ``columns`` columns; a
+        row the new buffer has beyond ``b``'s is free (finished, the prefix in place, its next column the last)."""
+        import torch
+
+        b2 = self._gather(b, list(range(b.rows)), adapter, rows=b.rows, length=self._length_for(columns))
+        if b2.rows > b.rows:  # (a kept shape a little bigger)
+            extra = torch.arange(b.rows, b2.rows, device=self.device_t)
+            b2.mask[extra] = False
+            b2.mask[extra, :, :, b2.length - 1] = True
+            b2.col[extra] = b2.length - 1
+            if pk is not None:
+                b2.put_prefix(pk, extra)
+        self.slot_shapes.append((b2.rows, b2.length))
+        return b2
 
     def _fill(self, b: _Batch, items, rows: list[int], P: int, pk, caps, constraints) -> None:
         """Prompts ``items`` into free rows ``rows`` of a continuous decode: each row's mask reset to its prefix
@@ -1119,14 +1157,17 @@ class GpuEngine(Backend):
         self.timing["compact"] += time.perf_counter() - t0
         return b2, cur, cons, names
 
-    def _gather(self, b: _Batch, keep: list[int], adapter) -> _Batch:
-        """Rows ``keep`` of ``b`` (keys, values, mask, state) gathered into the first rows of a smaller buffer
-        (rows a power of 2 on CUDA, the same columns); its further rows are finished padding."""
+    def _gather(self, b: _Batch, keep: list[int], adapter, rows: int | None = None,
+                length: int | None = None) -> _Batch:
+        """Rows ``keep`` of ``b`` (keys, values, mask, state) gathered into the first rows of another buffer: by
+        default a smaller one (rows a power of 2 on CUDA, the same columns), else ``rows`` x ``length``; its
+        further rows are finished padding."""
         import torch
 
         live = len(keep)
-        length = b.length if not self.cuda_shapes else 1 << (b.length - 1).bit_length()
-        b2 = self._shape(self._compact_rows(live), length, b.bias, adapter, avoid=b)
+        if length is None:
+            length = b.length if not self.cuda_shapes else 1 << (b.length - 1).bit_length()
+        b2 = self._shape(rows or self._compact_rows(live), length, b.bias, adapter, avoid=b)
         idx = torch.tensor(keep, dtype=torch.long, device=self.device_t)
         L = b.length  # (b2 may be longer: its further columns stay masked)
         for li in range(self.n_layers):
@@ -1376,7 +1417,7 @@ class GpuEngine(Backend):
             "wasted_row_steps": self.row_steps - self.live_row_steps, "compactions": self.compactions,
             "picks_accepted": self.picks_accepted, "picks_corrected": self.picks_corrected,
             "prefill_forwards": self.prefill_forwards, "graph_steps": self.graph_steps, "fills": self.fills,
-            "slot_shapes": [list(x) for x in self.slot_shapes]}
+            "slot_leftovers": self.slot_leftovers, "slot_shapes": [list(x) for x in self.slot_shapes]}
 
 
 def shared_prefix(seqs: Sequence[Sequence[int]], least: int = 8) -> int:
