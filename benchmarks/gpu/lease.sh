@@ -126,7 +126,7 @@ scan_speed() {  # the gpu engine decoding continuously, batch by batch, and the 
   say "scan_speed --compare-engines --compare-decode --constrained (budget $budget s)"
   # (TOKENIZERS_PARALLELISM as a user's shell has it: unset)
   timeout $(( budget + 10 )) env -u TOKENIZERS_PARALLELISM python3 benchmarks/scan_speed.py --compare-engines \
-    ${COMPARE_DECODE---compare-decode} --constrained --device cuda \
+    ${COMPARE_DECODE---compare-decode} ${SKIP_REFERENCE:+--skip-reference} --constrained --device cuda \
     --adapter /tmp/ad/predicate --corpus /tmp/work/corpus --limit-files "${FILES:-2400}" --total-budget $budget \
     --phase-budget $(( budget * 60 / 100 )) --out "$OUT/scan_speed_h200.json" >> "$log" 2>&1
   say "scan_speed rc=$?"
@@ -140,7 +140,8 @@ setup)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
   python3 -c "import torch, transformers, peft, trl, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'trl', trl.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tail -2 | tee -a "$log"
   # PyTorch's FlashAttention varlen kernel (packed training rows) against one SDPA call an example, on this GPU
-  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_packed_attention.py -k cuda 2>&1 | tail -3 | tee -a "$log"
+  [ -z "${SKIP_CUDA_TESTS:-}" ] && timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_packed_attention.py \
+    -k cuda 2>&1 | tail -3 | tee -a "$log"
   if [ -d .carry/smol-cfg ]; then  # (carried too) the gpu engine's decoding modes against each other, random weights
     rand135m
     say "engine_check: continuous vs batch-by-batch decoding"
