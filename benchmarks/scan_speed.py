@@ -409,6 +409,15 @@ def print_profile(prof: dict) -> None:
         print(f"{k} | {v} | {PROFILE_NOTES.get(k, '')}")
 
 
+def identical(rec: "Recorder", ref: "Recorder") -> tuple[int, float | None]:
+    """Windows both recorders answered, and the share whose answer text is the same (an error of ``ref``'s is
+    never the same)."""
+    both = [k for k in ref.answers if k in rec.answers]
+    same = sum(getattr(rec.answers[k], "text", None) == getattr(ref.answers[k], "text", None)
+               and not isinstance(ref.answers[k], BackendError) for k in both)
+    return len(both), (round(same / len(both), 4) if both else None)
+
+
 def compare_engines(a) -> int:
     """The gpu engine and the reference engine on the same files, same run: speed and identical answers."""
     import threading
@@ -486,10 +495,7 @@ def compare_engines(a) -> int:
             os.environ.pop("LORALINT_GPU_DECODE", None)
         info["phases"]["gpu_batches"] = row_b
         if rec_gpu is not None and rec_b is not None:
-            both = [k for k in rec_b.answers if k in rec_gpu.answers]
-            same = sum(getattr(rec_gpu.answers[k], "text", None) == getattr(rec_b.answers[k], "text", None)
-                       for k in both)
-            info["slots_vs_batches_identical_fraction"] = round(same / len(both), 4) if both else None
+            info["slots_vs_batches_identical_fraction"] = identical(rec_gpu, rec_b)[1]
             if row_b.get("seconds") and row_gpu.get("seconds"):
                 info["speedup_vs_batches"] = round(row_b["seconds"] / row_gpu["seconds"], 2)
         write()
@@ -498,11 +504,7 @@ def compare_engines(a) -> int:
                                         min(a.phase_budget, left()), a.ref_chunk, a.constrained)
         info["phases"]["reference"] = row_ref
         if rec_gpu is not None and rec_ref is not None:
-            both = [k for k in rec_ref.answers if k in rec_gpu.answers]
-            same = sum(getattr(rec_gpu.answers[k], "text", None) == getattr(rec_ref.answers[k], "text", None)
-                       and not isinstance(rec_ref.answers[k], BackendError) for k in both)
-            info["answers_compared"] = len(both)
-            info["answers_identical_fraction"] = round(same / len(both), 4) if both else None
+            info["answers_compared"], info["answers_identical_fraction"] = identical(rec_gpu, rec_ref)
             if row_ref.get("seconds") and row_gpu.get("seconds") and not row_ref.get("timed_out"):
                 info["speedup_vs_reference"] = round(row_ref["seconds"] / row_gpu["seconds"], 2)
             elif row_ref.get("windows_answered") and row_gpu.get("windows_per_s"):

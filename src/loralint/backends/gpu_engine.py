@@ -655,9 +655,11 @@ class GpuEngine(Backend):
         column P, then decoded there, one column a step. Every ``check_every`` steps the host looks: finished
         rows give their answers and their slots take the next prompts (one packed prefill for all of them), so
         the GPU decodes full rows until the prompts run out, instead of a batch's few long answers keeping it
-        busy. Then, its rows ending, the buffer shrinks (compaction) as a batch's does. The few prompts whose
-        own tokens and answer limit exceed L (the longest half-percent of the first piece sets L), or that do
-        not begin with the prefix, are answered in batches at the end."""
+        busy. Waiting prompts go longest answer limit first; the next piece is taken as soon as it is tokenized.
+        L starts from the first piece (all but its longest half-percent) and grows (:meth:`_grow`) when a waiting
+        prompt needs more columns, up to 4 x ``batch_tokens`` / R; then, its rows ending, the buffer shrinks
+        (compaction) as a batch's does. A prompt beyond that bound, or not beginning with the prefix, is answered
+        in a batch at the end (``slot_leftovers``)."""
         import heapq
 
         import torch
@@ -713,7 +715,6 @@ class GpuEngine(Backend):
         admit(first)
         more = True
         graph = self._graph(b, None) if self.cuda_graphs else None
-        eos = set(self.eos_ids)
         t_loop = time.perf_counter()
         other = sum(self.timing[k] for k in ("prefill", "compact", "capture"))
         try:
@@ -728,10 +729,7 @@ class GpuEngine(Backend):
                     rows_out = torch.cat([steps[:, None], b.out.index_select(0, idx)[:, :width]], 1)
                     for r, row in zip(fin, rows_out.tolist()):
                         i = slot[r][0]
-                        toks = row[1:1 + row[0]]
-                        self.live_row_steps += min(caps[i], next((k + 1 for k, t in enumerate(toks) if t in eos),
-                                                                 len(toks)))
-                        out[i] = self._finish(toks, caps[i])
+                        out[i] = self._finish(row[1:1 + row[0]], caps[i])
                         slot[r] = None
                     if progress:
                         progress(len(fin))
@@ -1088,9 +1086,6 @@ class GpuEngine(Backend):
             self._pick(b, cons, n)
         toks = self._decode(b, n, T, cons, names, bias, adapter)
         self.timing["decode"] += time.perf_counter() - t1
-        eos = set(self.eos_ids)
-        self.live_row_steps += sum(min(caps[i], next((k + 1 for k, t in enumerate(r) if t in eos), len(r)))
-                                   for r, (i, _) in zip(toks, batch))
         for r, (i, _) in enumerate(batch):
             out[i] = self._finish(toks[r], caps[i])
 
@@ -1137,8 +1132,6 @@ class GpuEngine(Backend):
     def _compact(self, b: _Batch, cur, cons, names, steps, final, adapter):
         """The rows of ``b`` still answering, gathered into a smaller buffer (same columns); the finished
         rows' tokens go to ``final``. Returns the new buffer, row map, constraints and adapter names."""
-        import torch
-
         t0 = time.perf_counter()
         done = b.done[:len(cur)].tolist()
         toks = b.out[:len(cur), :steps].tolist()
@@ -1312,8 +1305,11 @@ class GpuEngine(Backend):
         return nxt
 
     def _finish(self, tokens: Sequence[int], cap: int) -> Completion:
+        """A row's answer from its decoded tokens (up to its end-of-turn or its limit ``cap``); the steps it was
+        still answering are counted (``live_row_steps``)."""
         eos = set(self.eos_ids)
         cut = next((k for k, t in enumerate(tokens) if t in eos), None)
+        self.live_row_steps += min(cap, len(tokens) if cut is None else cut + 1)
         truncated = cut is None or cut >= cap
         kept = list(tokens[: cap if truncated else cut])
         self.generated_tokens += len(kept)
