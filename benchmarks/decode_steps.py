@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", default=str(ROOT / ".cache" / "corpus"))
     ap.add_argument("--packages", nargs="*", default=GPU_PACKAGES)
     ap.add_argument("--files", type=int, default=1700)
-    ap.add_argument("--chunk", type=int, default=4096, help="Windows a generate call (the scan's chunk).")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="Windows a generate call (the scan's chunk; default: what each decoding asks the scan for, "
+                         "Backend.scan_chunk: every window at once for continuous decoding, 4,096 batch by batch).")
     ap.add_argument("--max-batch", type=int, default=1024)
     ap.add_argument("--batch-tokens", type=int, default=1_170_000, help="The engine's default on an H200.")
     ap.add_argument("--base", default=None, help="A model folder whose config and tokenizer to use (default: the "
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n_files} files, {len(prompts)} windows, {sum(ends)} answer tokens (oracle's, with end-of-turn); "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     rep: dict = {"benchmark": "decode_steps", "files": n_files, "windows": len(prompts),
-                 "answer_tokens": sum(ends), "packages": a.packages, "chunk": a.chunk,
+                 "answer_tokens": sum(ends), "packages": a.packages,
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "modes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = tiny_model(base, Path(tmp) / "tiny")
@@ -115,12 +117,16 @@ def main(argv: list[str] | None = None) -> int:
                             prefill_tokens=262_144)
             t0 = time.perf_counter()
             got = []
-            for s in range(0, len(prompts), a.chunk):  # as the scan calls the engine: a chunk of windows a call
-                got += eng.generate(prompts[s:s + a.chunk], ends[s:s + a.chunk])
+            chunk = a.chunk or eng.scan_chunk
+            for s in range(0, len(prompts), chunk):  # as the scan calls the engine: a chunk of windows a call
+                got += eng.generate(prompts[s:s + chunk], ends[s:s + chunk])
             dt = time.perf_counter() - t0
             answers[mode] = [getattr(r, "tokens", None) for r in got]
             prof = eng.profile()
-            rep["modes"][mode] = {"settings": eng.settings(), "cpu_seconds": round(dt, 1)} | {
+            rep["modes"][mode] = {"settings": eng.settings(), "chunk": chunk, "cpu_seconds": round(dt, 1),
+                                  # the least any decoding can take: each generate call waits for its longest answer
+                                  "longest_answer_per_call": [max(ends[s0:s0 + chunk])
+                                                              for s0 in range(0, len(ends), chunk)]} | {
                 k: prof[k] for k in ("decode_steps", "row_steps", "live_row_steps", "wasted_row_steps", "compactions",
                                      "prefill_forwards", "fills", "slot_leftovers", "slot_shapes", "prompt_tokens",
                                      "generated_tokens")}
@@ -128,15 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     rep["ends_reached"] = sum(x == e for x, e in zip(answers["slots"], ends)) / max(1, len(ends))
     s, b = rep["modes"]["slots"], rep["modes"]["batches"]
     rep["decode_steps_ratio"] = round(b["decode_steps"] / max(1, s["decode_steps"]), 2)
-    # the least any decoding can take: each generate call waits for its longest answer
-    rep["longest_answer_per_call"] = [max(ends[s0:s0 + a.chunk]) for s0 in range(0, len(ends), a.chunk)]
     rep["command"] = "python benchmarks/decode_steps.py " + " ".join(sys.argv[1:])
     print("counter | slots (continuous) | batches")
     for k in ("decode_steps", "row_steps", "live_row_steps", "wasted_row_steps", "compactions", "prefill_forwards",
               "fills", "slot_leftovers", "cpu_seconds"):
         print(f"{k} | {s[k]} | {b[k]}")
-    print(f"longest answer of each generate call: {rep['longest_answer_per_call']} (the fewest steps any decoding "
-          f"can take: {sum(rep['longest_answer_per_call'])})")
+    for mode, m in rep["modes"].items():
+        print(f"{mode}: {m['chunk']} windows a call; longest answer of each call: {m['longest_answer_per_call']} "
+              f"(the fewest steps it can take: {sum(m['longest_answer_per_call'])})")
     print(f"decode steps batches / slots: {rep['decode_steps_ratio']}x; same answers: {rep['answers_identical']}; "
           f"answers reaching the oracle's length: {rep['ends_reached']:.4f}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -319,6 +319,10 @@ class Recorder(Backend):
     def generated_tokens(self):
         return getattr(self.inner, "generated_tokens", 0)
 
+    @property
+    def scan_chunk(self):
+        return self.inner.scan_chunk
+
 
 def corpus_files_all(corpus: Path, limit: int) -> list[str]:
     """Readable files of the corpus packages (eval list, then train list), in order, at most ``limit``;
@@ -330,7 +334,7 @@ def corpus_files_all(corpus: Path, limit: int) -> list[str]:
     return readable_files([d for d in folders if d.is_dir()], limit)
 
 
-def engine_phase(label: str, make, paths: list[str], budget_s: float, chunk: int,
+def engine_phase(label: str, make, paths: list[str], budget_s: float, chunk: int | None,
                  constrained: bool = False) -> tuple[dict, Recorder | None]:
     """Build an engine (timed: model load included) and scan ``paths`` with it, answer cache off."""
     import gc
@@ -355,6 +359,7 @@ def engine_phase(label: str, make, paths: list[str], budget_s: float, chunk: int
         "settings": engine.settings() if hasattr(engine, "settings") else {
             "engine": getattr(engine, "engine", None), "batch_tokens": getattr(engine, "batch_tokens", None),
             "max_batch": getattr(engine, "max_batch", None), "device": getattr(engine, "device", None)},
+        "chunk": chunk or rec.scan_chunk,
         "timed_out": rec.timed_out, "files": st["files_checked"], "windows": st["windows"],
         "windows_answered": len(rec.answers), "seconds": round(wall, 2), "load_seconds": round(load_s, 2),
         "scan_seconds": round(res.seconds, 2), "generate_seconds": round(res.generate_seconds, 2),
@@ -561,7 +566,9 @@ def main(argv: list[str] | None = None) -> int:
                          "train lists), model load included, answer cache off: benchmarks/results/"
                          "scan_speed_<h200|gpu|cpu>.json. The options below apply to it.")
     ap.add_argument("--limit-files", type=int, default=None, help="Files (default: GPU 2000, CPU 8).")
-    ap.add_argument("--chunk", type=int, default=4096, help="Windows per generate call (scan's chunk).")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="Windows per generate call (scan's chunk; default: what the engine asks for, "
+                         "Backend.scan_chunk: all at once for the gpu engine's continuous decoding, else 4,096).")
     ap.add_argument("--ref-chunk", type=int, default=1024,
                     help="Windows per generate call of the reference engine (its phase stops within one chunk "
                          "of its budget).")

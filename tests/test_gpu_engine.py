@@ -299,6 +299,33 @@ def test_scan_with_the_gpu_engine_finds_what_the_reference_finds(adapters):
 
 
 @pytest.mark.slow
+def test_a_scan_hands_continuous_decoding_all_its_windows_at_once(adapters):
+    """Each generate call decodes until its longest answer ends: continuous decoding asks the scan for every
+    window in one call (Backend.scan_chunk), batch-by-batch decoding for 4,096 a call; ``chunk=`` still rules."""
+    from loralint.backends.gpu_engine import GpuEngine
+    from loralint.scanner import scan
+
+    class Counting(GpuEngine):
+        def generate(self, prompts, *a, **k):
+            self.calls.append(len(prompts))
+            return super().generate(prompts, *a, **k)
+
+    memo, *_ = adapters
+    _adapter, fixture = trained_fixture()
+    slots = Counting(memo, device="cpu", prefill="packed")
+    batches = Counting(memo, device="cpu", prefill="packed", decode="batches")
+    slots.calls, batches.calls = [], []
+    assert (slots.scan_chunk, batches.scan_chunk) == (65536, 4096)
+    whole = scan([str(fixture)], backend=slots, window_lines=15, cache=False)
+    n = whole.stats()["windows"]
+    assert n > 2 and slots.calls == [n]
+    slots.calls = []
+    cut = scan([str(fixture)], backend=slots, window_lines=15, cache=False, chunk=2)
+    assert slots.calls == [2] * (n // 2) + [n % 2] * (n % 2)
+    assert [f.to_dict() for f in cut.findings] == [f.to_dict() for f in whole.findings]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("several", [False, True], ids=["one-adapter", "two-adapters"])
 def test_compaction_gives_the_reference_answers_with_fewer_row_steps(adapters, several):
     """Batches whose rows end at very different steps (limits 4 to 32): once most rows are done the rest move

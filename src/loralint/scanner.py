@@ -271,7 +271,7 @@ def _finish(f: _File, rule: Rule) -> FileResult:
 def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapter | None = None, *,
          rule: str = "predicate", backend: str | Backend | BackendOptions | None = None, cache: bool = True,
          cache_dir: str | os.PathLike | None = None, diff: str | None = None, max_bytes: int | None = None,
-         window_lines: int = DEFAULT_TARGET, chunk: int = 4096, progress: Callable[[int], None] | None = None,
+         window_lines: int = DEFAULT_TARGET, chunk: int | None = None, progress: Callable[[int], None] | None = None,
          on_total: Callable[[int], None] | None = None, settings=None, constrained: bool | None = None,
          diff_context: int | None = DIFF_CONTEXT, **options) -> ScanResult:
     """Review ``paths`` with a model; returns a :class:`ScanResult` (a ``RunResult``) with model findings.
@@ -376,6 +376,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
                 store = ScanCache(settings_key(engine_obj.identity(), the_rule, {"target": window_lines}, decoding),
                                   cache_dir, enabled=cache, describe={"model": engine_obj.identity(), "rule": rule})
         tokens_before = getattr(engine_obj, "generated_tokens", 0)
+        chunk = chunk or engine_obj.scan_chunk  # (None: what the engine asks for)
         for s in range(0, len(jobs), max(1, chunk)):
             part = jobs[s: s + chunk]
             prompts = [window_messages(the_rule, f.lines, w, fence_for(f.src.path)) for f, w in part]
@@ -603,6 +604,10 @@ class RuleEngine(Backend):
     @property
     def generated_tokens(self) -> int:
         return getattr(self.shared.engine, "generated_tokens", 0)
+
+    @property
+    def scan_chunk(self) -> int:  # type: ignore[override]
+        return self.shared.get(self.rule).scan_chunk
 
     def __getattr__(self, attr):  # the tokenizer and end-of-turn ids (constrained decoding), ...
         if attr.startswith("_") or attr in ("shared", "rule"):

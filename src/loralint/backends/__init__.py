@@ -108,6 +108,10 @@ class Backend:
     #: ``adapters=[name per prompt]`` picks one a prompt (switched per batch); empty for a one-adapter engine
     adapter_names: tuple[str, ...] = ()
 
+    #: windows a scan hands :meth:`generate` in one call. Each call decodes until its longest answer ends, so an
+    #: engine that keeps every row busy across prompts (the gpu engine's continuous decoding) wants them all at once
+    scan_chunk = 4096
+
     def generate(self, prompts: Sequence[Messages], max_new_tokens: int | Sequence[int],
                  progress: Progress | None = None, constraints=None, adapters=None) -> list[Result]:
         """Greedy completions of chat ``prompts`` (one list of messages each), in order.
