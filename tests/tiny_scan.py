@@ -208,13 +208,13 @@ def prompt_code(messages: list[dict]) -> tuple[int, list[str]]:
     return int(rows[0][0]), [r[1] if len(r) > 1 else "" for r in rows]
 
 
-def oracle_answer(messages: list[dict], max_new_tokens: int = 0) -> str:
-    """What a perfect model would answer for a window prompt (the oracle run on the window's lines)."""
+def oracle_answer(messages: list[dict], max_new_tokens: int = 0, rule: str = "predicate") -> str:
+    """What a perfect model would answer for a window prompt (the oracle of ``rule`` run on the window's lines)."""
     from loralint.checker import oracle_findings
     from loralint.rules import get_rule
     from loralint.sources import SourceFile
 
-    rule = get_rule("predicate")
+    rule = get_rule(rule)
     first, lines = prompt_code(messages)
     text = "\n" * (first - 1) + "\n".join(lines)
     found, _ = oracle_findings(SourceFile("w.js", "w.js", "javascript", text.encode()), [rule])

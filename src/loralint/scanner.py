@@ -227,7 +227,7 @@ def _finish(f: _File, rule: Rule) -> FileResult:
     d = f.detail
     assert d is not None
     found: list[Finding] = []
-    seen: set[tuple[int, str]] = set()
+    seen: set[tuple[int, int, str]] = set()
     for w in f.windows:
         ans = f.answers.get(_wkey(w))
         if ans is None:
@@ -249,14 +249,14 @@ def _finish(f: _File, rule: Rule) -> FileResult:
             d.errors.append(f"lines {w.start + 1}-{w.end}: the model's answer is {what}: {snippet!r}")
             continue
         d.claims += len(parsed.claims)
-        v = verify(parsed.claims, f.doc, w.start, w.end, f.src.path, rule.id, f.recovered)
+        v = verify(parsed.claims, f.doc, w.start, w.end, f.src.path, rule.id, f.recovered, f.facts)
         d.unverified.extend(v.rejected)
         d.duplicates += v.duplicates
-        for x in v.findings:
-            if (x.line, x.kind) in seen:
+        for x in v.findings:  # (windows that overlap, diff context's, may both claim a place)
+            if (x.line, x.column, x.kind) in seen:
                 d.duplicates += 1
                 continue
-            seen.add((x.line, x.kind))
+            seen.add((x.line, x.column, x.kind))
             found.append(x)
     if f.changed is not None:
         found = [x for x in found if any(ln in f.changed for ln in range(x.line, x.end_line + 1))]

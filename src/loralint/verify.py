@@ -301,8 +301,9 @@ def _rule(rule_id: str):
 
 
 def verify(claims: list[Claim], doc: FileText, first_row: int, end_row: int, path: str, rule: str,
-           recovered: bool = False) -> Verified:
-    """Keep the claims that hold in the window of rows [first_row, end_row) and turn them into findings."""
+           recovered: bool = False, facts: dict | None = None) -> Verified:
+    """Keep the claims that hold in the window of rows [first_row, end_row) and turn them into findings (one a
+    place the claim stands for: :meth:`loralint.rules.Rule.sites`, with the file's grammar ``facts``)."""
     out = Verified()
     the_rule = _rule(rule)
     seen: set[tuple] = set()
@@ -319,14 +320,18 @@ def verify(claims: list[Claim], doc: FileText, first_row: int, end_row: int, pat
         if not balanced(c.text):
             out.rejected.append(Rejected(c.line, c.kind, c.text, "brackets do not balance (a cut-off condition)"))
             continue
-        hit = the_rule.locate(c, doc, row, end_row - 1) if the_rule else doc.find(c.text, row, end_row - 1)
-        if hit is None:
+        if the_rule:
+            hits = the_rule.sites(c, doc, row, end_row - 1, facts)
+        else:
+            hit = doc.find(c.text, row, end_row - 1)
+            hits = [hit] if hit is not None else []
+        if not hits:
             what = "the condition" if rule == "predicate" else repr(c.text)
             out.rejected.append(Rejected(c.line, c.kind, c.text, f"{what} is not in the file at line {c.line}"))
             continue
         seen.add(key)
-        r1, c1, r2, c2, skipped = hit
-        out.findings.append(Finding(path=path, line=r1 + 1, column=c1 + 1, end_line=r2 + 1, end_column=c2 + 1,
-                                    rule=rule, kind=c.kind, text=doc.text_between(r1, c1, r2, c2, skipped),
-                                    source="model", recovered=recovered))
+        for r1, c1, r2, c2, skipped in hits:
+            out.findings.append(Finding(path=path, line=r1 + 1, column=c1 + 1, end_line=r2 + 1, end_column=c2 + 1,
+                                        rule=rule, kind=c.kind, text=doc.text_between(r1, c1, r2, c2, skipped),
+                                        source="model", recovered=recovered))
     return out

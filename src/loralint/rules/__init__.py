@@ -102,6 +102,15 @@ class Rule:
         whitespace-insensitively (:meth:`loralint.verify.FileText.find`)."""
         return doc.find(claim.text, row, last_row)
 
+    def sites(self, claim: Claim, doc, row: int, last_row: int,
+              facts: dict | None = None) -> list[tuple[int, int, int, int, bool]]:
+        """Every place one verified claim stands for, as :meth:`locate` gives one ([] when the claim does not
+        hold). By default the one :meth:`locate` finds; a rule whose answer format names a thing once a line
+        where the oracle reports each occurrence (naming: ``LINE: NAME`` for a name written twice on the line)
+        gives them all, from the file's :meth:`grammar_facts` (``facts``: 0-based file row -> value)."""
+        hit = self.locate(claim, doc, row, last_row)
+        return [hit] if hit is not None else []
+
     def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None,
                        literals: dict | None = None, facts: dict | None = None):
         """The answers :meth:`parse_answer` reads and verification keeps, for one window, as a

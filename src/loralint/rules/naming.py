@@ -535,19 +535,35 @@ class NamingRule(Rule):
         return None
 
     def grammar_facts(self, tree: Tree, source: bytes, grammar: str = "javascript") -> dict | None:
-        """The names a claim may give on each row (0-based file row -> names): identifiers of the answer format's
-        shape in a position ESLint's camelcase checks at all, that is, not a property (``properties: "never"``:
-        member names, keys, methods are no identifiers here) and not the callee, an argument or a default value
-        (its reportReferenceId exclusions, :func:`_skipped_reference`). Syntax alone: whether a name is declared
-        in the file, imported or global (what the model judges) is not looked at."""
-        out: dict[int, set[str]] = {}
+        """The names a claim may give on each row (0-based file row -> {name: its byte columns there}):
+        identifiers of the answer format's shape in a position ESLint's camelcase checks at all, that is, not a
+        property (``properties: "never"``: member names, keys, methods are no identifiers here) and not the
+        callee, an argument or a default value (its reportReferenceId exclusions, :func:`_skipped_reference`).
+        Syntax alone: whether a name is declared in the file, imported or global (what the model judges) is not
+        looked at. The columns are where a claim of the name stands for a finding (:meth:`sites`)."""
+        out: dict[int, dict[str, list[int]]] = {}
         if b"_" not in source:
             return {}
         for n in QueryCursor(_query(grammar)).captures(tree.root_node).get("id", ()):
             name = _text(n)
             if is_underscored(name) and not _skipped_reference(n) and not _kept_import(n):
-                out.setdefault(n.start_point[0], set()).add(name)
-        return {r: frozenset(v) for r, v in out.items()}
+                out.setdefault(n.start_point[0], {}).setdefault(name, []).append(n.start_point[1])
+        return {r: {k: tuple(sorted(c)) for k, c in v.items()} for r, v in out.items()}
+
+    def sites(self, claim: Claim, doc, row: int, last_row: int, facts: dict | None = None):
+        """``LINE: NAME`` names the name once a line, and ESLint reports each place it is written in a position
+        it checks (``var AST_Node = DEFNODE(..., function AST_Node(props) {``: two): with the file's facts, every
+        such place on the line; without them, the first whole word :meth:`locate` finds."""
+        cols = (facts or {}).get(row, {}).get(claim.text) if facts is not None else None
+        hit = self.locate(claim, doc, row, last_row)
+        if not cols or hit is None:
+            return [hit] if hit is not None else []
+        line = doc.lines[row]
+        out = []
+        for m in re.finditer(r"(?<![\w$])" + re.escape(claim.text) + r"(?![\w$])", line):
+            if len(line[:m.start()].encode()) in cols and doc.in_code(row, m.start()):  # (tree columns: bytes)
+                out.append((row, m.start(), row, m.end(), False))
+        return out or [hit]
 
     def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None,
                        literals: dict | None = None, facts: dict | None = None):
