@@ -128,6 +128,15 @@ def front_matter(meta: dict[str, Any], origin: dict | None = None) -> str:
     return yaml.safe_dump(fm, sort_keys=False, allow_unicode=True, width=1000)
 
 
+def _answer_shape(rule: dict) -> str:
+    """The rule's answer line (:attr:`loralint.rules.Rule.answer_shape`); a rule not registered here: the
+    contract's generic shape."""
+    from .rules import Rule, all_rules
+
+    known = all_rules().get(rule.get("id", ""))
+    return (known or Rule).answer_shape
+
+
 def render(meta: dict[str, Any], has_plot: bool = True) -> str:
     """The model card's Markdown (Hugging Face front matter first)."""
     base = meta.get("base", {})
@@ -144,7 +153,7 @@ def render(meta: dict[str, Any], has_plot: bool = True) -> str:
         lines += [f"> {rule['summary']}", ""]
     lines += [f"A {what} that reviews JavaScript for one code-style rule, **{rule.get('id', '?')}** "
               f"({rule.get('name', '')}), trained by `loralint train`. It answers one violation a line as "
-              "`LINE: KIND: CONDITION`, or `No violations found.`", ""]
+              f"`{_answer_shape(rule)}`, or `No violations found.`", ""]
 
     lines += ["## Base model", "", "| | |", "|---|---|",
               f"| spec (`--base`) | `{base.get('spec', '')}` |", f"| kind | {base.get('kind', '')} |"]

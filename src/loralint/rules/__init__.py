@@ -61,6 +61,8 @@ class Rule:
     #: ruff-style documentation: What it does / Why is this bad? / Example / Use instead
     doc: str
     kinds: tuple[str, ...]
+    #: one answer line's shape, as the docs and model cards show it
+    answer_shape = "LINE: KIND: TEXT"
     no_findings_answer = "No violations found."
 
     # --- the oracle (tree-sitter) ---

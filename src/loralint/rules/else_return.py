@@ -280,6 +280,7 @@ def _char_col(source: bytes, node_byte: int, point_col: int) -> int:
 class ElseReturnRule(Rule):
     id = "else-return"
     name = "no-else-return"
+    answer_shape = "LINE: else"
     summary = "An else block after an if whose branches all return is unnecessary: drop the else."
     doc = __doc__ or ""
     kinds = KINDS

@@ -404,6 +404,7 @@ def _char_col(source: bytes, byte: int, point_col: int) -> int:
 class NamingRule(Rule):
     id = "naming"
     name = "camelcase"
+    answer_shape = "LINE: NAME"
     summary = "Identifiers should be camelCase (snake_case names are reported where declared and used)."
     doc = __doc__ or ""
     kinds = KINDS

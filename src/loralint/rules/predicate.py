@@ -163,6 +163,7 @@ def _join(left: bytes, right: bytes) -> bytes:
 class PredicateRule(Rule):
     id = "predicate"
     name = "multi-predicate-conditional"
+    answer_shape = "LINE: KIND: CONDITION"
     summary = "Conditions joined by && or || should be extracted into a named predicate function."
     doc = __doc__ or ""
     kinds = KINDS
