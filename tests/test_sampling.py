@@ -121,6 +121,18 @@ def tiny(tmp_path_factory):
     return tiny_model_dir(tmp_path_factory.mktemp("mine"), "qwen3")
 
 
+def test_a_naming_answer_with_another_name_on_the_right_line_disagrees():
+    """Mining compares the findings an answer names, by the rule's claim key: for naming the name too (it
+    compared lines and kinds only, so a model naming the wrong identifier on the right line agreed)."""
+    from loralint.rules import get_rule
+
+    naming = get_rule("naming")
+    assert mining.disagrees(naming, "3: other_name", "3: user_id")
+    assert mining.disagrees(naming, "3: user_id", "3: user_id\n3: last_name")
+    assert not mining.disagrees(naming, "3: last_name\n3: user_id", "3: user_id\n3: last_name")
+    assert not mining.disagrees(RULE, "3: if: a && bb", "3: if: a && b")  # predicate: a line and a kind, as before
+
+
 def test_mining_with_a_model_matches_plain_generation(tiny):
     """The in-process scan of the model being trained gives what `generate` gives one prompt at a time."""
     import torch

@@ -5,7 +5,7 @@ the rule). After a round of training, the model answers a seeded sample of those
 scanner's own backend (:class:`loralint.backends.transformers.TransformersBackend` over the model being trained,
 with the prompts and answer limits the scanner uses); each answer is parsed with the rule and compared with the
 row's expected answer. A window *disagrees* when the two answers do not name the same violations (the same
-``(line, kind)`` pairs) or when the model's answer holds a line that follows no answer format. Those windows,
+``(line, kind)`` pairs; for naming the same names too) or when the model's answer holds a line that follows no answer format. Those windows,
 repeated ``mine_weight`` times and mixed with as many other train rows (``mine_replay``, so the model does not
 forget what it knew), make the next round's data. ``loralint train --mine ROUNDS`` repeats this.
 """
@@ -37,9 +37,10 @@ class MineResult:
 
 
 def answer_key(rule, text: str) -> tuple[frozenset, bool]:
-    """What an answer says, for comparison: the (line, kind) pairs it names and whether a line is malformed."""
+    """What an answer says, for comparison: the findings it names (the rule's :meth:`~loralint.rules.Rule.claim_key`
+    of each claim: ``(line, kind)``, and naming's name too) and whether a line is malformed."""
     parsed = rule.parse_answer(text)
-    return frozenset((c.line, c.kind) for c in parsed.claims), bool(parsed.malformed)
+    return frozenset(rule.claim_key(c) for c in parsed.claims), bool(parsed.malformed)
 
 
 def disagrees(rule, model_answer: str, oracle_answer: str) -> bool:
