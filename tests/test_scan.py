@@ -267,6 +267,11 @@ def test_cli_scan_through_an_openai_server(tmp_path, capsys):
         rc = main(["scan", str(p), "--api", url, "--compare", "--cache-dir", str(tmp_path / "c"), "-q"])
         text = capsys.readouterr().out
         assert rc == 1 and "match" in text and "recall 100.0%" in text
+        clean = tmp_path / "clean.js"
+        clean.write_text("const total = a + b;\n")
+        rc = main(["scan", str(clean), "--api", url, "--compare", "--no-cache", "-q"])
+        text = capsys.readouterr().out  # nothing to find and nothing claimed: no figure, not 100 %
+        assert rc == 0 and "matched 0, model only 0, oracle only 0: recall -, precision -" in text
     with StubServer(lambda body: (200, b"<html>oops</html>")) as url:
         rc = main(["scan", str(p), "--api", url, "--no-cache", "--retries", "0", "-q"])
         out = capsys.readouterr().out

@@ -238,13 +238,15 @@ def print_comparison(result, rule, fmt: str, output: Optional[Path]) -> None:
             t.add_row(str(line), kind, f"[{style[what]}]{what}[/]", mt, ot)
         console.print(t)
         tm, tmo, too = tm + len(c.matched), tmo + len(c.model_only), too + len(c.oracle_only)
+    def share(n: int, d: int) -> str:  # (nothing to find, or nothing claimed: no figure, not 100 %)
+        return f"{n / d:.1%}" if d else "-"
+
     if len(rules) > 1:
         for r, (m, mo, oo) in totals.items():
-            console.print(f"{r}: matched {m}, model only {mo}, oracle only {oo}: recall "
-                          f"{m / (m + oo) if m + oo else 1.0:.1%}, precision {m / (m + mo) if m + mo else 1.0:.1%}")
-    rec = tm / (tm + too) if tm + too else 1.0
-    prec = tm / (tm + tmo) if tm + tmo else 1.0
-    console.print(f"matched {tm}, model only {tmo}, oracle only {too}: recall {rec:.1%}, precision {prec:.1%}")
+            console.print(f"{r}: matched {m}, model only {mo}, oracle only {oo}: recall {share(m, m + oo)}, "
+                          f"precision {share(m, m + mo)}")
+    console.print(f"matched {tm}, model only {tmo}, oracle only {too}: recall {share(tm, tm + too)}, "
+                  f"precision {share(tm, tm + tmo)}")
     if output:
         console.file.close()
 
