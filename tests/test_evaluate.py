@@ -162,6 +162,17 @@ def test_misses_by_cause_and_by_density(tmp_path):
     assert js["by_density"]["3"]["false_negatives"] == 3
 
 
+def test_by_density_pairs_two_names_of_one_line_as_the_score_does(tmp_path):
+    """by_density counts a window's findings as score() does: naming's second name on a line, unsaid, is a miss
+    there too (it credited every finding of a line where the model named one)."""
+    (tmp_path / "two.js").write_text("const first_name = 1, last_name = 2;\n")
+    res = scan([str(tmp_path)], backend=FunctionBackend(lambda messages, cap: "1: first_name"), rule="naming",
+               cache=False)
+    ev = score(res, "naming")
+    assert (ev.overall.tp, ev.overall.fn) == (1, 1)
+    assert (ev.by_density["2"].tp, ev.by_density["2"].fn) == (1, 1)
+
+
 def test_explained_tables_and_chart(tmp_path):
     from rich.console import Console
 

@@ -352,15 +352,14 @@ def by_density(result: ScanResult, oracle: dict, false_positives: list[Finding])
         d = result.details.get(r.path)
         if r.skipped or r.path not in oracle or d is None or not d.spans:
             continue
-        model = {(f.line, f.kind) for f in r.findings}
         for start, end in d.spans:
             truth = [o for o in oracle[r.path].findings if start < o.line <= end]
             s = out[density_of(len(truth))]
-            for o in truth:
-                if (o.line, o.kind) in model:
-                    s.tp += 1
-                else:
-                    s.fn += 1
+            # paired as score() pairs them (a finding for each of the line's findings of the kind: naming's two
+            # names on one line are two)
+            matched, _, _ = match([f for f in r.findings if start < f.line <= end], truth)
+            s.tp += len(matched)
+            s.fn += len(truth) - len(matched)
             s.fp += sum(1 for f in fps.get(r.path, []) if start < f.line <= end)
     return out
 
