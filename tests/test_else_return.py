@@ -205,3 +205,27 @@ def test_every_oracle_finding_of_real_files_is_claimable():
             assert RULE.locate(Claim(f.line, "else", "else"), doc, f.line - 1, f.line - 1), (str(p), f.line)
             n += 1
     assert n >= sum(len(v) for v in EXPECTED.values())
+
+
+def test_a_window_that_shows_an_else_shows_the_branches_before_it():
+    """else-return's windows are cut where no `if ... else` chain is split between its first `if` and an `else`
+    (Rule.window_spans; the scan and the dataset both cut with it): the default cuts put an `else` at the top of
+    a window, away from the `return` that makes it unnecessary, for some lengths of the code above."""
+    from loralint.scanner import _prepare
+    from loralint.sources import SourceFile
+    from loralint.windows import file_windows, protected_spans
+
+    chain = "if (x) {\n  y();\n  return 1;\n} else if (z) {\n  return 2;\n} else {\n  w();\n}\n"
+    split_before = 0
+    for n in range(10, 70):
+        code = "".join(f"const a{i} = {i};\n" for i in range(n)) + chain + "done();\n" * 40
+        tree = parse(code.encode(), "javascript")
+        first_if, elses = n, (n + 3, n + 5)  # 0-based rows
+        _, plain = file_windows(code.encode(), "javascript", tree=tree, spans=protected_spans(tree, "javascript"))
+        split_before += any(first_if < w.start <= e for w in plain for e in elses)
+        f = _prepare(SourceFile("c.js", "c.js", "javascript", code.encode()), 30, None, None, RULE)
+        assert not any(first_if < w.start <= e for w in f.windows for e in elses), n
+        assert [(w.start, w.end) for w in f.windows] == [
+            (w.start, w.end) for w in file_windows(code.encode(), "javascript", tree=tree,
+                                                   spans=RULE.window_spans(tree, "javascript"))[1]]
+    assert split_before > 0  # (the default cuts did split the chain)

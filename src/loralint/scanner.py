@@ -210,12 +210,13 @@ def _prepare(src: SourceFile, target: int, changed: set[int] | None, diff_contex
     """A file parsed and cut into windows: the whole file's, or with ``changed`` lines and a ``diff_context``,
     only the changed lines with that many lines around them (:func:`~loralint.windows.changed_windows`)."""
     tree = parse(src.data, src.grammar)
+    # where no window may cut: the rule's (the dataset's windows are cut the same way)
+    spans = rule.window_spans(tree, src.grammar) if rule is not None else protected_spans(tree, src.grammar)
     if changed is not None and diff_context is not None:
         lines = file_lines(src.data)
-        wins = changed_windows(lines, protected_spans(tree, src.grammar), (ln - 1 for ln in changed), diff_context,
-                               target)
+        wins = changed_windows(lines, spans, (ln - 1 for ln in changed), diff_context, target)
     else:
-        lines, wins = file_windows(src.data, src.grammar, target=target, tree=tree)
+        lines, wins = file_windows(src.data, src.grammar, target=target, tree=tree, spans=spans)
     doc = FileText(lines, comment_spans(tree, src.data, src.grammar), literal_spans(tree, src.data, src.grammar))
     return _File(src, lines, wins, doc, file_hash(src.data), tree.root_node.has_error, changed,
                  parse_suppressions(src.data, tree), detail=FileScan(src.path, windows=len(wins),
