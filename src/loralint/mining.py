@@ -4,10 +4,11 @@ Every train row holds the oracle's complete labels for its window (the answer th
 the rule). After a round of training, the model answers a seeded sample of those windows, in process, through the
 scanner's own backend (:class:`loralint.backends.transformers.TransformersBackend` over the model being trained,
 with the prompts and answer limits the scanner uses); each answer is parsed with the rule and compared with the
-row's expected answer. A window *disagrees* when the two answers do not name the same violations (the same
-``(line, kind)`` pairs; for naming the same names too) or when the model's answer holds a line that follows no answer format. Those windows,
-repeated ``mine_weight`` times and mixed with as many other train rows (``mine_replay``, so the model does not
-forget what it knew), make the next round's data. ``loralint train --mine ROUNDS`` repeats this.
+row's expected answer. A window *disagrees* when the two answers do not name the same violations (the rule's
+``claim_key`` of each claim: ``(line, kind)``, for naming the name too) or when the model's answer holds a line
+that follows no answer format. Those windows, repeated ``mine_weight`` times and mixed with as many other train
+rows (``mine_replay``, so the model does not forget what it knew), make the next round's data.
+``loralint train --mine ROUNDS`` repeats this.
 """
 
 from __future__ import annotations

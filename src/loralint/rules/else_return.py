@@ -311,11 +311,10 @@ class ElseReturnRule(Rule):
             while top.parent is not None and top.parent.type == "else_clause" and top.parent.parent is not None:
                 top = top.parent.parent
             cons = n.child_by_field_name("consequence")
-            last = _statements(cons)[-1] if cons is not None and cons.type == "statement_block" and \
-                _statements(cons) else cons
-            for start in (top.start_point[0], n.start_point[0], last.start_point[0] if last is not None else end):
-                if end > start:
-                    spans.append((start, end))
+            body = _statements(cons) if cons is not None and cons.type == "statement_block" else []
+            last = body[-1] if body else cons
+            starts = [top.start_point[0], n.start_point[0]] + ([last.start_point[0]] if last is not None else [])
+            spans += [(start, end) for start in starts if end > start]
         return spans
 
     def check_tree(self, tree: Tree, source: bytes, path: str, grammar: str = "javascript") -> list[Finding]:

@@ -526,14 +526,19 @@ class NamingRule(Rule):
         """Two names on one line are two findings."""
         return (claim.line, claim.kind, claim.text)
 
-    def locate(self, claim: Claim, doc, row: int, last_row: int):
-        """The name as a whole word on the claim's line, outside comments and literal text (a name in a string is
-        no identifier): (row, col, row, end col, False)."""
+    @staticmethod
+    def _places(name: str, doc, row: int) -> list[tuple[int, int, int, int, bool]]:
+        """Each place ``name`` is written on ``row`` as a whole word, outside comments and literal text (a name
+        in a string is no identifier): (row, col, row, end col, False)."""
         line = doc.lines[row] if row < len(doc.lines) else ""
-        for m in re.finditer(r"(?<![\w$])" + re.escape(claim.text) + r"(?![\w$])", line):
-            if doc.in_code(row, m.start()):
-                return row, m.start(), row, m.end(), False
-        return None
+        return [(row, m.start(), row, m.end(), False)
+                for m in re.finditer(r"(?<![\w$])" + re.escape(name) + r"(?![\w$])", line)
+                if doc.in_code(row, m.start())]
+
+    def locate(self, claim: Claim, doc, row: int, last_row: int):
+        """The name's first place on the claim's line (:meth:`_places`)."""
+        places = self._places(claim.text, doc, row)
+        return places[0] if places else None
 
     def grammar_facts(self, tree: Tree, source: bytes, grammar: str = "javascript") -> dict | None:
         """The names a claim may give on each row (0-based file row -> {name: its byte columns there}):
@@ -555,16 +560,12 @@ class NamingRule(Rule):
         """``LINE: NAME`` names the name once a line, and ESLint reports each place it is written in a position
         it checks (``var AST_Node = DEFNODE(..., function AST_Node(props) {``: two): with the file's facts, every
         such place on the line; without them, the first whole word :meth:`locate` finds."""
-        cols = (facts or {}).get(row, {}).get(claim.text) if facts is not None else None
-        hit = self.locate(claim, doc, row, last_row)
-        if not cols or hit is None:
-            return [hit] if hit is not None else []
+        places = self._places(claim.text, doc, row)
+        cols = facts.get(row, {}).get(claim.text) if facts else None
+        if not cols or not places:
+            return places[:1]
         line = doc.lines[row]
-        out = []
-        for m in re.finditer(r"(?<![\w$])" + re.escape(claim.text) + r"(?![\w$])", line):
-            if len(line[:m.start()].encode()) in cols and doc.in_code(row, m.start()):  # (tree columns: bytes)
-                out.append((row, m.start(), row, m.end(), False))
-        return out or [hit]
+        return [p for p in places if len(line[:p[1]].encode()) in cols] or places[:1]  # (tree columns: bytes)
 
     def answer_grammar(self, lines: list[str], first_line: int, comments: dict | None = None,
                        literals: dict | None = None, facts: dict | None = None):
