@@ -36,6 +36,9 @@
 #   bash benchmarks/gpu/lease.sh er        carry .carry/gb .cache/gpu-carry/c13       (setup with .carry/ga) else-return
 #                                                                             from scratch on its own windows,
 #                                                                             mined once; held-out eval
+#   bash benchmarks/gpu/lease.sh erwarm    carry .carry/gb .cache/gpu-carry/c14       (setup with .carry/ga) else-return
+#                                                                             warm-started on its own windows, two
+#                                                                             learning rates; held-out evals
 #   bash benchmarks/gpu/lease.sh speed2    carry .cache/gpu-carry/c10              naming eval; scan_speed
 #                                                                             (constrained, both engines)
 # prepare.sh builds every carried folder (c6: `tar -C src/loralint/adapters -cf .cache/gpu-carry/c6/ad.tar
@@ -199,6 +202,38 @@ er)  # carry .carry/gb .cache/gpu-carry/c13 (after setup with .carry/ga): the ba
   say "eval rc=$?"
   grep -E "recall|precision" "$log" | tail -4
   tar -C /tmp/ad -cf "$OUT/cards.tar" else-return/README.md else-return/loralint.json 2>> "$log"
+  ;;
+erwarm)  # carry .carry/gb .cache/gpu-carry/c14 (after setup with .carry/ga): the base joined; else-return warm-started
+  # from the shipped adapter (its bf16 weights, xz) on its own windows (ElseReturnRule.window_spans), in two settings
+  # (VARIANTS: tag:learning rate:steps), each mined once; both held-out evals (--update-card) side by side
+  join_base .carry/gb/part01
+  mkdir -p /tmp/ad /tmp/warm /tmp/work/corpus /tmp/work/else-return
+  xz -dc .cache/gpu-carry/c14/warm-er.tar.xz | tar -C /tmp/warm -xf -
+  xz -dc .cache/gpu-carry/c14/else-return-train.jsonl.xz > /tmp/work/else-return/train.jsonl
+  [ -d /tmp/work/corpus/passport@0.7.0 ] || tar -C /tmp/work -xJf .cache/gpu-carry/c14/corpus.tar.xz
+  for v in ${VARIANTS:-lr2:0.0002:330 lr5:0.0005:650}; do
+    IFS=: read -r tag lr steps <<< "$v"
+    say "train else-return-$tag: warm, lr $lr, $steps steps, mined once"
+    timeout $(( ${ER_S:-150} + 90 )) python3 -m loralint train --data /tmp/work/else-return/train.jsonl --rule else-return \
+      --out "/tmp/ad/else-return-$tag" --overwrite --max-steps "$steps" --set max_train_seconds="${ER_S:-150}" \
+      --set init_adapter=/tmp/warm/else-return --set learning_rate="$lr" --set num_train_epochs=50 --oversample none \
+      --mine 1 --set mine_windows=1500 >> "$log" 2>&1
+    say "train $tag rc=$?"
+    grep -E "^training|mine|round|saved|rror" "$log" | grep -v Backend | tail -4
+  done
+  pkgs=$(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/\/tmp\/work\/corpus\//' src/loralint/data/corpus/eval.txt)
+  for d in /tmp/ad/else-return-*; do
+    t=${d##*/}
+    [ -f "$d/adapter_model.safetensors" ] || continue
+    say "eval $t"
+    ( timeout $(( $(left) - 25 )) python3 -m loralint eval $pkgs --rule else-return --adapter "$d" --no-cache \
+      --format json --output "$OUT/eval-$t.json" --update-card > "/tmp/work/eval-$t.log" 2>&1
+      echo "eval $t rc=$?" >> "/tmp/work/eval-$t.log" ) &
+  done
+  wait
+  cat /tmp/work/eval-*.log >> "$log"
+  grep -hE "recall|precision|rc=" /tmp/work/eval-*.log | tail -12
+  for d in /tmp/ad/else-return-*; do ship "${d##*/}"; done
   ;;
 join)  # carry .carry/smollm2-b: the embedded base joined (its first part came with setup), dequantized once
   join_base .carry/smollm2-b/part01
