@@ -403,3 +403,42 @@ def test_grammars_built_in_worker_processes_are_those_built_here(monkeypatch):
             b.advance(tid)
         assert a.finished and b.finished and not a.broken
     assert steps > 50
+
+
+def test_many_files_host_side_in_worker_processes_engine_loading_meanwhile(tmp_path, monkeypatch):
+    """A scan of many files on a machine with cores to spare reads, parses, cuts and looks up its files, and
+    builds their windows' grammars, in worker processes, while the engine (a real tiny model) is built in a
+    thread: the same findings, windows, forced and cached counts as the scan in one process; a second run
+    answers every window from the cache (built in the workers) and loads no model."""
+    from loralint import scanner
+
+    adapter, fixture = trained_fixture()
+    files = []
+    for i in range(scanner.HOST_POOL_MIN + 4):
+        p = tmp_path / "src" / f"m{i:02d}.js"
+        p.parent.mkdir(exist_ok=True)
+        p.write_text(fixture.read_text())
+        files.append(str(p))
+    for i in range(3):  # nothing the rule could name: answered by the grammar alone
+        p = tmp_path / "src" / f"clean{i}.js"
+        p.write_text(f"const x{i} = {i}\nfunction g{i} () {{ return x{i} + 1 }}\n")
+        files.append(str(p))
+    (tmp_path / "src" / "blob.js").write_bytes(b"\x00\x01binary" * 10)  # skipped, in a worker as here
+    files.append(str(tmp_path / "src" / "blob.js"))
+
+    def run(workers: str, cache_dir: Path):
+        monkeypatch.setenv(scanner.ENV_WORKERS, workers)
+        return scan(files, adapter=str(adapter), window_lines=15, cache_dir=str(cache_dir), device="cpu")
+
+    here, pooled = run("0", tmp_path / "c0"), run("2", tmp_path / "c2")
+    assert here.host_workers == 0 and pooled.host_workers == 2
+    assert pooled.load_seconds > 0 and pooled.engines_loaded == 1
+    assert model_keys(pooled) == model_keys(here) == oracle_keys(files[:-1])
+    assert len(model_keys(pooled)) == 5 * (len(files) - 4)
+    for k in ("windows", "windows_forced", "windows_cached", "files_checked", "files_skipped", "unverified"):
+        assert pooled.stats()[k] == here.stats()[k], k
+    assert pooled.stats()["windows_forced"] == 3 and pooled.stats()["files_skipped"] == 1
+    again = run("2", tmp_path / "c2")
+    assert again.host_workers == 2 and again.stats()["windows_cached"] == here.stats()["windows"]  # (forced too)
+    assert again.load_seconds == 0 and again.engines_loaded == 0 and again.generated_tokens == 0
+    assert model_keys(again) == model_keys(here)

@@ -39,6 +39,9 @@
 #   bash benchmarks/gpu/lease.sh erwarm    carry .carry/gb .cache/gpu-carry/c14       (setup with .carry/ga) else-return
 #                                                                             warm-started on its own windows, two
 #                                                                             learning rates; held-out evals
+#   bash benchmarks/gpu/lease.sh scan2     carry .cache/gpu-carry/c15                 (after erwarm) scan_speed on 1,700
+#                                                                             files (gpu engine) and 5,000 (both
+#                                                                             engines), host side in workers
 #   bash benchmarks/gpu/lease.sh speed2    carry .cache/gpu-carry/c10              naming eval; scan_speed
 #                                                                             (constrained, both engines)
 # prepare.sh builds every carried folder (c6: `tar -C src/loralint/adapters -cf .cache/gpu-carry/c6/ad.tar
@@ -234,6 +237,23 @@ erwarm)  # carry .carry/gb .cache/gpu-carry/c14 (after setup with .carry/ga): th
   cat /tmp/work/eval-*.log >> "$log"
   grep -hE "recall|precision|rc=" /tmp/work/eval-*.log | tail -12
   for d in /tmp/ad/else-return-*; do ship "${d##*/}"; done
+  ;;
+scan2)  # carry .cache/gpu-carry/c15 (after erwarm or scan: the base joined): the predicate adapter and the first
+  # 6,000 corpus files; scan_speed --compare-engines --constrained twice, each in its own process as a user's scan:
+  # SMALL files (default 1,700) the gpu engine alone, then FILES (default 5,000) the gpu engine and the reference
+  mkdir -p /tmp/ad /tmp/work6k
+  [ -f /tmp/ad/predicate/adapter_model.safetensors ] || xz -dc .cache/gpu-carry/c15/ad.tar.xz | tar -C /tmp/ad -xf -
+  [ -d /tmp/work6k/corpus ] || xz -dc .cache/gpu-carry/c15/corpus6k.tar.xz | tar -C /tmp/work6k -xf -
+  for n in ${SMALL:-1700} ${FILES:-5000}; do
+    budget=$(( $(left) - 25 ))
+    [ "$n" = "${FILES:-5000}" ] && ref="" || ref="--skip-reference"
+    say "scan_speed --compare-engines --constrained --limit-files $n $ref (budget $budget s)"
+    timeout $(( budget + 10 )) env -u TOKENIZERS_PARALLELISM python3 benchmarks/scan_speed.py --compare-engines \
+      $ref --constrained --device cuda --adapter /tmp/ad/predicate --corpus /tmp/work6k/corpus --limit-files "$n" \
+      --total-budget $budget --phase-budget $(( budget * 80 / 100 )) --out "$OUT/scan_speed_h200_$n.json" >> "$log" 2>&1
+    say "scan_speed $n rc=$?"
+    grep -E "files/min|identical|^gpu engine|^reference|loralint:|^load|^cpu_side|^generate" "$log" | tail -9
+  done
   ;;
 join)  # carry .carry/smollm2-b: the embedded base joined (its first part came with setup), dequantized once
   join_base .carry/smollm2-b/part01

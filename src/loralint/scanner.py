@@ -73,6 +73,9 @@ class ScanResult(RunResult):
     generated_tokens: int = 0
     cache_note: str | None = None  # bad cache entries met (read as misses), said once with --verbose
     load_seconds: float = 0.0  # loading the model (0: none loaded, or loaded before the run)
+    #: of which the run waited for, after its host side was done (less than load_seconds where it overlapped)
+    load_wait_seconds: float = 0.0
+    host_workers: int = 0  # worker processes of the host side (0: it ran in this process)
     rules: list[str] = field(default_factory=list)  # the rules reviewed (scan_rules: several)
     engines_loaded: int = 0  # models loaded for the run (scan_rules: one a base, whatever the rules)
     #: rule -> {"generate_seconds", "generated_tokens", "windows"} (scan_rules: the cost of each rule)
@@ -325,52 +328,72 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     prepared: list[_File] = []
     jobs: list[tuple[_File, Window]] = []
     changed_out: dict[str, set[int] | None] | None = {} if changed_map is not None else None
-    for path in files:
-        src = load(path, max_bytes or _whole(path))
-        if isinstance(src, Skipped):
-            results[src.path] = FileResult(path=src.path, skipped=src.reason)
-            order.append(src.path)
-            continue
-        order.append(src.path)
-        changed = changed_map.get(os.path.realpath(path)) if changed_map is not None else None
-        if changed_out is not None:
-            changed_out[src.path] = changed
-        try:
-            f = _prepare(src, window_lines, changed, diff_context, the_rule)
-        except Exception as e:  # noqa: BLE001 - one file's failure must not end the run
-            results[src.path] = FileResult(path=src.path, error=f"{type(e).__name__}: {e}",
-                                           lines=src.data.count(b"\n") + 1)
-            continue
-        prepared.append(f)
-        stored = store.get(f.digest)
-        for w in f.windows:
-            if not _touches(w, changed):
-                continue
-            f.detail.scanned += 1
-            hit = stored.get(_wkey(w))
-            if isinstance(hit, dict) and isinstance(hit.get("text"), str):
-                f.answers[_wkey(w)] = Completion(hit["text"], bool(hit.get("truncated")), int(hit.get("tokens", 0)))
-                f.detail.cached += 1
-                store.hits += 1
-            else:
-                jobs.append((f, w))
-                store.misses += 1
+    # many files on a machine with cores to spare: the host side (read, parse, windows, cache, grammars) in forked
+    # worker processes, the engine built in a thread meanwhile, from the first window the model must answer
+    host_workers = _host_workers(len(files))
+    pool = _host_pool(host_workers)
+    host_workers = host_workers if pool is not None else 0
+    lazy = engine_obj is not None and not getattr(engine_obj, "loaded", True)
+    loader: _Loader | None = None
 
-    if use_constraints and jobs:  # windows whose answer grammar leaves one answer need no model (only_answer)
+    def build():
+        return opts.create(rule, adapter=ad) if engine_obj is None else engine_obj.load()  # type: ignore[union-attr]
+
+    args = [(path, max_bytes, changed_map.get(os.path.realpath(path)) if changed_map is not None else None,
+             diff_context, window_lines, the_rule.id, store, use_constraints and pool is not None) for path in files]
+    try:
+        got_all = pool.map(_host_side_star, args, chunksize=HOST_CHUNK) if pool is not None else map(_host_side_star,
+                                                                                                        args)
+        for (path, *_rest), got in zip(args, got_all):
+            changed = _rest[1]
+            if isinstance(got, Skipped):
+                results[got.path] = FileResult(path=got.path, skipped=got.reason)
+                order.append(got.path)
+                continue
+            if isinstance(got, FileResult):  # one file's failure must not end the run
+                results[got.path] = got
+                order.append(got.path)
+                continue
+            f, todo, forced, (hits, misses, bad, note) = got
+            order.append(f.src.path)
+            if changed_out is not None:
+                changed_out[f.src.path] = changed
+            store.hits += hits
+            store.misses += misses
+            if pool is not None:  # (a worker's copy of the cache counted its bad entries; here, this one did)
+                store.bad += bad
+                store.note = store.note or note
+            store.put(f.digest, forced)
+            prepared.append(f)
+            jobs.extend((f, w) for w in todo)
+            if todo and pool is not None and loader is None and (engine_obj is None and kind != "openai" or lazy):
+                loader = _Loader(build)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    if use_constraints and jobs and pool is None:  # windows whose answer grammar leaves one answer need no model
         jobs = _answer_forced(the_rule, jobs, store)
     if on_total:
         on_total(len(jobs))
     gen_seconds = 0.0
     load_seconds = 0.0
+    load_wait = 0.0
     tokens_before = 0
+    if loader is not None and not jobs:  # built for nothing (every window the model had to answer was forced)
+        built = loader.result()
+        if engine_obj is None:
+            built.close()
+        loader = None
     if jobs:
-        if engine_obj is None or isinstance(engine_obj, RuleEngine):
+        if engine_obj is None or lazy:
+            l0 = time.perf_counter()
+            built = loader.result() if loader is not None else build()  # (a lazy engine: loaded on first use)
+            load_wait = time.perf_counter() - l0
+            if not lazy:  # (a lazy engine's owner counts its load: scan_rules' SharedEngine)
+                load_seconds = loader.seconds if loader is not None else load_wait
             if engine_obj is None:
-                l0 = time.perf_counter()
-                engine_obj = opts.create(rule, adapter=ad)
-                load_seconds = time.perf_counter() - l0
-            else:
-                engine_obj.load()  # one rule's view of an engine several rules share: loaded on first use
+                engine_obj = built
             if engine_obj.identity() != ident:  # the default engine fell back to another: its answers, its key
                 use_constraints = bool(engine_obj.supports_constraints and (constrained is None or constrained))
                 decoding = DECODING | {"constrained": True} if use_constraints else DECODING
@@ -409,6 +432,8 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
                      changed=changed_out, backend=(engine_obj.name if engine_obj else kind) or "", rules=[rule])
     out.generate_seconds = gen_seconds
     out.load_seconds = load_seconds
+    out.load_wait_seconds = load_wait
+    out.host_workers = host_workers
     out.engines_loaded = 1 if load_seconds else 0
     out.generated_tokens = (getattr(engine_obj, "generated_tokens", 0) - tokens_before) if engine_obj else 0
     out.per_rule = {rule: {"generate_seconds": round(gen_seconds, 3), "windows": len(jobs),
@@ -494,6 +519,121 @@ def _forced_in_workers(rule: Rule, items: list) -> list | None:
     except Exception:  # noqa: BLE001 - no processes here (a sandbox, a broken pool): built in this one
         return None
     return [x for part in parts for x in part]
+
+
+#: files a host worker takes at a time, and the fewest files worth starting workers for
+HOST_CHUNK = 4
+HOST_POOL_MIN = 48
+
+
+def _host_workers(n_files: int) -> int:
+    """Worker processes for the host side of a scan of ``n_files``: none (0) for few files or no cores to spare,
+    else at most :func:`grammar_workers`."""
+    n = min(grammar_workers(), -(-n_files // HOST_CHUNK))
+    return n if n >= 2 and n_files >= HOST_POOL_MIN else 0
+
+
+def _host_pool(n: int):
+    """A pool of ``n`` forked worker processes for a scan's host side, or None (``n`` < 2, no fork). Forked here,
+    at the start of the scan, before the engine's loading thread starts and before any CUDA context of this
+    scan (a fork beside threads may copy a lock some thread holds)."""
+    import multiprocessing
+
+    if n < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # (3.12+: "fork() with threads running")
+            pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"))
+            pool.submit(int).result()  # every worker forked now (a fork pool starts them all at its first task)
+        return pool
+    except Exception:  # noqa: BLE001 - no processes here (a sandbox): the host side runs in this one
+        return None
+
+
+def _host_side_star(a: tuple):
+    return _host_side(*a)
+
+
+def _host_side(path: str, max_bytes: int | None, changed: set[int] | None, diff_context: int | None,
+               window_lines: int, rule_id: str, store: ScanCache, forced: bool):
+    """One file's host side, in a worker process or here: read, parsed, cut into windows, its cached answers
+    taken, and (``forced``) each remaining window's answer grammar built: the one answer it allows, or its
+    automaton for the window's constraint (:func:`_forced_answers`). Returns the :class:`Skipped`, a
+    :class:`FileResult` with the file's error, or ``(file, windows the model must answer, forced answers to
+    store, (cache hits, misses, bad entries met here, the first one's note))``."""
+    rule = get_rule(rule_id)
+    src = load(path, max_bytes or _whole(path))
+    if isinstance(src, Skipped):
+        return src
+    try:
+        f = _prepare(src, window_lines, changed, diff_context, rule)
+    except Exception as e:  # noqa: BLE001 - one file's failure must not end the run
+        return FileResult(path=src.path, error=f"{type(e).__name__}: {e}", lines=src.data.count(b"\n") + 1)
+    bad0 = store.bad
+    stored = store.get(f.digest)
+    hits = misses = 0
+    todo: list[Window] = []
+    for w in f.windows:
+        if not _touches(w, changed):
+            continue
+        f.detail.scanned += 1
+        hit = stored.get(_wkey(w))
+        if isinstance(hit, dict) and isinstance(hit.get("text"), str):
+            f.answers[_wkey(w)] = Completion(hit["text"], bool(hit.get("truncated")), int(hit.get("tokens", 0)))
+            f.detail.cached += 1
+            hits += 1
+        else:
+            todo.append(w)
+            misses += 1
+    fresh: dict[str, dict] = {}
+    if forced and todo and rule.answer_grammar([""], 1) is not None:
+        got = _forced_answers(rule, [(f.lines[w.start:w.end], w.start + 1, _window_comments(f, w),
+                                      _window_literals(f, w), _window_facts(f, w)) for w in todo])
+        rest = []
+        for w, (text, auto) in zip(todo, got):
+            if text is None:
+                if auto is not None:
+                    f.automata[_wkey(w)] = auto
+                rest.append(w)
+            else:
+                f.answers[_wkey(w)] = Completion(text)
+                f.detail.forced += 1
+                fresh[_wkey(w)] = {"text": text, "truncated": False, "tokens": 0}
+        todo = rest
+    return f, todo, fresh, (hits, misses, store.bad - bad0, store.note if store.bad > bad0 else None)
+
+
+class _Loader:
+    """The engine built in a thread (``build()``) while the host side runs in worker processes; :meth:`result`
+    waits for it and raises what building raised."""
+
+    def __init__(self, build: Callable[[], Backend]):
+        import threading
+
+        self.value: Backend | None = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self.thread = threading.Thread(target=self._run, args=(build,), name="loralint-engine-load", daemon=True)
+        self.thread.start()
+
+    def _run(self, build) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.value = build()
+        except BaseException as e:  # noqa: BLE001 - handed to the scan's own thread
+            self.error = e
+        self.seconds = time.perf_counter() - t0
+
+    def result(self) -> Backend:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
 
 
 def _answer_forced(rule: Rule, jobs: list[tuple[_File, Window]], store: ScanCache) -> list[tuple[_File, Window]]:
@@ -614,6 +754,10 @@ class RuleEngine(Backend):
         if attr.startswith("_") or attr in ("shared", "rule"):
             raise AttributeError(attr)
         return getattr(self.shared.get(self.rule), attr)
+
+    @property
+    def loaded(self) -> bool:  # type: ignore[override]
+        return self.shared.engine is not None
 
     def load(self) -> Backend:
         return self.shared.get(self.rule)

@@ -123,6 +123,14 @@ class Backend:
         (None: its first)."""
         raise NotImplementedError
 
+    #: False for an engine built on first use (:meth:`load`): a scan of many files then builds it in a thread
+    #: while its host side runs
+    loaded = True
+
+    def load(self) -> "Backend":
+        """Build what answering needs, if not yet (an engine built on first use); returns the engine."""
+        return self
+
     def identity(self) -> dict:
         """What decides the answers (model, adapter digest, decoding): part of the scan cache's key."""
         return {"backend": self.name}
