@@ -39,7 +39,7 @@
 #   bash benchmarks/gpu/lease.sh erwarm    carry .carry/gb .cache/gpu-carry/c14       (setup with .carry/ga) else-return
 #                                                                             warm-started on its own windows, two
 #                                                                             learning rates; held-out evals
-#   bash benchmarks/gpu/lease.sh scan2     carry .cache/gpu-carry/c15                 (after erwarm) scan_speed on 1,700
+#   bash benchmarks/gpu/lease.sh scan2     carry .cache/gpu-carry/c15a (c15b)   (after join/erwarm) scan_speed on 1,700
 #                                                                             files (gpu engine) and 5,000 (both
 #                                                                             engines), host side in workers
 #   bash benchmarks/gpu/lease.sh speed2    carry .cache/gpu-carry/c10              naming eval; scan_speed
@@ -238,12 +238,12 @@ erwarm)  # carry .carry/gb .cache/gpu-carry/c14 (after setup with .carry/ga): th
   grep -hE "recall|precision|rc=" /tmp/work/eval-*.log | tail -12
   for d in /tmp/ad/else-return-*; do ship "${d##*/}"; done
   ;;
-scan2)  # carry .cache/gpu-carry/c15 (after erwarm or scan: the base joined): the predicate adapter and the first
-  # 6,000 corpus files; scan_speed --compare-engines --constrained twice, each in its own process as a user's scan:
+scan2)  # carry .cache/gpu-carry/c15a (the predicate adapter), after erwarm or join with .cache/gpu-carry/c15b (the
+  # base joined, the first 6,000 corpus files unpacked; erwarm: carry c15b here too); scan_speed --compare-engines --constrained twice, each in its own process as a user's scan:
   # SMALL files (default 1,700) the gpu engine alone, then FILES (default 5,000) the gpu engine and the reference
   mkdir -p /tmp/ad /tmp/work6k
-  [ -f /tmp/ad/predicate/adapter_model.safetensors ] || xz -dc .cache/gpu-carry/c15/ad.tar.xz | tar -C /tmp/ad -xf -
-  [ -d /tmp/work6k/corpus ] || xz -dc .cache/gpu-carry/c15/corpus6k.tar.xz | tar -C /tmp/work6k -xf -
+  [ -f /tmp/ad/predicate/adapter_model.safetensors ] || xz -dc .cache/gpu-carry/c15a/ad.tar.xz | tar -C /tmp/ad -xf -
+  [ -d /tmp/work6k/corpus ] || xz -dc .cache/gpu-carry/c15b/corpus6k.tar.xz | tar -C /tmp/work6k -xf -
   for n in ${SMALL:-1700} ${FILES:-5000}; do
     budget=$(( $(left) - 25 ))
     [ "$n" = "${FILES:-5000}" ] && ref="" || ref="--skip-reference"
@@ -255,9 +255,11 @@ scan2)  # carry .cache/gpu-carry/c15 (after erwarm or scan: the base joined): th
     grep -E "files/min|identical|^gpu engine|^reference|loralint:|^load|^cpu_side|^generate" "$log" | tail -9
   done
   ;;
-join)  # carry .carry/smollm2-b: the embedded base joined (its first part came with setup), dequantized once
-  join_base .carry/smollm2-b/part01
-  mkdir -p /tmp/ad
+join)  # carry .carry/gb (or .carry/smollm2-b): the embedded base joined (its first part came with setup), dequantized
+  # once; with .cache/gpu-carry/c15b, scan2's corpus unpacked
+  join_base "$(ls .carry/gb/part01 .carry/smollm2-b/part01 2>/dev/null | head -1)"
+  mkdir -p /tmp/ad /tmp/work6k
+  [ -f .cache/gpu-carry/c15b/corpus6k.tar.xz ] && xz -dc .cache/gpu-carry/c15b/corpus6k.tar.xz | tar -C /tmp/work6k -xf -
   tail -2 "$log"
   ;;
 rules)
