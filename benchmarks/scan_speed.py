@@ -392,6 +392,7 @@ def engine_phase(label: str, make, paths: list[str], budget_s: float, chunk: int
         "timed_out": rec.timed_out, "files": st["files_checked"], "windows": st["windows"],
         "windows_answered": len(rec.answers), "seconds": round(wall, 2), "load_seconds": round(load_s, 2),
         "load_wait_seconds": round(res.load_wait_seconds, 2), "host_workers": res.host_workers,
+        "scan_phases": res.phases,
         "scan_seconds": round(res.seconds, 2), "generate_seconds": round(res.generate_seconds, 2),
         "files_per_min": round(60 * st["files_checked"] / wall, 1), "windows_per_s": round(st["windows"] / wall, 1),
         "prompt_tokens": prompt_tokens, "prompt_tokens_per_s": round(prompt_tokens / wall) if prompt_tokens else None,
@@ -578,6 +579,7 @@ def compare_engines(a) -> int:
                                           r.get("errors", r.get("error")))))
     print(f"answers identical: {info.get('answers_identical_fraction')} of {info.get('answers_compared')}; "
           f"speedup {info.get('speedup_vs_reference')}x")
+    print("scan phases (s):", json.dumps((info["phases"].get("gpu") or {}).get("scan_phases")))
     print_profile(info.get("profile") or {})
     print(f"written {out}", file=sys.stderr)
     return 0

@@ -403,7 +403,7 @@ def test_continuous_decode_answers_like_the_reference(adapters, shapes):
     prompts, caps = mixed_prompts(step=4)
     caps = [32 if k % 11 == 0 else 4 + k % 5 for k in range(len(prompts))]
     caps[300] = 400  # a later piece's prompt needs more columns than the first piece's: the buffer grows
-    caps[120] = 2000  # beyond 4 x batch_tokens / rows columns: answered in a batch after the others
+    caps[120] = 2000  # beyond what the buffer may grow to: answered in a batch after the others
     want = texts(TransformersBackend(memo, device="cpu").generate(prompts, caps))
     kw = dict(device="cpu", prefill="packed", max_batch=64, batch_tokens=20_000, prefill_tokens=6000,
               check_every=4, cuda_shapes=shapes)

@@ -405,13 +405,17 @@ def test_grammars_built_in_worker_processes_are_those_built_here(monkeypatch):
     assert steps > 50
 
 
-def test_many_files_host_side_in_worker_processes_engine_loading_meanwhile(tmp_path, monkeypatch):
+@pytest.mark.parametrize("grammars_max", [None, 2])
+def test_many_files_host_side_in_worker_processes_engine_loading_meanwhile(tmp_path, monkeypatch, grammars_max):
     """A scan of many files on a machine with cores to spare reads, parses, cuts and looks up its files, and
     builds their windows' grammars, in worker processes, while the engine (a real tiny model) is built in a
     thread: the same findings, windows, forced and cached counts as the scan in one process; a second run
-    answers every window from the cache (built in the workers) and loads no model."""
+    answers every window from the cache (built in the workers) and loads no model. ``grammars_max`` 2: a file
+    with more windows than that is a "big" one, its grammars built in chunks over the pool afterwards."""
     from loralint import scanner
 
+    if grammars_max is not None:
+        monkeypatch.setattr(scanner, "HOST_GRAMMARS_MAX", grammars_max)
     adapter, fixture = trained_fixture()
     files = []
     for i in range(scanner.HOST_POOL_MIN + 4):
@@ -432,6 +436,7 @@ def test_many_files_host_side_in_worker_processes_engine_loading_meanwhile(tmp_p
 
     here, pooled = run("0", tmp_path / "c0"), run("2", tmp_path / "c2")
     assert here.host_workers == 0 and pooled.host_workers == 2
+    assert set(pooled.phases) == {"host", "grammars", "load_wait", "generate", "finish"}
     assert pooled.load_seconds > 0 and pooled.engines_loaded == 1
     assert model_keys(pooled) == model_keys(here) == oracle_keys(files[:-1])
     assert len(model_keys(pooled)) == 5 * (len(files) - 4)

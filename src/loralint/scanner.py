@@ -76,6 +76,10 @@ class ScanResult(RunResult):
     #: of which the run waited for, after its host side was done (less than load_seconds where it overlapped)
     load_wait_seconds: float = 0.0
     host_workers: int = 0  # worker processes of the host side (0: it ran in this process)
+    #: seconds of the run's parts, one after another: "host" (files read, parsed, cut, looked up; with host workers
+    #: the grammars of most files too), "grammars" (the rest of the windows' grammars), "load_wait", "generate"
+    #: (prompts, constraints, the engine), "finish" (answers parsed and verified, suppressions)
+    phases: dict[str, float] = field(default_factory=dict)
     rules: list[str] = field(default_factory=list)  # the rules reviewed (scan_rules: several)
     engines_loaded: int = 0  # models loaded for the run (scan_rules: one a base, whatever the rules)
     #: rule -> {"generate_seconds", "generated_tokens", "windows"} (scan_rules: the cost of each rule)
@@ -335,6 +339,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     host_workers = host_workers if pool is not None else 0
     lazy = engine_obj is not None and not getattr(engine_obj, "loaded", True)
     loader: _Loader | None = None
+    big: list[tuple[_File, Window]] = []  # (pool: windows of big files, their grammars not built by a worker)
 
     def build():
         return opts.create(rule, adapter=ad) if engine_obj is None else engine_obj.load()  # type: ignore[union-attr]
@@ -354,7 +359,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
                 results[got.path] = got
                 order.append(got.path)
                 continue
-            f, todo, forced, (hits, misses, bad, note) = got
+            f, todo, forced, (hits, misses, bad, note), graded = got
             order.append(f.src.path)
             if changed_out is not None:
                 changed_out[f.src.path] = changed
@@ -365,15 +370,21 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
                 store.note = store.note or note
             store.put(f.digest, forced)
             prepared.append(f)
-            jobs.extend((f, w) for w in todo)
+            (big if pool is not None and use_constraints and not graded else jobs).extend((f, w) for w in todo)
             if todo and pool is not None and loader is None and (engine_obj is None and kind != "openai" or lazy):
                 loader = _Loader(build)
+        host_s = time.perf_counter() - t0
+        # windows whose answer grammar leaves one answer need no model: the grammars of the files prepared here, or
+        # of the big files the workers left, built in chunks over the pool
+        if use_constraints and (big if pool is not None else jobs):
+            if pool is None:
+                jobs = _answer_forced(the_rule, jobs, store)
+            else:
+                jobs += _answer_forced(the_rule, big, store, pool)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-
-    if use_constraints and jobs and pool is None:  # windows whose answer grammar leaves one answer need no model
-        jobs = _answer_forced(the_rule, jobs, store)
+    grammar_s = time.perf_counter() - t0 - host_s
     if on_total:
         on_total(len(jobs))
     gen_seconds = 0.0
@@ -424,16 +435,20 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
             for digest, (_f, answers) in fresh.items():
                 store.put(digest, answers)
 
+    f0 = time.perf_counter()
     details: dict[str, FileScan] = {}
     for f in prepared:
         results[f.src.path] = _finish(f, the_rule)
         details[f.src.path] = f.detail  # type: ignore[assignment]
+    finish_s = time.perf_counter() - f0
     out = ScanResult(files=[results[p] for p in order], skipped_dirs=skipped, details=details,
                      changed=changed_out, backend=(engine_obj.name if engine_obj else kind) or "", rules=[rule])
     out.generate_seconds = gen_seconds
     out.load_seconds = load_seconds
     out.load_wait_seconds = load_wait
     out.host_workers = host_workers
+    out.phases = {"host": round(host_s, 3), "grammars": round(grammar_s, 3), "load_wait": round(load_wait, 3),
+                  "generate": round(gen_seconds, 3), "finish": round(finish_s, 3)}
     out.engines_loaded = 1 if load_seconds else 0
     out.generated_tokens = (getattr(engine_obj, "generated_tokens", 0) - tokens_before) if engine_obj else 0
     out.per_rule = {rule: {"generate_seconds": round(gen_seconds, 3), "windows": len(jobs),
@@ -493,7 +508,7 @@ def grammar_workers() -> int:
     return min(16, cpus - 1)
 
 
-def _forced_in_workers(rule: Rule, items: list) -> list | None:
+def _forced_in_workers(rule: Rule, items: list, pool=None) -> list | None:
     """:func:`_forced_answers` over a pool of processes, for a scan of many windows on a machine with the cores
     for it (a GPU scan: building the grammars was ~10 ms a window on one core, more than the GPU's own time a
     window). The workers are forked (as PyTorch's DataLoader workers are, beside a CUDA context they never
@@ -502,13 +517,15 @@ def _forced_in_workers(rule: Rule, items: list) -> list | None:
     no cores to spare, few windows): the caller builds them here."""
     import multiprocessing
 
+    chunks = [items[i:i + FORCED_CHUNK] for i in range(0, len(items), FORCED_CHUNK)]
+    if pool is not None:  # (the scan's own pool: :func:`_host_pool`)
+        return [x for part in pool.map(_forced_answers, [rule.id] * len(chunks), chunks) for x in part]
     n = grammar_workers()
     if n < 2 or len(items) < FORCED_POOL_MIN or "fork" not in multiprocessing.get_all_start_methods():
         return None
     import warnings
     from concurrent.futures import ProcessPoolExecutor
 
-    chunks = [items[i:i + FORCED_CHUNK] for i in range(0, len(items), FORCED_CHUNK)]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # (3.12+: "fork() with threads running")
@@ -521,9 +538,12 @@ def _forced_in_workers(rule: Rule, items: list) -> list | None:
     return [x for part in parts for x in part]
 
 
-#: files a host worker takes at a time, and the fewest files worth starting workers for
+#: files a host worker takes at a time, the fewest files worth starting workers for, and the most windows of a
+#: file whose grammars its worker builds (a file with more, e.g. a 50,000-line generated parser, would keep one
+#: worker busy while the others wait: its windows go to the pool in chunks afterwards)
 HOST_CHUNK = 4
 HOST_POOL_MIN = 48
+HOST_GRAMMARS_MAX = 48
 
 
 def _host_workers(n_files: int) -> int:
@@ -562,9 +582,11 @@ def _host_side(path: str, max_bytes: int | None, changed: set[int] | None, diff_
                window_lines: int, rule_id: str, store: ScanCache, forced: bool):
     """One file's host side, in a worker process or here: read, parsed, cut into windows, its cached answers
     taken, and (``forced``) each remaining window's answer grammar built: the one answer it allows, or its
-    automaton for the window's constraint (:func:`_forced_answers`). Returns the :class:`Skipped`, a
-    :class:`FileResult` with the file's error, or ``(file, windows the model must answer, forced answers to
-    store, (cache hits, misses, bad entries met here, the first one's note))``."""
+    automaton for the window's constraint (:func:`_forced_answers`), unless more than ``HOST_GRAMMARS_MAX``
+    windows are left (a big file: its grammars are spread over the pool afterwards, not left to one worker).
+    Returns the :class:`Skipped`, a :class:`FileResult` with the file's error, or ``(file, windows left for
+    the model, forced answers to store, (cache hits, misses, bad entries met here, the first one's note),
+    whether the grammars were built)``."""
     rule = get_rule(rule_id)
     src = load(path, max_bytes or _whole(path))
     if isinstance(src, Skipped):
@@ -590,6 +612,9 @@ def _host_side(path: str, max_bytes: int | None, changed: set[int] | None, diff_
             todo.append(w)
             misses += 1
     fresh: dict[str, dict] = {}
+    counts = (hits, misses, store.bad - bad0, store.note if store.bad > bad0 else None)
+    if forced and todo and len(todo) > HOST_GRAMMARS_MAX:  # a big file's grammars: spread over the pool after
+        return f, todo, fresh, counts, False
     if forced and todo and rule.answer_grammar([""], 1) is not None:
         got = _forced_answers(rule, [(f.lines[w.start:w.end], w.start + 1, _window_comments(f, w),
                                       _window_literals(f, w), _window_facts(f, w)) for w in todo])
@@ -604,7 +629,7 @@ def _host_side(path: str, max_bytes: int | None, changed: set[int] | None, diff_
                 f.detail.forced += 1
                 fresh[_wkey(w)] = {"text": text, "truncated": False, "tokens": 0}
         todo = rest
-    return f, todo, fresh, (hits, misses, store.bad - bad0, store.note if store.bad > bad0 else None)
+    return f, todo, fresh, counts, forced
 
 
 class _Loader:
@@ -636,14 +661,15 @@ class _Loader:
         return self.value
 
 
-def _answer_forced(rule: Rule, jobs: list[tuple[_File, Window]], store: ScanCache) -> list[tuple[_File, Window]]:
+def _answer_forced(rule: Rule, jobs: list[tuple[_File, Window]], store: ScanCache,
+                   pool=None) -> list[tuple[_File, Window]]:
     """Answer the windows whose constrained answer is forced (:func:`loralint.decoding.only_answer`: nothing
     the rule could name is in them) with that answer, as the constrained engine would; the other jobs."""
     if rule.answer_grammar([""], 1) is None:
         return jobs
     items = [(f.lines[w.start:w.end], w.start + 1, _window_comments(f, w), _window_literals(f, w),
               _window_facts(f, w)) for f, w in jobs]
-    got = _forced_in_workers(rule, items) or _forced_answers(rule, items)
+    got = _forced_in_workers(rule, items, pool) or _forced_answers(rule, items)
     rest: list[tuple[_File, Window]] = []
     fresh: dict[str, tuple[_File, dict]] = {}
     for (f, w), (text, auto) in zip(jobs, got):

@@ -664,8 +664,8 @@ class GpuEngine(Backend):
         the GPU decodes full rows until the prompts run out, instead of a batch's few long answers keeping it
         busy. Waiting prompts go longest answer limit first; the next piece is taken as soon as it is tokenized.
         L starts from the first piece (all but its longest half-percent) and grows (:meth:`_grow`) when a waiting
-        prompt needs more columns, up to 4 x ``batch_tokens`` / R; then, its rows ending, the buffer shrinks
-        (compaction) as a batch's does. A prompt beyond that bound, or not beginning with the prefix, is answered
+        prompt needs more columns, while the old and new buffers fit 3 x ``batch_tokens``; then, its rows
+        ending, the buffer shrinks (compaction) as a batch's does. A prompt beyond that bound, or not beginning with the prefix, is answered
         in a batch at the end (``slot_leftovers``)."""
         import heapq
 
@@ -683,9 +683,11 @@ class GpuEngine(Backend):
         need = sorted(len(ids) - P + caps[i] + 1 for i, ids in first)
         L = self._length_for(P + max(need[min(len(need) - 1, int(len(need) * 0.995))], 64))
         R = self._rows_for(max(1, min(self.max_batch, (2 * self.batch_tokens) // L, total)))
-        # a later prompt that needs more columns makes the buffer grow (at a look), up to what 4 x batch_tokens
-        # allows; beyond that it is answered in a batch at the end
-        cap_len = max(L, (4 * self.batch_tokens) // R)
+        # a later prompt that needs more columns makes the buffer grow (at a look), as far as the old buffer and
+        # the new one fit beside each other in 3 x batch_tokens (60 % of the memory free at the start: an H100's
+        # 80 GB ran out growing 1,024 rows from 1,280 to 1,792 columns under the 4 x batch_tokens of the new
+        # buffer alone); beyond that it is answered in a batch at the end
+        cap_len = max(L, (3 * self.batch_tokens) // R - L)
         grow = [0]
         bias = constraints is not None and any(c is not None for c in constraints)
         b = self._shape(R, L, bias, adapter)
@@ -778,9 +780,10 @@ class GpuEngine(Backend):
                 self._decode_steps += self.check_every
                 self.row_steps += b.rows * self.check_every
         except Exception as e:  # noqa: BLE001 - the prompts not answered yet go through batches
+            b = graph = None  # (the buffer let go first: the batches need its memory)
+            self._shapes.clear()
             if isinstance(e, torch.OutOfMemoryError) and self.cuda:
                 torch.cuda.empty_cache()
-            self._shapes.clear()
             notice(f"gpu engine: continuous decoding failed ({type(e).__name__}: {str(e)[:120]}); "
                    f"answering in batches")
             self.decode = "batches"
