@@ -387,7 +387,8 @@ def engine_phase(label: str, make, paths: list[str], budget_s: float, chunk: int
         "label": label, "engine": type(engine).__name__,
         "settings": engine.settings() if hasattr(engine, "settings") else {
             "engine": getattr(engine, "engine", None), "batch_tokens": getattr(engine, "batch_tokens", None),
-            "max_batch": getattr(engine, "max_batch", None), "device": getattr(engine, "device", None)},
+            "max_batch": getattr(engine, "max_batch", None), "device": getattr(engine, "device", None),
+            "dtype": str(getattr(engine, "dtype", "")).replace("torch.", "") or None},
         "chunk": chunk or rec.scan_chunk,
         "timed_out": rec.timed_out, "files": st["files_checked"], "windows": st["windows"],
         "windows_answered": len(rec.answers), "seconds": round(wall, 2), "load_seconds": round(load_s, 2),
@@ -455,6 +456,18 @@ def identical(rec: "Recorder", ref: "Recorder") -> tuple[int, float | None]:
     same = sum(getattr(rec.answers[k], "text", None) == getattr(ref.answers[k], "text", None)
                and not isinstance(ref.answers[k], BackendError) for k in both)
     return len(both), (round(same / len(both), 4) if both else None)
+
+
+def differing(rec: "Recorder", ref: "Recorder", limit: int = 12) -> list[dict]:
+    """The first ``limit`` windows both answered differently: the window, and each answer's text."""
+    out = []
+    for k in ref.answers:
+        if k in rec.answers and getattr(rec.answers[k], "text", None) != getattr(ref.answers[k], "text", None):
+            out.append({"window_chars": len(str(k)), "window_tail": str(k)[-300:], "engine": getattr(rec.answers[k], "text", repr(rec.answers[k])),
+                        "reference": getattr(ref.answers[k], "text", repr(ref.answers[k]))})
+            if len(out) >= limit:
+                break
+    return out
 
 
 def cuda_device_name() -> str | None:
@@ -568,6 +581,20 @@ def compare_engines(a) -> int:
                 ref_rate = row_ref["windows_answered"] / max(row_ref["seconds"], 1e-9)
                 info["speedup_vs_reference"] = round(row_gpu["windows_per_s"] / ref_rate, 2)
                 info["speedup_note"] = "the reference phase timed out: windows answered per second compared"
+            info["differing_answers"] = differing(rec_gpu, rec_ref)
+        write()
+        if a.reference_twice and rec_ref is not None:  # the noise floor: the same engine, other batch shapes
+            def make_ref2():
+                return TransformersBackend(adapter, base=base, device=device, engine="batched",
+                                           max_batch=a.reference_twice)
+
+            row_r2, rec_r2 = engine_phase(f"reference engine again, max_batch {a.reference_twice}", make_ref2,
+                                          paths, min(a.phase_budget, left()), a.ref_chunk, a.constrained)
+            info["phases"]["reference_again"] = row_r2
+            if rec_r2 is not None:
+                info["reference_self_compared"], info["reference_self_identical_fraction"] = identical(rec_r2,
+                                                                                                       rec_ref)
+                info["reference_self_differing_answers"] = differing(rec_r2, rec_ref)
     timer.cancel()
     write()
     cols = ("phase", "files", "windows", "seconds", "files/min", "windows/s", "prompt tok/s", "load s", "errors")
@@ -579,6 +606,9 @@ def compare_engines(a) -> int:
                                           r.get("errors", r.get("error")))))
     print(f"answers identical: {info.get('answers_identical_fraction')} of {info.get('answers_compared')}; "
           f"speedup {info.get('speedup_vs_reference')}x")
+    if "reference_self_identical_fraction" in info:
+        print(f"reference against itself (other batch shapes): {info['reference_self_identical_fraction']} of "
+              f"{info['reference_self_compared']}")
     print("scan phases (s):", json.dumps((info["phases"].get("gpu") or {}).get("scan_phases")))
     print_profile(info.get("profile") or {})
     print(f"written {out}", file=sys.stderr)
@@ -626,6 +656,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="Windows per generate call of the reference engine (its phase stops within one chunk "
                          "of its budget).")
     ap.add_argument("--skip-reference", action="store_true", help="Only the gpu engine.")
+    ap.add_argument("--reference-twice", type=int, default=0, metavar="MAX_BATCH",
+                    help="Run the reference engine a second time with this max_batch (other batch shapes, same "
+                         "weights): its agreement with itself is the dtype's noise floor for answers_identical.")
+    ap.add_argument("--dtype", choices=models.DTYPES, default=None,
+                    help="Both engines' compute dtype (sets LORALINT_DTYPE; default: bf16 on CUDA, fp32 on CPU).")
     ap.add_argument("--compare-decode", action="store_true",
                     help="Also the gpu engine decoding batch by batch (LORALINT_GPU_DECODE=batches), same files.")
     ap.add_argument("--constrained", action="store_true",
@@ -635,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--total-budget", type=float, default=560.0,
                     help="Seconds after which the JSON is written with what has finished, and the run stops.")
     a = ap.parse_args(argv)
+    if a.dtype:
+        os.environ["LORALINT_DTYPE"] = a.dtype
     if a.compare_engines:
         return compare_engines(a)
 

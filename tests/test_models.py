@@ -64,6 +64,18 @@ def test_default_dtype_is_fp32_on_cpu():
     assert models.default_dtype("cpu") == torch.float32
 
 
+def test_loralint_dtype_chooses_the_engines_dtype(monkeypatch):
+    import torch
+
+    monkeypatch.setenv("LORALINT_DTYPE", "float16")
+    assert models.default_dtype("cpu") == torch.float16
+    monkeypatch.setenv("LORALINT_DTYPE", "auto")
+    assert models.default_dtype("cpu") == torch.float32
+    monkeypatch.setenv("LORALINT_DTYPE", "fp8")
+    with pytest.raises(ValueError, match="LORALINT_DTYPE='fp8': use one of auto, float32, bfloat16, float16"):
+        models.default_dtype("cpu")
+
+
 @needs_embedded
 def test_embedded_base_resolves_to_its_gguf():
     b = models.resolve("smollm2-135m")

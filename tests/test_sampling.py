@@ -63,6 +63,38 @@ def test_fractional_factors_are_seeded():
     assert len(a) == len(b) and 2800 < len(a) < 3200  # about half the rows twice
 
 
+def test_else_return_near_miss_windows_are_weighted_by_their_trait():
+    """else-return's trait ``near-miss`` (a chain whose branch before the final else returns while an earlier one
+    does not: complying, and what the adapter took for a violation held out): read from each row's code by the
+    rule's tree-sitter check, windows numbered as the dataset numbers them, and weighted like a kind."""
+    from loralint.languages import parse
+    from loralint.windows import Window, window_messages
+
+    rule = get_rule("else-return")
+    near = ["function f(a) {", "  if (a === 1) {", "    a++", "  } else if (a === 2) {", "    return 2", "  } else {",
+            "    a--", "  }", "  return a", "}"]
+    flagged = ["function g(a) {", "  if (a) {", "    return 1", "  } else if (a === 2) {", "    return 2",
+               "  } else {", "    return 3", "  }", "}"]
+    plain = ["function h(a) {", "  if (a) {", "    a++", "  } else {", "    a--", "  }", "  return a", "}"]
+    rows = []
+    for lines, ts, grammar in ((near, "ts", "typescript"), (flagged, "js", "javascript"), (plain, "js", "javascript")):
+        whole = [""] * 40 + lines  # (the window's lines numbered from 41, as in its file)
+        data = "\n".join(whole).encode()
+        answer = rule.render_answer(rule.check_tree(parse(data, grammar), data, f"x.{ts}", grammar))
+        rows.append({"messages": window_messages(rule, whole, Window(40, len(whole)), ts, answer),
+                     "meta": {"rule": rule.id}})
+    assert [sampling.row_traits(r, rule) for r in rows] == [{"near-miss"}, set(), set()]
+    assert rule.parse_answer(rows[1]["messages"][-1]["content"]).claims  # (the flagged chain is a violation)
+    out, stats = sampling.oversample(rows, rule, "near-miss=3")
+    assert [sum(o is r for o in out) for r in rows] == [3, 1, 1]
+    assert stats["matched"] == {"near-miss": {"before": 1, "after": 3}}
+    assert sampling.parse_spec("near-miss=4,1+=2", rule) == sampling.Spec({}, ((1, 2.0),), {"near-miss": 4.0})
+    with pytest.raises(sampling.SpecError, match="its traits near-miss"):
+        sampling.parse_spec("nearmiss=4", rule)
+    with pytest.raises(sampling.SpecError, match="unknown key 'near-miss'"):
+        sampling.parse_spec("near-miss=4", RULE)  # (the predicate rule has no such trait)
+
+
 def test_train_reports_a_bad_spec_in_one_line(tmp_path, capsys):
     data = tmp_path / "t.jsonl"
     data.write_text(json.dumps(_row(FOR1)) + "\n")

@@ -42,6 +42,9 @@
 #   bash benchmarks/gpu/lease.sh scan2     carry .cache/gpu-carry/c15a (c15b)   (after join/erwarm) scan_speed on 1,700
 #                                                                             files (gpu engine) and 5,000 (both
 #                                                                             engines), host side in workers
+#   bash benchmarks/gpu/lease.sh scan3     (after scan2, no carry)             1,700 files: gpu vs reference vs the
+#                                                                             reference again (other batch shapes:
+#                                                                             bf16's noise floor); both in float16
 #   bash benchmarks/gpu/lease.sh speed2    carry .cache/gpu-carry/c10              naming eval; scan_speed
 #                                                                             (constrained, both engines)
 # prepare.sh builds every carried folder (c6: `tar -C src/loralint/adapters -cf .cache/gpu-carry/c6/ad.tar
@@ -227,12 +230,12 @@ erwarm)  # carry .carry/gb .cache/gpu-carry/c14 (after setup with .carry/ga): th
   xz -dc .cache/gpu-carry/c14/warm-er.tar.xz | tar -C /tmp/warm -xf -
   xz -dc .cache/gpu-carry/c14/else-return-train.jsonl.xz > /tmp/work/else-return/train.jsonl
   [ -d /tmp/work/corpus/passport@0.7.0 ] || tar -C /tmp/work -xJf .cache/gpu-carry/c14/corpus.tar.xz
-  for v in ${VARIANTS:-lr2:0.0002:330 lr5:0.0005:650}; do
-    IFS=: read -r tag lr steps <<< "$v"
-    say "train else-return-$tag: warm, lr $lr, $steps steps, mined once"
+  for v in ${VARIANTS:-lr2:0.0002:330 lr5:0.0005:650}; do  # tag:learning rate:steps[:--oversample spec]
+    IFS=: read -r tag lr steps over <<< "$v"
+    say "train else-return-$tag: warm, lr $lr, $steps steps, oversample ${over:-none}, mined once"
     timeout $(( ${ER_S:-150} + 90 )) python3 -m loralint train --data /tmp/work/else-return/train.jsonl --rule else-return \
       --out "/tmp/ad/else-return-$tag" --overwrite --max-steps "$steps" --set max_train_seconds="${ER_S:-150}" \
-      --set init_adapter=/tmp/warm/else-return --set learning_rate="$lr" --set num_train_epochs=50 --oversample none \
+      --set init_adapter=/tmp/warm/else-return --set learning_rate="$lr" --set num_train_epochs=50 --oversample "${over:-none}" \
       --mine 1 --set mine_windows=1500 >> "$log" 2>&1
     say "train $tag rc=$?"
     grep -E "^training|mine|round|saved|rror" "$log" | grep -v Backend | tail -4
@@ -259,6 +262,21 @@ scan2)  # carry .cache/gpu-carry/c15a (the predicate adapter), after erwarm or j
       --total-budget $budget --phase-budget $(( budget * 80 / 100 )) --out "$OUT/scan_speed_h200_$n.json" >> "$log" 2>&1
     say "scan_speed $n rc=$?"
     grep -E "files/min|identical|^gpu engine|^reference|loralint:|^load|^cpu_side|^generate" "$log" | tail -9
+  done
+  ;;
+scan3)  # (after scan2, nothing carried) on scan2's first 1,700 files: the gpu engine, the reference and the reference
+  # again with other batch shapes (max_batch NOISE_BATCH, default 64: bf16's noise floor for answers_identical); then
+  # both engines in float16 (DTYPES, default "float16"), each in its own process
+  for dt in bfloat16 ${DTYPES-float16}; do
+    budget=$(( $(left) - 25 ))
+    [ "$dt" = bfloat16 ] && twice="--reference-twice ${NOISE_BATCH:-64}" || twice=""
+    say "scan_speed --compare-engines --constrained --limit-files ${SMALL:-1700} --dtype $dt $twice (budget $budget s)"
+    timeout $(( budget + 10 )) env -u TOKENIZERS_PARALLELISM python3 benchmarks/scan_speed.py --compare-engines \
+      --constrained --device cuda --adapter /tmp/ad/predicate --corpus /tmp/work6k/corpus --limit-files "${SMALL:-1700}" \
+      --dtype "$dt" $twice --total-budget $budget --phase-budget $(( budget * 45 / 100 )) \
+      --out "$OUT/scan_speed_h200_${SMALL:-1700}_$dt.json" >> "$log" 2>&1
+    say "scan_speed $dt rc=$?"
+    grep -E "files/min|identical|against itself|^gpu engine|^reference|loralint:" "$log" | tail -6
   done
   ;;
 join)  # carry .carry/gb (or .carry/smollm2-b): the embedded base joined (its first part came with setup), dequantized

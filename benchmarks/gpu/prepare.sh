@@ -12,6 +12,31 @@
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 LORALINT=${LORALINT:-loralint}
+PY=${PY:-python3}
+if [ "${1:-}" = lease3 ]; then
+  bash ../shared/tools/gpu-wheels.sh liger-kernel==0.8.5 peft==0.21.2
+  gguf=$($PY -c "from loralint import models; print(models.embedded_gguf())")
+  rm -rf .carry/ga .carry/gb .cache/gpu-carry/c14 .cache/gpu-carry/c15a .cache/gpu-carry/c15b
+  mkdir -p .carry/ga .carry/gb .cache/gpu-carry/c14 .cache/gpu-carry/c15a .cache/gpu-carry/c15b /tmp/prep-split
+  split -b 55000000 -d "$gguf" /tmp/prep-split/part && mv /tmp/prep-split/part00 .carry/ga/ && mv /tmp/prep-split/part01 .carry/gb/
+  rm -rf /tmp/prep-warm && mkdir -p /tmp/prep-warm/else-return
+  cp src/loralint/adapters/else-return/adapter_config.json /tmp/prep-warm/else-return/
+  $PY -c 'import sys, torch; from safetensors.torch import load_file, save_file
+save_file({k: v.to(torch.bfloat16) for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])' \
+    src/loralint/adapters/else-return/adapter_model.safetensors /tmp/prep-warm/else-return/adapter_model.safetensors
+  tar -C /tmp/prep-warm -cf - else-return | xz -T0 -6 > .cache/gpu-carry/c14/warm-er.tar.xz
+  xz -T0 -6 -c .cache/ds-else-return2/train.jsonl > .cache/gpu-carry/c14/else-return-train.jsonl.xz
+  tar -C .cache -cf - corpus/corpus.lock.json \
+    $(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/corpus\//' src/loralint/data/corpus/eval.txt) \
+    | xz -T0 -6 > .cache/gpu-carry/c14/corpus.tar.xz
+  tar -C src/loralint/adapters -cf - predicate | xz -T0 -6 > .cache/gpu-carry/c15a/ad.tar.xz
+  $PY -c 'import sys; sys.path.insert(0, "benchmarks"); from pathlib import Path; from scan_speed import corpus_files_all
+root = Path(".cache").resolve()
+for p in corpus_files_all(Path(".cache/corpus"), 6000): print(Path(p).resolve().relative_to(root))' > /tmp/prep-6k.txt
+  tar -C .cache -cf - -T /tmp/prep-6k.txt | xz -T0 -6 > .cache/gpu-carry/c15b/corpus6k.tar.xz
+  du -sh .whl .carry/ga .carry/gb .cache/gpu-carry/c14 .cache/gpu-carry/c15a .cache/gpu-carry/c15b
+  exit 0
+fi
 $LORALINT corpus fetch train eval --dest .cache/corpus
 for r in predicate else-return naming; do
   $LORALINT dataset build --rule "$r" --train train --eval eval --kinds window,snippet,clean --corpus .cache/corpus \
@@ -29,3 +54,11 @@ tar -C src/loralint/adapters -cf .cache/gpu-carry/c5/warm.tar predicate else-ret
 bash ../shared/tools/gpu-wheels.sh liger-kernel==0.8.5 peft==0.21.2
 bash ../shared/tools/smollm2-carry.sh
 du -sh .whl .carry/* .cache/gpu-carry/*/*
+
+# `prepare.sh lease3` (2026-12-07, fourth session): the carries of setup / erwarm / scan2 / scan3 alone (the corpus
+# and the else-return windows dataset must be built first: `loralint corpus fetch train eval` and `loralint dataset
+# build --rule else-return ... --out .cache/ds-else-return2`).
+#   .whl .carry/ga            setup   (wheels; the base's first 55 MB)
+#   .carry/gb gpu-carry/c14   erwarm  (the base's last 43 MB; the shipped else-return adapter in bf16, its windows
+#                                      dataset, the held-out packages)
+#   gpu-carry/c15a c15b       scan2   (the shipped predicate adapter; the first 6,000 corpus files of scan_speed)

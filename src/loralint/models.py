@@ -265,10 +265,19 @@ def default_device() -> str:
     return "cpu"
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 def default_dtype(device: str):
-    """bf16 on GPUs that have it, fp32 elsewhere (fp32 is fastest on CPU)."""
+    """The inference engines' compute dtype: ``LORALINT_DTYPE`` where set (one of :data:`DTYPES`, as vLLM's
+    ``--dtype``), else bf16 on GPUs that have it and fp32 elsewhere (fp32 is fastest on CPU)."""
     import torch
 
+    name = os.environ.get("LORALINT_DTYPE", "auto").strip().lower() or "auto"
+    if name not in DTYPES:
+        raise ValueError(f"LORALINT_DTYPE={name!r}: use one of {', '.join(DTYPES)}")
+    if name != "auto":
+        return getattr(torch, name)
     if device == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32

@@ -11,7 +11,10 @@ number of violations the oracle labelled), so any rule's dataset can be reweight
 ``KEY=FACTOR`` items, comma-separated:
 
 - ``KIND=FACTOR``: rows whose answer holds a violation of that kind (``for=8``, ``else if=2``);
-- ``N+=FACTOR``: rows whose answer holds N or more violations (``3+=2``).
+- ``N+=FACTOR``: rows whose answer holds N or more violations (``3+=2``);
+- ``TRAIT=FACTOR``: rows whose window's code has one of the rule's :attr:`~loralint.rules.Rule.traits`, read
+  from the prompt's code by the rule's own tree-sitter check (else-return's ``near-miss=4``: complying chains
+  the model took for violations).
 
 A row gets the largest factor among the keys it matches (not their product: a crowded ``for`` window is not
 repeated 16 times), 1 when it matches none. A factor ``f`` repeats the row ``floor(f)`` times and once more with
@@ -40,12 +43,14 @@ class Spec:
     kinds: dict[str, float] = field(default_factory=dict)
     #: (minimum number of violations, factor)
     crowded: tuple[tuple[int, float], ...] = ()
+    traits: dict[str, float] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.kinds or self.crowded)
+        return bool(self.kinds or self.crowded or self.traits)
 
     def __str__(self) -> str:
-        items = [f"{k}={f:g}" for k, f in self.kinds.items()] + [f"{n}+={f:g}" for n, f in self.crowded]
+        items = ([f"{k}={f:g}" for k, f in self.kinds.items()] + [f"{n}+={f:g}" for n, f in self.crowded]
+                 + [f"{k}={f:g}" for k, f in self.traits.items()])
         return ",".join(items)
 
 
@@ -57,6 +62,7 @@ def parse_spec(spec: "str | dict | Spec | None", rule) -> Spec:
         return Spec()
     items = list(spec.items()) if isinstance(spec, dict) else [_split(s) for s in str(spec).split(",") if s.strip()]
     kinds: dict[str, float] = {}
+    traits: dict[str, float] = {}
     crowded: list[tuple[int, float]] = []
     for key, factor in items:
         key = str(key).strip()
@@ -74,10 +80,13 @@ def parse_spec(spec: "str | dict | Spec | None", rule) -> Spec:
             crowded.append((int(m.group(1)), f))
         elif key in rule.kinds:
             kinds[key] = f
+        elif key in getattr(rule, "traits", {}):
+            traits[key] = f
         else:
+            extra = f", its traits {', '.join(rule.traits)}" if getattr(rule, "traits", None) else ""
             raise SpecError(f"oversample: unknown key {key!r}; the {rule.id} rule's kinds are "
-                            f"{', '.join(rule.kinds)}, or N+ for windows with N or more violations")
-    return Spec(kinds, tuple(sorted(crowded)))
+                            f"{', '.join(rule.kinds)}{extra}, or N+ for windows with N or more violations")
+    return Spec(kinds, tuple(sorted(crowded)), traits)
 
 
 def _split(item: str) -> tuple[str, str]:
@@ -91,13 +100,40 @@ def answer_of(row: dict) -> str:
     return row["messages"][-1]["content"]
 
 
-def row_factor(row: dict, rule, spec: Spec) -> float:
-    """The factor a row gets: the largest among the spec's keys its answer matches, 1 when none."""
+_FENCED = re.compile(r"```(\w+)\n(.*)\n```\s*$", re.S)
+_NUMBER = re.compile(r"^\d+\| ?", re.M)
+
+
+def row_traits(row: dict, rule) -> set[str]:
+    """The rule's traits of a row's window: its code taken back from the prompt (the last fenced block, each
+    line's ``N| `` number dropped: :func:`loralint.windows.number_lines`), parsed with its fence's grammar."""
+    if not getattr(rule, "traits", None):
+        return set()
+    from .languages import EXTENSIONS, parse
+
+    user = next((m["content"] for m in reversed(row["messages"]) if m.get("role") == "user"), "")
+    m = _FENCED.search(user)
+    grammars = {fence: grammar for grammar, fence in EXTENSIONS.values()}
+    if m is None or m.group(1) not in grammars:
+        return set()
+    code = _NUMBER.sub("", m.group(2))
+    return rule.window_traits(parse(code.encode(), grammars[m.group(1)]), grammars[m.group(1)])
+
+
+def _keys(row: dict, rule, spec: Spec) -> set[str]:
+    """The spec's keys a row matches (kinds, ``N+``, traits)."""
     parsed = rule.parse_answer(answer_of(row))
-    kinds = {c.kind for c in parsed.claims}
-    n = len(parsed.claims)
-    found = [spec.kinds[k] for k in kinds if k in spec.kinds] + [f for m, f in spec.crowded if n >= m]
-    return max([1.0] + found)
+    keys = {c.kind for c in parsed.claims if c.kind in spec.kinds}
+    keys |= {f"{m}+" for m, _ in spec.crowded if len(parsed.claims) >= m}
+    if spec.traits:
+        keys |= row_traits(row, rule) & set(spec.traits)
+    return keys
+
+
+def row_factor(row: dict, rule, spec: Spec) -> float:
+    """The factor a row gets: the largest among the spec's keys it matches, 1 when none."""
+    factors = spec.kinds | spec.traits | {f"{m}+": f for m, f in spec.crowded}
+    return max([1.0] + [factors[k] for k in _keys(row, rule, spec)])
 
 
 def oversample(rows: list[dict], rule, spec: "str | dict | Spec | None", seed: int = 0) -> tuple[list[dict], dict]:
@@ -110,12 +146,11 @@ def oversample(rows: list[dict], rule, spec: "str | dict | Spec | None", seed: i
     out: list[dict] = []
     before: Counter = Counter()
     after: Counter = Counter()
+    factors = spec.kinds | spec.traits | {f"{m}+": f for m, f in spec.crowded}
     for row in rows:
-        f = row_factor(row, rule, spec)
+        keys = _keys(row, rule, spec)
+        f = max([1.0] + [factors[k] for k in keys])
         times = int(f) + (1 if rng.random() < f - int(f) else 0)
-        parsed = rule.parse_answer(answer_of(row))
-        keys = {c.kind for c in parsed.claims if c.kind in spec.kinds}
-        keys |= {f"{m}+" for m, _ in spec.crowded if len(parsed.claims) >= m}
         for k in keys:
             before[k] += 1
             after[k] += times

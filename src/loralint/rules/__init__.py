@@ -74,6 +74,14 @@ class Rule:
         """0-based (start_row, end_row) of constructs that look like the rule's but comply with it."""
         raise NotImplementedError
 
+    #: traits a window may have (name -> what it is), beside the rule's kinds: what ``loralint train
+    #: --oversample NAME=FACTOR`` can weight (e.g. the complying look-alikes a model takes for violations)
+    traits: dict[str, str] = {}
+
+    def window_traits(self, tree: Tree, grammar: str = "javascript") -> set[str]:
+        """The :attr:`traits` of a window's code, parsed alone (``grammar``: its language's)."""
+        return set()
+
     def window_spans(self, tree: Tree, grammar: str = "javascript") -> list[tuple[int, int]]:
         """:func:`loralint.windows.protected_spans` of the tree: the rows no window boundary may cut. A rule whose
         oracle queries the tree anyway may answer from the same pass by joining
