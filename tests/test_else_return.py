@@ -3,6 +3,7 @@ expectations are ESLint's own (pinned by tests/test_eslint_reference.py), the an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,64 @@ def test_a_window_that_shows_an_else_shows_the_branches_before_it():
             (w.start, w.end) for w in file_windows(code.encode(), "javascript", tree=tree,
                                                    spans=RULE.window_spans(tree, "javascript"))[1]]
     assert split_before > 0  # (the default cuts did split the chain)
+
+
+NEAR_MISS = """function pick(a, b) {
+  if (a) {
+    step();
+  } else if (b) {
+    return 1;
+  } else {
+    other();
+  }
+}
+"""
+VIOLATION = """function both(a) {
+  if (a) {
+    return 1;
+  } else {
+    return 2;
+  }
+}
+"""
+
+
+def _plain_chain(i: int) -> str:
+    return f"function plain{i}(a) {{\n  if (a) {{\n    one{i}();\n  }} else {{\n    two{i}();\n  }}\n}}\n"
+
+
+def test_look_alike_sites_are_the_near_miss_chains():
+    code = (NEAR_MISS + "\n" + VIOLATION + "\n" + _plain_chain(0)).encode()
+    assert RULE.look_alike_sites(parse(code, "javascript"), code) == [(1, 7)]
+    assert RULE.window_traits(parse(NEAR_MISS.encode(), "javascript")) == {"near-miss"}
+    assert RULE.window_traits(parse(_plain_chain(0).encode(), "javascript")) == set()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_dataset_keeps_the_look_alike_clean_examples_first(tmp_path, monkeypatch, seed):
+    """One violation, a near-miss chain and many plain complying chains: balancing keeps one clean example of
+    many, and it is the near-miss one (the hard negative the shipped adapter failed on held out)."""
+    from loralint.dataset import build
+    from loralint.sampling import row_traits
+
+    from tiny import smollm2_tokenizer
+
+    monkeypatch.setenv("LORALINT_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "pkg"
+    root.mkdir()
+    (root / "v.js").write_text(VIOLATION)
+    (root / "n.js").write_text("\n\n\n".join(_plain_chain(i) for i in range(3)) + "\n\n\n" + NEAR_MISS)
+    for f in range(4):
+        (root / f"p{f}.js").write_text("\n\n\n".join(_plain_chain(10 * f + i) for i in range(3)))
+    kw = dict(rule="else-return", kinds=["snippet", "clean"], seed=seed, jobs=1, tokenizer=smollm2_tokenizer())
+    res = build([root], tmp_path / "out", **kw)
+    st = res.stats["splits"]["train"]
+    rows = [json.loads(x) for x in res.files["train"].read_text().splitlines()]
+    clean = [r for r in rows if r["meta"]["n_findings"] == 0]
+    assert st["violation_examples"] == st["clean_examples"] == len(clean) == 1
+    assert st["look_alike_clean_examples"] == 1 and row_traits(clean[0], RULE) == {"near-miss"}
+    # without the rule's look-alikes the same build keeps a plain chain (the test can fail)
+    monkeypatch.setattr(type(RULE), "look_alike_sites", lambda self, tree, source, grammar="javascript": [])
+    res = build([root], tmp_path / "out-plain", **kw)
+    rows = [json.loads(x) for x in res.files["train"].read_text().splitlines()]
+    assert [row_traits(r, RULE) for r in rows if r["meta"]["n_findings"] == 0] != [{"near-miss"}]

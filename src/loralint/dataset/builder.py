@@ -254,8 +254,10 @@ def _split(split: str, pkgs: list[Package], mine: list[tuple[_Task, _FileOut]], 
     if balance and violations and clean:
         n = min(len(violations), len(clean))
         dropped_balance = len(violations) + len(clean) - 2 * n
-        if len(clean) > n:
-            clean = [clean[i] for i in sorted(rng.sample(range(len(clean)), n))]
+        if len(clean) > n:  # every look-alike (hard negative) first, then a seeded sample of the rest
+            hard = [i for i, c in enumerate(clean) if c.look_alike][:n]
+            rest = [i for i, c in enumerate(clean) if not c.look_alike]
+            clean = [clean[i] for i in sorted(hard + rng.sample(rest, n - len(hard)))]
         else:
             violations = [violations[i] for i in sorted(rng.sample(range(len(violations)), n))]
     final = violations + clean
@@ -282,6 +284,7 @@ def _split(split: str, pkgs: list[Package], mine: list[tuple[_Task, _FileOut]], 
         "examples": len(final),
         "violation_examples": sum(1 for c in final if c.n_findings > 0),
         "clean_examples": sum(1 for c in final if c.n_findings == 0),
+        "look_alike_clean_examples": sum(1 for c in final if c.look_alike),
         "by_kind": _ordered(Counter(c.kind for c in final)),
         "by_kind_violation": _ordered(Counter(c.kind for c in final if c.n_findings > 0)),
         "findings": sum(c.n_findings for c in final),
@@ -311,7 +314,9 @@ def summary(stats: dict) -> list[str]:
         dup = st["duplicates_removed"]
         lines.append(
             f"{split}: {st['examples']:,} examples ({st['violation_examples']:,} with violations, "
-            f"{st['clean_examples']:,} clean; {kinds}) from {len(st['packages'])} "
+            f"{st['clean_examples']:,} clean"
+            + (f", {st['look_alike_clean_examples']:,} of them look-alikes" if st.get("look_alike_clean_examples") else "")
+            + f"; {kinds}) from {len(st['packages'])} "
             f"package{'s' if len(st['packages']) != 1 else ''}, "
             f"{st['files_read']:,} files ({st['files_skipped']:,} skipped); tokens {tok['total']:,} "
             f"(mean {tok['mean']:,}, max {tok['max']:,}); "

@@ -54,6 +54,10 @@ class Example:
     key: bytes
     #: the JSONL row, UTF-8
     row: bytes
+    #: a clean example (of any kind) holding one of the rule's look-alike sites whole
+    #: (:meth:`~loralint.rules.Rule.look_alike_sites`): kept before other clean examples when a file's clean sites
+    #: are sampled and when the split is balanced
+    look_alike: bool = False
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,8 @@ class FileExamples:
 
         kinds = opts.kinds
         emit = self.emit
+        #: 0-based (start_row, end_row) of the rule's look-alike sites: a clean example holding one is kept first
+        self.look_alike = rule.look_alike_sites(tree, data, grammar)
         if "window" in kinds:
             for w in wins:
                 a, b = self.widen(w.start, w.end)
@@ -222,17 +228,25 @@ class FileExamples:
                 a, b = self.widen(max(0, s - CONTEXT), min(n, e + CONTEXT + 1))
                 emit("snippet", a, b)
         if "clean" in kinds:
-            regions = []
-            for s, e in rule.clean_sites(tree, data, grammar):
+            regions, hard = [], set()
+            look_alike = set(self.look_alike)
+            for s, e in rule.clean_sites(tree, data, grammar) + sorted(look_alike):
+                site = (s, e)
                 if e - s > opts.window_lines:  # a long statement: its head only
                     e = s
                 a, b = max(0, s - CONTEXT), min(n, e + CONTEXT + 1)
                 if self.touches(a, b):
                     out.counts["clean_site_holds_violation"] += 1
-                elif (a, b) not in regions:
+                    continue
+                if (a, b) not in regions:
                     regions.append((a, b))
-            if len(regions) > CLEAN_PER_FILE:
-                regions = sorted(random.Random(f"{opts.seed}:{task.package}:{task.rel}").sample(regions, CLEAN_PER_FILE))
+                if site in look_alike and a <= site[0] and site[1] < b:  # (a long one cut to its head is not)
+                    hard.add((a, b))
+            if len(regions) > CLEAN_PER_FILE:  # the look-alikes first, then a seeded sample of the rest
+                first = [r for r in regions if r in hard][:CLEAN_PER_FILE]
+                rest = [r for r in regions if r not in hard]
+                k = CLEAN_PER_FILE - len(first)
+                regions = sorted(first + random.Random(f"{opts.seed}:{task.package}:{task.rel}").sample(rest, k))
             for a, b in regions:
                 emit("clean", a, b)
         return out
@@ -309,7 +323,8 @@ class FileExamples:
             key = _digest(fence + "\n" + "\n".join(lines[a:b]))
         else:
             key = b""
-        out.examples.append(Example(kind, len(got), tuple(f.kind for f in got), ntok, key, line))
+        hard = not got and any(a <= s and e < b for s, e in self.look_alike)  # a clean region holding a look-alike
+        out.examples.append(Example(kind, len(got), tuple(f.kind for f in got), ntok, key, line, hard))
 
     def slow_row(self, a: int, b: int, answer: str, kind: str, part: str, n_found: int, ntok: int) -> str:
         task, rule = self.task, self.rule

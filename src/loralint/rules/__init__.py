@@ -51,7 +51,9 @@ class Rule:
       (dataset building) and :meth:`parse_answer` (the scanner), so that training and scanning cannot drift.
 
     The rest has defaults a rule may keep: :meth:`messages` (the chat around the prompt), :meth:`fingerprint`
-    (what an adapter records of the format it learned) and :meth:`window_spans`. Windows themselves (cutting,
+    (what an adapter records of the format it learned), :meth:`window_spans`, and the hard negatives
+    :meth:`look_alike_sites` (kept first when a dataset samples clean examples) with :attr:`traits` /
+    :meth:`window_traits` (what ``--oversample TRAIT=F`` weights). Windows themselves (cutting,
     line numbering, the messages of one window) are the rule-independent :mod:`loralint.windows`.
     """
 
@@ -73,6 +75,12 @@ class Rule:
     def clean_sites(self, tree: Tree, source: bytes, grammar: str = "javascript") -> list[tuple[int, int]]:
         """0-based (start_row, end_row) of constructs that look like the rule's but comply with it."""
         raise NotImplementedError
+
+    def look_alike_sites(self, tree: Tree, source: bytes, grammar: str = "javascript") -> list[tuple[int, int]]:
+        """The :meth:`clean_sites` a model most often takes for violations (hard negatives). A dataset keeps their
+        clean examples before any other when it samples a file's clean sites and when it balances violations
+        against clean examples. Default: none."""
+        return []
 
     #: traits a window may have (name -> what it is), beside the rule's kinds: what ``loralint train
     #: --oversample NAME=FACTOR`` can weight (e.g. the complying look-alikes a model takes for violations)

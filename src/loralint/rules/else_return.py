@@ -369,6 +369,13 @@ class ElseReturnRule(Rule):
                 sites.append((if_node.start_point[0], if_node.end_point[0]))
         return sites
 
+    def look_alike_sites(self, tree: Tree, source: bytes, grammar: str = "javascript") -> list[tuple[int, int]]:
+        """The near-miss chains (:attr:`traits`): the branch before the else returns, an earlier one does not."""
+        if b"else" not in source:
+            return []
+        return [(if_node.start_point[0], if_node.end_point[0]) for if_node, body in self._chains(tree, grammar)
+                if body is None and _near_miss(if_node)]
+
     # ---------------------------------------------------------- verification
     def locate(self, claim: Claim, doc, row: int, last_row: int):
         """The word `else` on the claim's line, outside comments; or, when the block starts a line below its
