@@ -25,7 +25,10 @@ if [ "${1:-}" = lease3 ]; then
 save_file({k: v.to(torch.bfloat16) for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])' \
     src/loralint/adapters/else-return/adapter_model.safetensors /tmp/prep-warm/else-return/adapter_model.safetensors
   tar -C /tmp/prep-warm -cf - else-return | xz -T0 -6 > .cache/gpu-carry/c14/warm-er.tar.xz
-  xz -T0 -6 -c .cache/ds-else-return2/train.jsonl > .cache/gpu-carry/c14/else-return-train.jsonl.xz
+  # else-return's windows dataset as this tree builds it (its own windows; its near-miss look-alikes kept first)
+  [ -f .cache/ds-else-return-lease3/train.jsonl ] || $LORALINT dataset build --rule else-return --train train \
+    --eval eval --kinds window,snippet,clean --corpus .cache/corpus --out .cache/ds-else-return-lease3 -q -j 0
+  xz -T0 -6 -c .cache/ds-else-return-lease3/train.jsonl > .cache/gpu-carry/c14/else-return-train.jsonl.xz
   tar -C .cache -cf - corpus/corpus.lock.json \
     $(sed -e 's/#.*//' -e '/^\s*$/d' -e 's/^\s*/corpus\//' src/loralint/data/corpus/eval.txt) \
     | xz -T0 -6 > .cache/gpu-carry/c14/corpus.tar.xz
@@ -56,8 +59,12 @@ bash ../shared/tools/smollm2-carry.sh
 du -sh .whl .carry/* .cache/gpu-carry/*/*
 
 # `prepare.sh lease3` (2026-12-07, fourth session): the carries of setup / erwarm / scan2 / scan3 alone (the corpus
-# and the else-return windows dataset must be built first: `loralint corpus fetch train eval` and `loralint dataset
-# build --rule else-return ... --out .cache/ds-else-return2`).
+# must be fetched first: `loralint corpus fetch train eval --dest .cache/corpus`; LORALINT=.venv/bin/loralint
+# PY=.venv/bin/python from a checkout). The lease it is for, in order, on one warm machine:
+#   SKIP_CUDA_TESTS=1 lease.sh setup (carry .whl .carry/ga)
+#   VARIANTS="nm8:0.0002:350:near-miss=8 nm16:0.0003:450:near-miss=16" lease.sh erwarm (carry .carry/gb c14)
+#   lease.sh scan2 (carry c15a c15b)        1,700 files the gpu engine alone, 5,000 both engines
+#   lease.sh scan3 (no carry)               1,700 files: bf16's noise floor (the reference twice), float16
 #   .whl .carry/ga            setup   (wheels; the base's first 55 MB)
 #   .carry/gb gpu-carry/c14   erwarm  (the base's last 43 MB; the shipped else-return adapter in bf16, its windows
 #                                      dataset, the held-out packages)
