@@ -129,11 +129,9 @@ def _in_statement_list(node: Node) -> bool:
     return True
 
 
-def unnecessary_else(if_node: Node) -> Node | None:
-    """The final `else` body of the chain starting at ``if_node`` when ESLint's no-else-return (allowElseIf)
-    reports it, else None."""
-    if not _in_statement_list(if_node):
-        return None
+def _chain(if_node: Node) -> tuple[list[Node], Node] | None:
+    """The consequents of an if / else if chain ending in a plain else, and that else's body; None when the chain
+    has no final else."""
     node, consequents, alternate = if_node, [], None
     while node.type == "if_statement":
         alternate = _else_body(node)
@@ -142,22 +140,27 @@ def unnecessary_else(if_node: Node) -> Node | None:
             return None
         consequents.append(cons)
         node = alternate
-    if alternate is not None and all(_always_returns(c) for c in consequents):
-        return alternate
+    return (consequents, alternate) if alternate is not None else None
+
+
+def unnecessary_else(if_node: Node) -> Node | None:
+    """The final `else` body of the chain starting at ``if_node`` when ESLint's no-else-return (allowElseIf)
+    reports it, else None."""
+    if not _in_statement_list(if_node):
+        return None
+    chain = _chain(if_node)
+    if chain is not None and all(_always_returns(c) for c in chain[0]):
+        return chain[1]
     return None
 
 
 def _near_miss(if_node: Node) -> bool:
     """An if / else if chain ending in else (two branches or more before it) whose last branch always returns
     and an earlier one does not (so :func:`unnecessary_else` says no)."""
-    node, consequents = if_node, []
-    while node.type == "if_statement":
-        alternate = _else_body(node)
-        cons = node.child_by_field_name("consequence")
-        if alternate is None or cons is None:
-            return False
-        consequents.append(cons)
-        node = alternate
+    chain = _chain(if_node)
+    if chain is None:
+        return False
+    consequents = chain[0]
     return len(consequents) > 1 and _always_returns(consequents[-1]) and not all(
         _always_returns(c) for c in consequents)
 
