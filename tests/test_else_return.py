@@ -261,6 +261,9 @@ def test_look_alike_sites_are_the_near_miss_chains():
     assert RULE.look_alike_sites(parse(code, "javascript"), code) == [(1, 7)]
     assert RULE.window_traits(parse(NEAR_MISS.encode(), "javascript")) == {"near-miss"}
     assert RULE.window_traits(parse(_plain_chain(0).encode(), "javascript")) == set()
+    twin = NEAR_MISS.replace("    step();", "    return 0;")  # every branch returns: the violating twin
+    assert RULE.window_traits(parse(twin.encode(), "javascript")) == {"else-if-chain"}
+    assert RULE.window_traits(parse(VIOLATION.encode(), "javascript")) == set()  # one branch: no chain
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -83,13 +83,15 @@ def test_else_return_near_miss_windows_are_weighted_by_their_trait():
         answer = rule.render_answer(rule.check_tree(parse(data, grammar), data, f"x.{ts}", grammar))
         rows.append({"messages": window_messages(rule, whole, Window(40, len(whole)), ts, answer),
                      "meta": {"rule": rule.id}})
-    assert [sampling.row_traits(r, rule) for r in rows] == [{"near-miss"}, set(), set()]
+    assert [sampling.row_traits(r, rule) for r in rows] == [{"near-miss"}, {"else-if-chain"}, set()]
     assert rule.parse_answer(rows[1]["messages"][-1]["content"]).claims  # (the flagged chain is a violation)
     out, stats = sampling.oversample(rows, rule, "near-miss=3")
     assert [sum(o is r for o in out) for r in rows] == [3, 1, 1]
     assert stats["matched"] == {"near-miss": {"before": 1, "after": 3}}
+    out, stats = sampling.oversample(rows, rule, "near-miss=3,else-if-chain=2")  # with the violating twin
+    assert [sum(o is r for o in out) for r in rows] == [3, 2, 1]
     assert sampling.parse_spec("near-miss=4,1+=2", rule) == sampling.Spec({}, ((1, 2.0),), {"near-miss": 4.0})
-    with pytest.raises(sampling.SpecError, match="its traits near-miss"):
+    with pytest.raises(sampling.SpecError, match="its traits near-miss, else-if-chain"):
         sampling.parse_spec("nearmiss=4", rule)
     with pytest.raises(sampling.SpecError, match="unknown key 'near-miss'"):
         sampling.parse_spec("near-miss=4", RULE)  # (the predicate rule has no such trait)

@@ -62,7 +62,8 @@ du -sh .whl .carry/* .cache/gpu-carry/*/*
 # must be fetched first: `loralint corpus fetch train eval --dest .cache/corpus`; LORALINT=.venv/bin/loralint
 # PY=.venv/bin/python from a checkout). The lease it is for, in order, on one warm machine:
 #   SKIP_CUDA_TESTS=1 lease.sh setup (carry .whl .carry/ga)
-#   VARIANTS="nm8:0.0002:350:near-miss=8 nm16:0.0003:450:near-miss=16" lease.sh erwarm (carry .carry/gb c14)
+#   VARIANTS="nm8:0.0002:350:near-miss=8,else-if-chain=2 nm16:0.0003:450:near-miss=16,else-if-chain=4" \
+#     lease.sh erwarm (carry .carry/gb c14)
 #   lease.sh scan2 (carry c15a c15b)        1,700 files the gpu engine alone, 5,000 both engines
 #   lease.sh scan3 (no carry)               1,700 files: bf16's noise floor (the reference twice), float16
 #   .whl .carry/ga            setup   (wheels; the base's first 55 MB)

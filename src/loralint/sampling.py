@@ -13,8 +13,9 @@ number of violations the oracle labelled), so any rule's dataset can be reweight
 - ``KIND=FACTOR``: rows whose answer holds a violation of that kind (``for=8``, ``else if=2``);
 - ``N+=FACTOR``: rows whose answer holds N or more violations (``3+=2``);
 - ``TRAIT=FACTOR``: rows whose window's code has one of the rule's :attr:`~loralint.rules.Rule.traits`, read
-  from the prompt's code by the rule's own tree-sitter check (else-return's ``near-miss=4``: complying chains
-  the model took for violations).
+  from the prompt's code by the rule's own tree-sitter check (else-return's ``near-miss=8``: complying chains
+  the model took for violations, with ``else-if-chain=2``: their violating twins, so that the model is not
+  taught that an else after an else if never violates).
 
 A row gets the largest factor among the keys it matches (not their product: a crowded ``for`` window is not
 repeated 16 times), 1 when it matches none. A factor ``f`` repeats the row ``floor(f)`` times and once more with

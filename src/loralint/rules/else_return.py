@@ -306,13 +306,19 @@ class ElseReturnRule(Rule):
 
     traits = {"near-miss": "a chain ending in else whose branch before the else always returns while an earlier "
                            "one does not: it complies (ESLint wants every branch to return), and it is what the "
-                           "adapter took for a violation held out (4 of its 4 false positives, 2026-12-07)"}
+                           "adapter took for a violation held out (4 of its 4 false positives, 2026-12-07)",
+              "else-if-chain": "a reported chain of two branches or more before its else, every one returning: the "
+                               "near-miss's violating twin, to weight beside it (a model shown near-misses "
+                               "alone learns that an else after an else if never violates)"}
 
     def window_traits(self, tree: Tree, grammar: str = "javascript") -> set[str]:
+        got = set()
         for if_node, body in self._chains(tree, grammar):
             if body is None and _near_miss(if_node):
-                return {"near-miss"}
-        return set()
+                got.add("near-miss")
+            elif body is not None and len(_chain(if_node)[0]) > 1:
+                got.add("else-if-chain")
+        return got
 
     def _chains(self, tree: Tree, grammar: str) -> list[tuple[Node, Node | None]]:
         """Every if that starts a chain in a statement list, with its reported else body (or None)."""
