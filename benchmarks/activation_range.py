@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in corpus_files_all(Path(a.corpus), a.files):
         data = Path(path).read_bytes()
         grammar = grammar_for(path)
+        tree = parse(data, grammar)
         for rule in all_rules().values():
-            spans = rule.window_spans(parse(data, grammar), grammar)
+            spans = rule.window_spans(tree, grammar)
             lines, wins = windows.file_windows(data, grammar, spans=spans)
             prompts += [windows.window_messages(rule, lines, w, fence_for(path)) for w in wins]
     texts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in prompts]
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
               "windows": len(ids), "tokens": sum(map(len, ids)), "seconds": round(time.perf_counter() - t0, 1),
               "max_abs": round(top[0][1], 1), "where": top[0][0],
               "float16_headroom": round(FLOAT16_MAX / top[0][1], 2), "peaks": {k: round(v, 1) for k, v in top},
-              "command": "python benchmarks/activation_range.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+              "command": "python benchmarks/activation_range.py "
+                         + " ".join(argv if argv is not None else sys.argv[1:])}
     print(f"{'activation':28} | {'max |x|':>10}")
     for k, v in top[:8]:
         print(f"{k:28} | {v:>10,.1f}")

@@ -463,7 +463,8 @@ def differing(rec: "Recorder", ref: "Recorder", limit: int = 12) -> list[dict]:
     out = []
     for k in ref.answers:
         if k in rec.answers and getattr(rec.answers[k], "text", None) != getattr(ref.answers[k], "text", None):
-            out.append({"window_chars": len(str(k)), "window_tail": str(k)[-300:], "engine": getattr(rec.answers[k], "text", repr(rec.answers[k])),
+            out.append({"window_chars": len(str(k)), "window_tail": str(k)[-300:],
+                        "engine": getattr(rec.answers[k], "text", repr(rec.answers[k])),
                         "reference": getattr(ref.answers[k], "text", repr(ref.answers[k]))})
             if len(out) >= limit:
                 break

@@ -25,6 +25,7 @@ probability ``f - floor(f)`` (seeded), so ``1.5`` means half the rows twice. Use
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
@@ -48,6 +49,11 @@ class Spec:
 
     def __bool__(self) -> bool:
         return bool(self.kinds or self.crowded or self.traits)
+
+    def factor(self, keys: set[str]) -> float:
+        """The factor of a row matching ``keys`` (:func:`_keys`): the largest of theirs, 1 when none."""
+        factors = self.kinds | self.traits | {f"{m}+": f for m, f in self.crowded}
+        return max([1.0] + [factors[k] for k in keys])
 
     def __str__(self) -> str:
         items = ([f"{k}={f:g}" for k, f in self.kinds.items()] + [f"{n}+={f:g}" for n, f in self.crowded]
@@ -110,15 +116,22 @@ def row_traits(row: dict, rule) -> set[str]:
     line's ``N| `` number dropped: :func:`loralint.windows.number_lines`), parsed with its fence's grammar."""
     if not getattr(rule, "traits", None):
         return set()
-    from .languages import EXTENSIONS, parse
+    from .languages import parse
 
     user = next((m["content"] for m in reversed(row["messages"]) if m.get("role") == "user"), "")
     m = _FENCED.search(user)
-    grammars = {fence: grammar for grammar, fence in EXTENSIONS.values()}
-    if m is None or m.group(1) not in grammars:
+    grammar = _fence_grammars().get(m.group(1)) if m else None
+    if grammar is None:
         return set()
-    code = _NUMBER.sub("", m.group(2))
-    return rule.window_traits(parse(code.encode(), grammars[m.group(1)]), grammars[m.group(1)])
+    return rule.window_traits(parse(_NUMBER.sub("", m.group(2)).encode(), grammar), grammar)
+
+
+@functools.cache
+def _fence_grammars() -> dict[str, str]:
+    """Fence name (``js``, ``tsx``, ...) -> tree-sitter grammar, from :data:`loralint.languages.EXTENSIONS`."""
+    from .languages import EXTENSIONS
+
+    return {fence: grammar for grammar, fence in EXTENSIONS.values()}
 
 
 def _keys(row: dict, rule, spec: Spec) -> set[str]:
@@ -131,12 +144,6 @@ def _keys(row: dict, rule, spec: Spec) -> set[str]:
     return keys
 
 
-def row_factor(row: dict, rule, spec: Spec) -> float:
-    """The factor a row gets: the largest among the spec's keys it matches, 1 when none."""
-    factors = spec.kinds | spec.traits | {f"{m}+": f for m, f in spec.crowded}
-    return max([1.0] + [factors[k] for k in _keys(row, rule, spec)])
-
-
 def oversample(rows: list[dict], rule, spec: "str | dict | Spec | None", seed: int = 0) -> tuple[list[dict], dict]:
     """Rows repeated by their factor (order kept: repeats follow their row; the trainer shuffles), and stats:
     rows in and out, and for each key how many rows match it before and after."""
@@ -147,10 +154,9 @@ def oversample(rows: list[dict], rule, spec: "str | dict | Spec | None", seed: i
     out: list[dict] = []
     before: Counter = Counter()
     after: Counter = Counter()
-    factors = spec.kinds | spec.traits | {f"{m}+": f for m, f in spec.crowded}
     for row in rows:
         keys = _keys(row, rule, spec)
-        f = max([1.0] + [factors[k] for k in keys])
+        f = spec.factor(keys)
         times = int(f) + (1 if rng.random() < f - int(f) else 0)
         for k in keys:
             before[k] += 1

@@ -78,8 +78,8 @@ RECIPE_KEYS: dict[str, tuple[Any, str]] = {
     "init_adapter": (None, "start from this PEFT adapter folder (its rank and targets) instead of a fresh LoRA: "
                            "train a shipped adapter further (LlamaFactory's adapter_name_or_path)"),
     "oversample": (None, "repeat rows by what their answer holds: KIND=FACTOR or N+=FACTOR (windows with N or more "
-                         "violations), or by a trait of their code, TRAIT=FACTOR (else-return's near-miss, else-if-chain), "
-                         "comma-separated, e.g. 'for=3,ternary=3,else if=2,3+=2' (see sampling.py)"),
+                         "violations), or by a trait of their code, TRAIT=FACTOR (else-return's near-miss, "
+                         "else-if-chain), comma-separated, e.g. 'for=3,ternary=3,else if=2,3+=2' (see sampling.py)"),
     "mine_rounds": (0, "oracle-driven hard-example mining: after training, scan train windows with the adapter, "
                        "train further on those where model and oracle disagree; this many rounds"),
     "mine_windows": (4000, "train windows scanned a mining round (a seeded sample; 0: all)"),

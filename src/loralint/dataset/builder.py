@@ -312,10 +312,11 @@ def summary(stats: dict) -> list[str]:
         kinds = ", ".join(f"{k} {v:,}" for k, v in st["by_kind"].items())
         tok = st["tokens"]
         dup = st["duplicates_removed"]
+        hard = st.get("look_alike_clean_examples")
         lines.append(
             f"{split}: {st['examples']:,} examples ({st['violation_examples']:,} with violations, "
             f"{st['clean_examples']:,} clean"
-            + (f", {st['look_alike_clean_examples']:,} of them look-alikes" if st.get("look_alike_clean_examples") else "")
+            + (f", {hard:,} of them look-alikes" if hard else "")
             + f"; {kinds}) from {len(st['packages'])} "
             f"package{'s' if len(st['packages']) != 1 else ''}, "
             f"{st['files_read']:,} files ({st['files_skipped']:,} skipped); tokens {tok['total']:,} "

@@ -312,13 +312,17 @@ class ElseReturnRule(Rule):
                                "alone learns that an else after an else if never violates)"}
 
     def window_traits(self, tree: Tree, grammar: str = "javascript") -> set[str]:
-        got = set()
+        return {trait for _, trait in self._traits(tree, grammar)}
+
+    def _traits(self, tree: Tree, grammar: str) -> list[tuple[Node, str]]:
+        """Each chain that has one of :attr:`traits`, with it."""
+        out = []
         for if_node, body in self._chains(tree, grammar):
             if body is None and _near_miss(if_node):
-                got.add("near-miss")
+                out.append((if_node, "near-miss"))
             elif body is not None and len(_chain(if_node)[0]) > 1:
-                got.add("else-if-chain")
-        return got
+                out.append((if_node, "else-if-chain"))
+        return out
 
     def _chains(self, tree: Tree, grammar: str) -> list[tuple[Node, Node | None]]:
         """Every if that starts a chain in a statement list, with its reported else body (or None)."""
@@ -382,8 +386,8 @@ class ElseReturnRule(Rule):
         """The near-miss chains (:attr:`traits`): the branch before the else returns, an earlier one does not."""
         if b"else" not in source:
             return []
-        return [(if_node.start_point[0], if_node.end_point[0]) for if_node, body in self._chains(tree, grammar)
-                if body is None and _near_miss(if_node)]
+        return [(if_node.start_point[0], if_node.end_point[0]) for if_node, trait in self._traits(tree, grammar)
+                if trait == "near-miss"]
 
     # ---------------------------------------------------------- verification
     def locate(self, claim: Claim, doc, row: int, last_row: int):
