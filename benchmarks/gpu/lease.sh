@@ -248,25 +248,44 @@ erwarm)  # carry .carry/gb .cache/gpu-carry/c14 (after setup with .carry/ga): th
   for d in /tmp/ad/else-return-*; do ship "${d##*/}"; done
   ;;
 scan2)  # carry .cache/gpu-carry/c15a (the predicate adapter), after erwarm or join with .cache/gpu-carry/c15b (the
-  # base joined, the first 6,000 corpus files unpacked; erwarm: carry c15b here too); scan_speed --compare-engines --constrained twice, each in its own process as a user's scan:
-  # SMALL files (default 1,700) the gpu engine alone, then FILES (default 5,000) the gpu engine and the reference
+  # base joined, the first 6,000 corpus files unpacked; erwarm: carry c15b here too; after scan3: no carry);
+  # scan_speed --compare-engines --constrained twice, each in its own process as a user's scan:
+  # SMALL files (default 1,700) the gpu engine alone, then FILES (default 5,000) the gpu engine and the reference.
+  # DTYPE (default: after scan3, the dtype whose engines agreed most there; else the engines' own) for both runs;
+  # SMALL= (empty) skips the first
   mkdir -p /tmp/ad /tmp/work6k
   [ -f /tmp/ad/predicate/adapter_model.safetensors ] || xz -dc .cache/gpu-carry/c15a/ad.tar.xz | tar -C /tmp/ad -xf -
   [ -d /tmp/work6k/corpus ] || xz -dc .cache/gpu-carry/c15b/corpus6k.tar.xz | tar -C /tmp/work6k -xf -
-  for n in ${SMALL:-1700} ${FILES:-5000}; do
+  dt=${DTYPE:-$(python3 - <<'PY'
+import glob, json
+best = ("auto", -1.0)
+for f in glob.glob("/tmp/work/scan3_*.json"):
+    d = json.load(open(f))
+    if (d.get("answers_identical_fraction") or -1) > best[1]:
+        best = (f.split("scan3_")[1][:-5], d["answers_identical_fraction"])
+print(best[0])
+PY
+)}
+  say "dtype for scan2: $dt"
+  for n in ${SMALL-1700} ${FILES:-5000}; do
     budget=$(( $(left) - 25 ))
     [ "$n" = "${FILES:-5000}" ] && ref="" || ref="--skip-reference"
-    say "scan_speed --compare-engines --constrained --limit-files $n $ref (budget $budget s)"
+    say "scan_speed --compare-engines --constrained --limit-files $n --dtype $dt $ref (budget $budget s)"
     timeout $(( budget + 10 )) env -u TOKENIZERS_PARALLELISM python3 benchmarks/scan_speed.py --compare-engines \
       $ref --constrained --device cuda --adapter /tmp/ad/predicate --corpus /tmp/work6k/corpus --limit-files "$n" \
-      --total-budget $budget --phase-budget $(( budget * 80 / 100 )) --out "$OUT/scan_speed_h200_$n.json" >> "$log" 2>&1
+      --dtype "$dt" --total-budget $budget --phase-budget $(( budget * 80 / 100 )) \
+      --out "$OUT/scan_speed_h200_${n}_$dt.json" >> "$log" 2>&1
     say "scan_speed $n rc=$?"
     grep -E "files/min|identical|^gpu engine|^reference|loralint:|^load|^cpu_side|^generate" "$log" | tail -9
   done
   ;;
-scan3)  # (after scan2, nothing carried) on scan2's first 1,700 files: the gpu engine, the reference and the reference
-  # again with other batch shapes (max_batch NOISE_BATCH, default 64: bf16's noise floor for answers_identical); then
-  # both engines in float16 (DTYPES, default "float16"), each in its own process
+scan3)  # carry .cache/gpu-carry/c15a c15b (or after scan2, nothing carried): on scan2's first 1,700 files, the gpu
+  # engine, the reference and the reference again with other batch shapes (max_batch NOISE_BATCH, default 64:
+  # bf16's noise floor for answers_identical); then both engines in float16 (DTYPES, default "float16"), each in its
+  # own process; each JSON also kept in /tmp/work for scan2's choice of dtype
+  mkdir -p /tmp/ad /tmp/work6k /tmp/work
+  [ -f /tmp/ad/predicate/adapter_model.safetensors ] || xz -dc .cache/gpu-carry/c15a/ad.tar.xz | tar -C /tmp/ad -xf -
+  [ -d /tmp/work6k/corpus ] || xz -dc .cache/gpu-carry/c15b/corpus6k.tar.xz | tar -C /tmp/work6k -xf -
   for dt in bfloat16 ${DTYPES-float16}; do
     budget=$(( $(left) - 25 ))
     [ "$dt" = bfloat16 ] && twice="--reference-twice ${NOISE_BATCH:-64}" || twice=""
@@ -276,6 +295,7 @@ scan3)  # (after scan2, nothing carried) on scan2's first 1,700 files: the gpu e
       --dtype "$dt" $twice --total-budget $budget --phase-budget $(( budget * 45 / 100 )) \
       --out "$OUT/scan_speed_h200_${SMALL:-1700}_$dt.json" >> "$log" 2>&1
     say "scan_speed $dt rc=$?"
+    cp "$OUT/scan_speed_h200_${SMALL:-1700}_$dt.json" "/tmp/work/scan3_$dt.json" 2>/dev/null
     grep -E "files/min|identical|against itself|^gpu engine|^reference|loralint:" "$log" | tail -6
   done
   ;;
