@@ -34,6 +34,7 @@ import queue
 import sys
 import threading
 import time
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -362,8 +363,9 @@ def corpus_files_all(corpus: Path, limit: int) -> list[str]:
 
 
 def engine_phase(label: str, make, paths: list[str], budget_s: float, chunk: int | None,
-                 constrained: bool = False) -> tuple[dict, Recorder | None]:
-    """Build an engine (timed: model load included) and scan ``paths`` with it, answer cache off."""
+                 constrained: bool = False, live: dict | None = None) -> tuple[dict, Recorder | None]:
+    """Build an engine (timed: model load included) and scan ``paths`` with it, answer cache off; ``live``: its
+    recorder is kept there under "rec" while it runs (the watchdog's partial comparison)."""
     import gc
 
     import torch
@@ -371,6 +373,8 @@ def engine_phase(label: str, make, paths: list[str], budget_s: float, chunk: int
     t0 = time.perf_counter()
     deadline = time.monotonic() + budget_s
     rec = Recorder(make, deadline, constrained, label)
+    if live is not None:
+        live["rec"] = rec
     try:  # built by the scan, as `loralint scan` builds its engine: overlapped with the host side where it can be
         res = scan(paths, backend=rec, cache=False, chunk=chunk, constrained=constrained)
     except Exception as e:  # noqa: BLE001 - the phase says why and the benchmark goes on
@@ -513,8 +517,18 @@ def compare_engines(a) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(info, indent=2) + "\n")
 
-    # whatever happens, the JSON is written before the caller's limit
+    live: dict = {}  # the recorder of the phase running, and the gpu engine's once it is done
+
+    # whatever happens, the JSON is written before the caller's limit, with the windows the reference had answered
+    # compared to the gpu engine's (a partial comparison, said so)
     def watchdog():
+        gpu_rec, ref_rec = live.get("gpu"), live.get("rec")
+        if gpu_rec is not None and ref_rec is not None and ref_rec is not gpu_rec and "answers_compared" not in info:
+            snap = types.SimpleNamespace(answers=dict(ref_rec.answers))  # (a copy: the phase is still running)
+            info["answers_compared"], info["answers_identical_fraction"] = identical(gpu_rec, snap)
+            info["differing_answers"] = differing(gpu_rec, snap)
+            info["answers_compared_note"] = (f"partial: the windows {ref_rec.label} had answered when the watchdog "
+                                             "stopped it")
         write(f"stopped by the watchdog after {a.total_budget:.0f}s; the phases above are those that finished")
         print(f"watchdog: written {out}", file=sys.stderr)
         os._exit(3)
@@ -548,7 +562,8 @@ def compare_engines(a) -> int:
     # a short warm-up of nothing: the model load of each phase is timed, as a user's scan pays it
     info["decoding"] = "constrained (the scan's default: each window's answer grammar)" if a.constrained else "free"
     row_gpu, rec_gpu = engine_phase("gpu engine", make_gpu, paths, min(a.phase_budget, left() * 0.45), a.chunk,
-                                    a.constrained)
+                                    a.constrained, live)
+    live["gpu"] = rec_gpu
     info["phases"]["gpu"] = row_gpu
     info.update({k: row_gpu.get(k) for k in ("files", "windows", "seconds", "files_per_min", "windows_per_s",
                                               "prompt_tokens_per_s")})
@@ -572,7 +587,7 @@ def compare_engines(a) -> int:
         write()
     if not a.skip_reference:
         row_ref, rec_ref = engine_phase("reference engine (transformers, batched)", make_ref, paths,
-                                        min(a.phase_budget, left()), a.ref_chunk, a.constrained)
+                                        min(a.phase_budget, left()), a.ref_chunk, a.constrained, live)
         info["phases"]["reference"] = row_ref
         if rec_gpu is not None and rec_ref is not None:
             info["answers_compared"], info["answers_identical_fraction"] = identical(rec_gpu, rec_ref)
@@ -653,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=None,
                     help="Windows per generate call (scan's chunk; default: what the engine asks for, "
                          "Backend.scan_chunk: all at once for the gpu engine's continuous decoding, else 4,096).")
-    ap.add_argument("--ref-chunk", type=int, default=1024,
+    ap.add_argument("--ref-chunk", type=int, default=256,
                     help="Windows per generate call of the reference engine (its phase stops within one chunk "
                          "of its budget).")
     ap.add_argument("--skip-reference", action="store_true", help="Only the gpu engine.")

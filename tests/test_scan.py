@@ -447,3 +447,30 @@ def test_many_files_host_side_in_worker_processes_engine_loading_meanwhile(tmp_p
     assert again.host_workers == 2 and again.stats()["windows_cached"] == here.stats()["windows"]  # (forced too)
     assert again.load_seconds == 0 and again.engines_loaded == 0 and again.generated_tokens == 0
     assert model_keys(again) == model_keys(here)
+
+
+def test_a_scan_pauses_the_garbage_collector_and_restores_it(tmp_path):
+    """The cyclic garbage collector is paused while a scan runs (its host side unpickles workers' automata
+    beside a large heap: benchmarks/host_side.py) and left after it as it was before, also after an error."""
+    import gc
+
+    p = tmp_path / "t.js"
+    p.write_text("if (a && b) { x() }\n")
+    seen = []
+
+    def reply(messages, n):
+        seen.append(gc.isenabled())
+        return oracle_answer(messages)
+
+    assert gc.isenabled()
+    res = scan([str(p)], backend=FunctionBackend(reply), cache=False)
+    assert [f.line for f in res.findings] == [1] and seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        scan([str(p)], backend=FunctionBackend(reply), cache=False)
+        assert not gc.isenabled()  # (a caller's own pause is left alone)
+    finally:
+        gc.enable()
+    with pytest.raises(Exception):
+        scan([str(p)], backend="no-such-backend", cache=False)
+    assert gc.isenabled()

@@ -23,6 +23,7 @@ from .backends import (CONSTRAINED_BACKENDS, Adapter, Backend, BackendError, Bac
 from .cache import ScanCache, file_hash, settings_key
 from .checker import FileResult, RunResult
 from .findings import Finding, sort_findings
+from .gcpause import gc_paused
 from .languages import fence_for, parse
 from .rules import Rule, get_rule
 from .sources import Skipped, SourceFile, discover, load
@@ -276,6 +277,7 @@ def _finish(f: _File, rule: Rule) -> FileResult:
                       suppressed=suppressed, lines=len(f.lines))
 
 
+@gc_paused()
 def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapter | None = None, *,
          rule: str = "predicate", backend: str | Backend | BackendOptions | None = None, cache: bool = True,
          cache_dir: str | os.PathLike | None = None, diff: str | None = None, max_bytes: int | None = None,

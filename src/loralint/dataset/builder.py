@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import functools
-import gc
 import json
 import multiprocessing
 import os
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .. import __version__, sources, windows
+from ..gcpause import gc_paused
 from ..corpus import Package
 from ..rules import get_rule
 from .examples import (DEFAULT_CUTOFF, DEFAULT_MAX_BYTES, KINDS, SYNTAX_ERRORS, Example, Options, _file_examples,
@@ -88,24 +87,7 @@ def _run(tasks: list[_Task], kit: TokenKit, options: Options, jobs: int,
     return results  # type: ignore[return-value]
 
 
-def _gc_paused(fn):
-    """Pause the cyclic garbage collector while ``fn`` runs (and in the worker processes it forks): a build makes
-    millions of short-lived objects and no cycles, and each collection would walk every example kept."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if enabled:
-                gc.enable()
-
-    return wrapper
-
-
-@_gc_paused
+@gc_paused()
 def build(train: Iterable[str | os.PathLike] | Sequence[Package], out: str | os.PathLike, *,
           eval: Iterable[str | os.PathLike] | Sequence[Package] = (), val_packages: str | int | None = None,
           corpus: str | os.PathLike = ".cache/corpus", rule: str = "predicate", kinds: Iterable[str] = KINDS,
