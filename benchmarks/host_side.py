@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             t0, c0 = time.perf_counter(), time.process_time()
             res = scans[label](paths, rule=a.rule, backend=engine, cache=False, constrained=True)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            runs[label].append({"seconds": round(wall, 2), "parent_cpu_seconds": round(cpu, 2), "phases": res.phases, "host_workers": res.host_workers,
+            runs[label].append({"seconds": round(wall, 2), "parent_cpu_seconds": round(cpu, 2), "phases": res.phases,
+                                "host_workers": res.host_workers,
                                 "windows": sum(d.windows for d in res.details.values()),
                                 "model_windows": res.per_rule[a.rule]["windows"]})
             print(f"round {r + 1} {label}: {wall:.2f} s, parent CPU {cpu:.2f} s {json.dumps(res.phases)}",
