@@ -402,6 +402,8 @@ def engine_phase(label: str, make, paths: list[str], budget_s: float, chunk: int
         "files_per_min": round(60 * st["files_checked"] / wall, 1), "windows_per_s": round(st["windows"] / wall, 1),
         "prompt_tokens": prompt_tokens, "prompt_tokens_per_s": round(prompt_tokens / wall) if prompt_tokens else None,
         "generated_tokens": res.generated_tokens, "findings": st["findings"], "errors": st["files_with_errors"],
+        # what went wrong, where (the first files': a phase past its deadline says so; an engine's own failure too)
+        "error_samples": [f"{'/'.join(r.path.rsplit('/', 2)[-2:])}: {str(r.error)[:240]}" for r in res.errors[:8]],
         "profile": {"load": round(load_s, 2), "load_wait": round(res.load_wait_seconds, 2),
                     "cpu_side": round(res.seconds - res.generate_seconds - res.load_wait_seconds, 2),
                     "generate": round(res.generate_seconds, 2)} | prof,
