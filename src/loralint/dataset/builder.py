@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .. import __version__, sources, windows
-from ..gcpause import gc_paused
 from ..corpus import Package
+from ..gcpause import gc_paused
 from ..rules import get_rule
 from .examples import (DEFAULT_CUTOFF, DEFAULT_MAX_BYTES, KINDS, SYNTAX_ERRORS, Example, Options, _file_examples,
                        _FileOut, _init_worker, _STATE, _Task)
