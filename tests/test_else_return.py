@@ -185,6 +185,58 @@ def test_only_an_else_whose_consequent_may_return_and_no_else_if_can_be_claimed(
     assert not auto.accepts("4: else") and not auto.accepts("11: else") and not auto.accepts("33: else")
 
 
+NEAR_MISSES = """\
+function f(M) {
+  if (M.computed) {
+    key = 1;
+  } else if (M.key) {
+    return 2;
+  } else {
+    key = 3;
+  }
+  if (a) {
+    return 1;
+  } else if (b) {
+    return 2;
+  } else {
+    return 3;
+  }
+  if (a) return 1;
+  else if (b) {
+    return 2;
+  } else {
+    x();
+  }
+  if (a) x();
+  else if (b) {
+    return 2;
+  } else {
+    x();
+  }
+  if (a) { y(); } else if (b) { return 1; } else if (c) { return 2; } else { z(); }
+  if (a) { return 0; } else if (b) { return 1; } else if (c) { return 2; } else { z(); }
+  if (a) { return 0; } else if (b) { /* return */ } else if (c) { return 2; } else { z(); }
+  if (a) { return 0; } else if (b) { f(); } else if (c) { return 2; }
+  else { z(); }
+}
+"""
+
+
+def test_a_chain_whose_earlier_branch_does_not_return_cannot_be_claimed():
+    """The near-miss chains (the shipped adapter's four held-out false positives, 2026-12-07): the branch before
+    the `else` returns, an earlier one does not, so ESLint does not report it; the grammar walks the chain back
+    through each `else if` and offers the `else` only when every branch may return (braced or not)."""
+    data = NEAR_MISSES.encode()
+    tree = parse(data, "javascript")
+    lines = file_lines(data)
+    doc = FileText(lines, comment_spans(tree, data, "javascript"))
+    rows = [r + 1 for r in range(len(lines)) if RULE.locate(Claim(r + 1, "else", "else"), doc, r, r)]
+    found = [f.line for f in RULE.check_tree(tree, data, "n.js")]
+    assert found == [13, 19, 29]
+    assert rows == found  # not 6, 25, 28, 30, 32: a branch before them (not the last) does not return
+    assert RULE.look_alike_sites(tree, data) == [(1, 7), (21, 26), (27, 27), (29, 29), (30, 31)]
+
+
 def test_every_oracle_finding_of_real_files_is_claimable():
     """The grammar's line test never refuses an `else` ESLint's rule reports (a necessary condition): every
     oracle finding of the rule's fixtures and a spread of corpus files is located on its line (all 3,013 findings of

@@ -436,7 +436,7 @@ def test_many_files_host_side_in_worker_processes_engine_loading_meanwhile(tmp_p
 
     here, pooled = run("0", tmp_path / "c0"), run("2", tmp_path / "c2")
     assert here.host_workers == 0 and pooled.host_workers == 2
-    assert set(pooled.phases) == {"host", "grammars", "load_wait", "generate", "finish"}
+    assert set(pooled.phases) == {"host", "grammars", "load_wait", "generate", "streamed", "finish"}
     assert pooled.load_seconds > 0 and pooled.engines_loaded == 1
     assert model_keys(pooled) == model_keys(here) == oracle_keys(files[:-1])
     assert len(model_keys(pooled)) == 5 * (len(files) - 4)
@@ -447,6 +447,51 @@ def test_many_files_host_side_in_worker_processes_engine_loading_meanwhile(tmp_p
     assert again.host_workers == 2 and again.stats()["windows_cached"] == here.stats()["windows"]  # (forced too)
     assert again.load_seconds == 0 and again.engines_loaded == 0 and again.generated_tokens == 0
     assert model_keys(again) == model_keys(here)
+
+
+def test_a_scan_of_many_files_hands_windows_to_the_engine_while_the_host_side_goes_on(tmp_path, monkeypatch):
+    """With the host side in worker processes and the engine ready, the windows for the model go to the engine
+    as soon as ``STREAM_MIN`` are gathered, the workers going on meanwhile (a GPU scan's CPU side and generation
+    overlap); big files' grammars (over the pool in chunks) join as they come. The same findings and counts as
+    the scan in one process, in several calls of the engine."""
+    from loralint import scanner
+
+    monkeypatch.setattr(scanner, "STREAM_MIN", 6)
+    monkeypatch.setattr(scanner, "HOST_GRAMMARS_MAX", 5)  # (a file holds 3 windows of 15 lines, a big one 9)
+
+    class Recording(FunctionBackend):
+        supports_constraints = True
+
+        def __init__(self):
+            super().__init__(lambda messages, n: oracle_answer(messages))
+            self.sizes = []
+
+        def generate(self, prompts, max_new_tokens, progress=None, constraints=None, adapters=None):
+            self.sizes.append(len(prompts))
+            return super().generate(prompts, max_new_tokens, progress, constraints, adapters)
+
+    files, text = [], FIXTURE.read_text()
+    for i in range(scanner.HOST_POOL_MIN + 4):
+        p = tmp_path / f"m{i:02d}.js"
+        p.write_text(text if i % 5 else text * 3)  # every fifth a big file
+        files.append(str(p))
+    totals = []
+
+    def run(workers: str):
+        monkeypatch.setenv(scanner.ENV_WORKERS, workers)
+        eng = Recording()
+        return eng, scan(files, backend=eng, window_lines=15, cache=False, on_total=totals.append)
+
+    (one, here), (eng, pooled) = run("0"), run("2")
+    assert here.host_workers == 0 and pooled.host_workers == 2
+    assert len(one.sizes) == 1 and len(eng.sizes) > 1 and eng.sizes[0] >= 6  # streamed in several calls
+    assert sum(eng.sizes) == sum(one.sizes) == pooled.per_rule["predicate"]["windows"]
+    assert totals[-1] == sum(eng.sizes)  # (the progress bar's total grows as the windows are gathered)
+    assert model_keys(pooled) == model_keys(here) == oracle_keys(files)
+    for k in ("windows", "windows_forced", "files_checked", "unverified"):
+        assert pooled.stats()[k] == here.stats()[k], k
+    assert pooled.stats()["windows_forced"] > 0
+    assert pooled.phases["streamed"] <= pooled.phases["generate"]
 
 
 def test_a_scan_pauses_the_garbage_collector_and_restores_it(tmp_path):

@@ -341,13 +341,88 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     host_workers = host_workers if pool is not None else 0
     lazy = engine_obj is not None and not getattr(engine_obj, "loaded", True)
     loader: _Loader | None = None
-    big: list[tuple[_File, Window]] = []  # (pool: windows of big files, their grammars not built by a worker)
 
     def build():
         return opts.create(rule, adapter=ad) if engine_obj is None else engine_obj.load()  # type: ignore[union-attr]
 
+    gen_seconds = streamed = load_seconds = load_wait = 0.0
+    tokens_before = 0
+    ready = False
+    sent = 0  # jobs handed to the engine so far
+
+    def engine() -> Backend:
+        """The engine, built (or its build waited for) the first time; where the default engine fell back to
+        another, the run's decoding and cache key become that one's."""
+        nonlocal engine_obj, ready, load_wait, load_seconds, use_constraints, decoding, store, tokens_before
+        if ready:
+            return engine_obj  # type: ignore[return-value]
+        if engine_obj is None or lazy:
+            l0 = time.perf_counter()
+            built = loader.result() if loader is not None else build()  # (a lazy engine: loaded on first use)
+            load_wait = time.perf_counter() - l0
+            if not lazy:  # (a lazy engine's owner counts its load: scan_rules' SharedEngine)
+                load_seconds = loader.seconds if loader is not None else load_wait
+            if engine_obj is None:
+                engine_obj = built
+            if engine_obj.identity() != ident:  # the default engine fell back to another: its answers, its key
+                use_constraints = bool(engine_obj.supports_constraints and (constrained is None or constrained))
+                decoding = DECODING | {"constrained": True} if use_constraints else DECODING
+                fresh_store = ScanCache(settings_key(engine_obj.identity(), the_rule, {"target": window_lines},
+                                                     decoding), cache_dir, enabled=cache,
+                                        describe={"model": engine_obj.identity(), "rule": rule})
+                fresh_store.hits, fresh_store.misses = store.hits, store.misses
+                store = fresh_store
+        assert engine_obj is not None
+        tokens_before = getattr(engine_obj, "generated_tokens", 0)
+        ready = True
+        return engine_obj
+
+    def generate(todo: list[tuple[_File, Window]]) -> None:
+        """The model's answers to ``todo``, in the engine's chunks; each stored with its file's."""
+        nonlocal gen_seconds
+        eng = engine()
+        if on_total:
+            on_total(len(jobs))  # (so far: a streamed scan learns its total as the host side goes)
+        step = max(1, chunk or eng.scan_chunk)  # (None: what the engine asks for)
+        for s in range(0, len(todo), step):
+            part = todo[s: s + step]
+            prompts = [window_messages(the_rule, f.lines, w, fence_for(f.src.path)) for f, w in part]
+            caps = [the_rule.answer_limit(f.lines[w.start:w.end]) for f, w in part]
+            g0 = time.perf_counter()
+            try:
+                kw = {}
+                if use_constraints:
+                    kw["constraints"] = window_constraints(the_rule, eng, part)
+                outs = eng.generate(prompts, caps, progress=progress, **kw)
+            except Exception as e:  # noqa: BLE001 - the engine broke: every window of this chunk fails
+                outs = [BackendError(f"{type(e).__name__}: {e}")] * len(part)
+            gen_seconds += time.perf_counter() - g0
+            fresh: dict[str, tuple[_File, dict]] = {}
+            for (f, w), out in zip(part, outs):
+                res = as_result(out)
+                f.answers[_wkey(w)] = res
+                if isinstance(res, Completion):
+                    fresh.setdefault(f.digest, (f, {}))[1][_wkey(w)] = {
+                        "text": res.text, "truncated": res.truncated, "tokens": res.tokens}
+            for digest, (_f, answers) in fresh.items():
+                store.put(digest, answers)
+
+    def stream() -> None:
+        """With the host side in worker processes (which go on meanwhile) and the engine ready, the windows
+        gathered so far go to it once there are ``STREAM_MIN``: the GPU works while the CPUs prepare the rest."""
+        nonlocal sent, streamed
+        if len(jobs) - sent < STREAM_MIN:
+            return
+        if not ready and (loader.thread.is_alive() if loader is not None else (engine_obj is None or lazy)):
+            return  # (the engine is still being built: the host side goes on)
+        g0 = gen_seconds
+        todo, sent = jobs[sent:], len(jobs)
+        generate(todo)
+        streamed += gen_seconds - g0
+
     args = [(path, max_bytes, changed_map.get(os.path.realpath(path)) if changed_map is not None else None,
              diff_context, window_lines, the_rule.id, store, use_constraints and pool is not None) for path in files]
+    big: list[tuple[list[tuple[_File, Window]], object]] = []  # (pool: a big file's windows, its grammars' future)
     try:
         got_all = pool.map(_host_side_star, args, chunksize=HOST_CHUNK) if pool is not None else map(_host_side_star,
                                                                                                         args)
@@ -372,70 +447,40 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
                 store.note = store.note or note
             store.put(f.digest, forced)
             prepared.append(f)
-            (big if pool is not None and use_constraints and not graded else jobs).extend((f, w) for w in todo)
+            if pool is not None and use_constraints and not graded and todo:
+                # a big file's grammars: over the pool in chunks (queued behind the files), taken as they come
+                big += _forced_submit(the_rule, [(f, w) for w in todo], pool)
+            else:
+                jobs.extend((f, w) for w in todo)
             if todo and pool is not None and loader is None and (engine_obj is None and kind != "openai" or lazy):
                 loader = _Loader(build)
-        host_s = time.perf_counter() - t0
+            if pool is not None:
+                big = _forced_take(the_rule, big, jobs, store, wait=False)
+                stream()
+        host_s, streamed_host = time.perf_counter() - t0, streamed
         # windows whose answer grammar leaves one answer need no model: the grammars of the files prepared here, or
-        # of the big files the workers left, built in chunks over the pool
-        if use_constraints and (big if pool is not None else jobs):
+        # of the big files the workers took (their futures waited for)
+        if use_constraints:
             if pool is None:
                 jobs = _answer_forced(the_rule, jobs, store)
-            else:
-                jobs += _answer_forced(the_rule, big, store, pool)
+            else:  # (taken as they come, the engine answering meanwhile once it is ready)
+                while big:
+                    _forced_wait(big, 0.25)
+                    big = _forced_take(the_rule, big, jobs, store, wait=False)
+                    stream()
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     grammar_s = time.perf_counter() - t0 - host_s
-    if on_total:
-        on_total(len(jobs))
-    gen_seconds = 0.0
-    load_seconds = 0.0
-    load_wait = 0.0
-    tokens_before = 0
     if loader is not None and not jobs:  # built for nothing (every window the model had to answer was forced)
         built = loader.result()
         if engine_obj is None:
             built.close()
         loader = None
-    if jobs:
-        if engine_obj is None or lazy:
-            l0 = time.perf_counter()
-            built = loader.result() if loader is not None else build()  # (a lazy engine: loaded on first use)
-            load_wait = time.perf_counter() - l0
-            if not lazy:  # (a lazy engine's owner counts its load: scan_rules' SharedEngine)
-                load_seconds = loader.seconds if loader is not None else load_wait
-            if engine_obj is None:
-                engine_obj = built
-            if engine_obj.identity() != ident:  # the default engine fell back to another: its answers, its key
-                use_constraints = bool(engine_obj.supports_constraints and (constrained is None or constrained))
-                decoding = DECODING | {"constrained": True} if use_constraints else DECODING
-                store = ScanCache(settings_key(engine_obj.identity(), the_rule, {"target": window_lines}, decoding),
-                                  cache_dir, enabled=cache, describe={"model": engine_obj.identity(), "rule": rule})
-        tokens_before = getattr(engine_obj, "generated_tokens", 0)
-        chunk = chunk or engine_obj.scan_chunk  # (None: what the engine asks for)
-        for s in range(0, len(jobs), max(1, chunk)):
-            part = jobs[s: s + chunk]
-            prompts = [window_messages(the_rule, f.lines, w, fence_for(f.src.path)) for f, w in part]
-            caps = [the_rule.answer_limit(f.lines[w.start:w.end]) for f, w in part]
-            g0 = time.perf_counter()
-            try:
-                kw = {}
-                if use_constraints:
-                    kw["constraints"] = window_constraints(the_rule, engine_obj, part)
-                outs = engine_obj.generate(prompts, caps, progress=progress, **kw)
-            except Exception as e:  # noqa: BLE001 - the engine broke: every window of this chunk fails
-                outs = [BackendError(f"{type(e).__name__}: {e}")] * len(part)
-            gen_seconds += time.perf_counter() - g0
-            fresh: dict[str, tuple[_File, dict]] = {}
-            for (f, w), out in zip(part, outs):
-                res = as_result(out)
-                f.answers[_wkey(w)] = res
-                if isinstance(res, Completion):
-                    fresh.setdefault(f.digest, (f, {}))[1][_wkey(w)] = {
-                        "text": res.text, "truncated": res.truncated, "tokens": res.tokens}
-            for digest, (_f, answers) in fresh.items():
-                store.put(digest, answers)
+    if on_total and not jobs:
+        on_total(0)
+    if jobs[sent:]:
+        generate(jobs[sent:])
 
     f0 = time.perf_counter()
     details: dict[str, FileScan] = {}
@@ -449,8 +494,10 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     out.load_seconds = load_seconds
     out.load_wait_seconds = load_wait
     out.host_workers = host_workers
-    out.phases = {"host": round(host_s, 3), "grammars": round(grammar_s, 3), "load_wait": round(load_wait, 3),
-                  "generate": round(gen_seconds, 3), "finish": round(finish_s, 3)}
+    # (a streamed scan's generation while the host side went on is in "generate" and "streamed", not in "host")
+    out.phases = {"host": round(host_s - streamed_host, 3), "grammars": round(grammar_s - streamed + streamed_host, 3),
+                  "load_wait": round(load_wait, 3), "generate": round(gen_seconds, 3),
+                  "streamed": round(streamed, 3), "finish": round(finish_s, 3)}
     out.engines_loaded = 1 if load_seconds else 0
     out.generated_tokens = (getattr(engine_obj, "generated_tokens", 0) - tokens_before) if engine_obj else 0
     out.per_rule = {rule: {"generate_seconds": round(gen_seconds, 3), "windows": len(jobs),
@@ -510,7 +557,7 @@ def grammar_workers() -> int:
     return min(16, cpus - 1)
 
 
-def _forced_in_workers(rule: Rule, items: list, pool=None) -> list | None:
+def _forced_in_workers(rule: Rule, items: list) -> list | None:
     """:func:`_forced_answers` over a pool of processes, for a scan of many windows on a machine with the cores
     for it (a GPU scan: building the grammars was ~10 ms a window on one core, more than the GPU's own time a
     window). The workers are forked (as PyTorch's DataLoader workers are, beside a CUDA context they never
@@ -520,8 +567,6 @@ def _forced_in_workers(rule: Rule, items: list, pool=None) -> list | None:
     import multiprocessing
 
     chunks = [items[i:i + FORCED_CHUNK] for i in range(0, len(items), FORCED_CHUNK)]
-    if pool is not None:  # (the scan's own pool: :func:`_host_pool`)
-        return [x for part in pool.map(_forced_answers, [rule.id] * len(chunks), chunks) for x in part]
     n = grammar_workers()
     if n < 2 or len(items) < FORCED_POOL_MIN or "fork" not in multiprocessing.get_all_start_methods():
         return None
@@ -546,6 +591,11 @@ def _forced_in_workers(rule: Rule, items: list, pool=None) -> list | None:
 HOST_CHUNK = 4
 HOST_POOL_MIN = 48
 HOST_GRAMMARS_MAX = 48
+#: windows for the model gathered before a scan whose host side runs in worker processes hands them to the engine
+#: while the workers go on (:func:`scan`'s ``stream``): a GPU scan of 4,000 files spent 57 s preparing windows and
+#: 39.5 s generating one after the other (H100, 2026-12-07). Big enough that the engine's batch of rows is full
+#: (1,024 rows; a call's tail, as its last rows finish, decodes part-empty)
+STREAM_MIN = 4096
 
 
 def _host_workers(n_files: int) -> int:
@@ -663,15 +713,24 @@ class _Loader:
         return self.value
 
 
-def _answer_forced(rule: Rule, jobs: list[tuple[_File, Window]], store: ScanCache,
-                   pool=None) -> list[tuple[_File, Window]]:
+def _forced_items(jobs: list[tuple[_File, Window]]) -> list:
+    """What :func:`_forced_answers` takes for each job: (lines, first line, comments, literals, facts)."""
+    return [(f.lines[w.start:w.end], w.start + 1, _window_comments(f, w), _window_literals(f, w), _window_facts(f, w))
+            for f, w in jobs]
+
+
+def _answer_forced(rule: Rule, jobs: list[tuple[_File, Window]], store: ScanCache) -> list[tuple[_File, Window]]:
     """Answer the windows whose constrained answer is forced (:func:`loralint.decoding.only_answer`: nothing
     the rule could name is in them) with that answer, as the constrained engine would; the other jobs."""
     if rule.answer_grammar([""], 1) is None:
         return jobs
-    items = [(f.lines[w.start:w.end], w.start + 1, _window_comments(f, w), _window_literals(f, w),
-              _window_facts(f, w)) for f, w in jobs]
-    got = _forced_in_workers(rule, items, pool) or _forced_answers(rule, items)
+    items = _forced_items(jobs)
+    return _apply_forced(jobs, _forced_in_workers(rule, items) or _forced_answers(rule, items), store)
+
+
+def _apply_forced(jobs: list[tuple[_File, Window]], got: list, store: ScanCache) -> list[tuple[_File, Window]]:
+    """Each job's forced answer (stored) or automaton (kept for its constraint), from :func:`_forced_answers`;
+    the jobs the model must answer."""
     rest: list[tuple[_File, Window]] = []
     fresh: dict[str, tuple[_File, dict]] = {}
     for (f, w), (text, auto) in zip(jobs, got):
@@ -686,6 +745,52 @@ def _answer_forced(rule: Rule, jobs: list[tuple[_File, Window]], store: ScanCach
     for digest, (_f, answers) in fresh.items():
         store.put(digest, answers)
     return rest
+
+
+def _forced_submit(rule: Rule, jobs: list[tuple[_File, Window]], pool) -> list[tuple[list, object]]:
+    """A big file's windows' grammars (:func:`_forced_answers`) submitted to the scan's pool in chunks of
+    ``FORCED_CHUNK``: (the chunk's jobs, its future) each, for :func:`_forced_take`."""
+    if rule.answer_grammar([""], 1) is None:
+        return [(jobs, None)]
+    out = []
+    for i in range(0, len(jobs), FORCED_CHUNK):
+        part = jobs[i:i + FORCED_CHUNK]
+        try:
+            fut = pool.submit(_forced_answers, rule.id, _forced_items(part))  # (a forked worker knows the rules
+            # this process registered; a rule object may hold what does not pickle)
+        except Exception:  # noqa: BLE001 - a pool that broke: built here when taken
+            fut = None
+        out.append((part, fut))
+    return out
+
+
+def _forced_wait(pending: list[tuple[list, object]], timeout: float) -> None:
+    """Until one of the submitted chunks is built, or ``timeout`` seconds."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    futs = [fut for _, fut in pending if fut is not None]
+    if len(futs) == len(pending):
+        wait(futs, timeout=timeout, return_when=FIRST_COMPLETED)
+
+
+def _forced_take(rule: Rule, pending: list[tuple[list, object]], jobs: list, store: ScanCache, *,
+                 wait: bool) -> list[tuple[list, object]]:
+    """The submitted chunks whose grammars are built (all of them with ``wait``) applied: forced answers stored,
+    the rest appended to ``jobs``; returns the chunks still pending. A chunk whose worker failed is built here."""
+    left = []
+    for part, fut in pending:
+        if fut is not None and not wait and not fut.done():
+            left.append((part, fut))
+            continue
+        if fut is None:
+            got = _forced_answers(rule, _forced_items(part)) if rule.answer_grammar([""], 1) is not None else None
+        else:
+            try:
+                got = fut.result()
+            except Exception:  # noqa: BLE001 - the pool broke (a worker killed): built here
+                got = _forced_answers(rule, _forced_items(part))
+        jobs.extend(part if got is None else _apply_forced(part, got, store))
+    return left
 
 
 def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Window]]) -> list | None:

@@ -200,21 +200,39 @@ def _else_if(doc, row: int, col: int) -> bool:
 
 def _consequent_may_return(doc, row: int, col: int) -> bool:
     """Whether the statement an `else` at (row, col) follows (the if's consequent: the block its `}` closes, or
-    one statement without braces) may return (:func:`_holds_return`), or starts above what ``doc`` shows. ESLint
-    reports an `else` only when that consequent returns (alwaysReturns: a return, or an if returning both ways,
-    among its statements): a necessary condition, read from the text, that the answer grammar and verification
-    share (it took the false positives of `else` after blocks that only assign, call or `continue`, or whose
-    only return is a callback's)."""
+    one statement without braces) may return (:func:`_holds_return`), or starts above what ``doc`` shows; and, when
+    that `if` is itself an `else if`, whether every branch before it may too (:func:`_branch_else`). ESLint reports
+    an `else` only when every consequent of its chain returns (alwaysReturns: a return, or an if returning both
+    ways, among its statements): a necessary condition, read from the text, that the answer grammar and
+    verification share (it took the false positives of `else` after blocks that only assign, call or `continue`,
+    or whose only return is a callback's, and of chains whose last branch returns while an earlier one does not:
+    all four of the shipped adapter's held-out false positives, 2026-12-07)."""
     chars = list(_code_before(doc, row, col))  # last first
-    if not chars:
-        return True
-    i = 1 if chars[0][2] == ";" else 0  # (the statement's own `;`)
-    if chars[0][2] == "}":
-        j = _open_of(chars, 0)
+    at = (row, col)
+    i = 0
+    while True:
+        ok, j = _branch_returns(doc, chars, i, at)
+        if not ok or j is None:
+            return ok
+        k = _branch_else(doc, chars, j)
+        if k is None:
+            return True  # the chain's first branch
+        i, at = k + 4, chars[k + 3][:2]  # the branch before that `else`, which ends where the `else` starts
+
+
+def _branch_returns(doc, chars: list, i: int, at: tuple[int, int]) -> tuple[bool, int | None]:
+    """Whether the consequent ending just before ``at`` (code characters last first from ``chars[i]``) may return;
+    and, when it is a block, the index in ``chars`` of its `{` (None: one statement, or it starts above the text)."""
+    if i >= len(chars):
+        return True, None
+    if chars[i][2] == ";":
+        i += 1  # (the statement's own `;`)
+    if i < len(chars) and chars[i][2] == "}":
+        j = _open_of(chars, i)
         if j is None:
-            return True  # (it starts above the text shown)
+            return True, None  # (it starts above the text shown)
         if _opens_block(doc, chars, j):  # `if (...) { ... } else`
-            return _holds_return(doc, chars[j][:2], (row, col))
+            return _holds_return(doc, chars[j][:2], at), j
         i = j + 1  # `return {...}` without braces: the statement goes on before it
     depth, start = 0, None
     while i < len(chars):  # back to the start of the statement: after a `;`, a `{` or a block's `}`
@@ -226,7 +244,7 @@ def _consequent_may_return(doc, row: int, col: int) -> bool:
         elif depth <= 0 and ch == "}":
             j = _open_of(chars, i)
             if j is None:
-                return True
+                return True, None
             if _opens_block(doc, chars, j):
                 start = (r, c)
                 break
@@ -236,8 +254,35 @@ def _consequent_may_return(doc, row: int, col: int) -> bool:
             break
         i += 1
     if start is None:
-        return True  # (it starts above the text shown)
-    return _holds_return(doc, start, (row, col))
+        return True, None  # (it starts above the text shown)
+    return _holds_return(doc, start, at), None
+
+
+def _branch_else(doc, chars: list, j: int) -> int | None:
+    """When the block whose `{` is ``chars[j]`` is the consequent of an `else if (...)`: the index in ``chars`` of
+    that `else`'s last letter (its `e`s are ``chars[k]`` and ``chars[k + 3]``); else None."""
+    k = j + 1
+    if k >= len(chars) or chars[k][2] != ")":
+        return None
+    depth = 0
+    while k < len(chars):  # back to the condition's `(`
+        ch = chars[k][2]
+        depth += ch == ")"
+        depth -= ch == "("
+        if depth == 0:
+            break
+        k += 1
+    if k + 6 >= len(chars) or "".join(ch for _, _, ch in chars[k + 1:k + 7]) != "fiesle":
+        return None
+    (r, c, _), (r2, c2, _) = chars[k + 2], chars[k + 6]  # the `i` of `if`, the first `e` of `else`
+    line, line2 = doc.lines[r], doc.lines[r2]
+    if chars[k + 1][:2] != (r, c + 1) or chars[k + 3][:2] != (r2, c2 + 3):
+        return None  # (`i f`, `el se`)
+    if c and (line[c - 1].isalnum() or line[c - 1] in "_$"):
+        return None
+    if c2 and (line2[c2 - 1].isalnum() or line2[c2 - 1] in "_$."):
+        return None
+    return k + 3
 
 
 def _open_of(chars: list, i: int) -> int | None:
