@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from loralint.checker import oracle_findings
-from loralint.decoding import (AnswerGrammar, Automaton, Choice, Copy, Line, Lit, constraints_for, mask_logits,
-                               vocabulary)
+from loralint.decoding import (AnswerGrammar, Automaton, Choice, Copy, Line, Lit, TokenConstraint, constraints_for,
+                               mask_logits, vocabulary)
 from loralint.languages import grammar_for, parse
 from loralint.rules import Rule, get_rule
 from loralint.sources import SourceFile
@@ -450,7 +450,8 @@ def test_a_constraint_on_the_automaton_only_answer_built_allows_what_a_fresh_one
 def test_accepts_is_membership_in_allowed_along_random_answers(tok):
     """The greedy fast path asks ``accepts(model's pick)`` before any vocabulary walk: it must say exactly
     whether the token is in ``allowed()``, in every state (the first characters, copies, multi-byte pieces,
-    the end of turn), for every token of the vocabulary."""
+    the end of turn), for every token of the vocabulary; and ``advance()`` after it (which takes the state
+    accepts() worked out for the same token) must lead where a plain ``advance()`` does."""
     rng = random.Random(7)
     lines, doc, wins, _ = windows_of(FIXTURE, 15)
     n_vocab = len(vocabulary(tok).pieces)
@@ -468,7 +469,16 @@ def test_accepts_is_membership_in_allowed_along_random_answers(tok):
             states += 1
             ends = set(cons.vocab.end_ids)
             nxt = rng.choice(sorted(allowed - ends) or sorted(allowed))
+            # advance() after accepts(): of the token it checked (taken from it), or of another (walked anew):
+            # the state a constraint that never asked accepts() reaches
+            asked = rng.choice([nxt, rng.choice(sorted(allowed))])
+            cons.accepts(asked)
+            plain = TokenConstraint(cons.auto.g, cons.vocab, cons.auto)
+            plain.state, plain.pending = cons.state, cons.pending
+            plain.advance(nxt)
             cons.advance(nxt)
+            assert (cons.state, cons.pending, cons.finished, cons.broken) == (
+                plain.state, plain.pending, plain.finished, plain.broken)
             if cons.finished:
                 break
     assert states > 30

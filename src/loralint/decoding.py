@@ -705,6 +705,9 @@ class TokenConstraint:
         self.broken = False  # a token outside the allowed set was taken: constraint off
         self.dead_ends = 0  # states with no continuation (only the end of turn was left to allow)
         self._cache: dict = {}
+        #: (state, pending, token id, where it leads): the token accepts() just checked, so that advance() with
+        #: it does not walk its characters again (a GPU scan feeds every row's pick through both, each step)
+        self._checked: tuple | None = None
 
     @property
     def finished(self) -> bool:
@@ -770,6 +773,15 @@ class TokenConstraint:
             return None
         data = self.pending + piece
         st = self.state
+        step = self.auto.step
+        if data.isascii():  # (most tokens: a character a byte)
+            for ch in data.decode("ascii"):
+                if offered and ch.isspace() and ch not in self.auto.next_chars(st):
+                    return None
+                st = step(st, ch)
+                if st is _DEAD:
+                    return None
+            return st, b""
         i = 0
         while i < len(data):
             b = data[i]
@@ -801,11 +813,12 @@ class TokenConstraint:
         if got is None:
             return False
         st, tail = got
-        if not tail:
-            return True
         # a token that ends inside a character: allowed when some allowed character starts with those bytes
-        return any(len(e := ch.encode("utf-8")) > len(tail) and e.startswith(tail) and self.auto.step(st, ch) is not _DEAD
-                   for ch in self.auto.next_chars(st))
+        ok = not tail or any(len(e := ch.encode("utf-8")) > len(tail) and e.startswith(tail)
+                             and self.auto.step(st, ch) is not _DEAD for ch in self.auto.next_chars(st))
+        if ok:
+            self._checked = (self.state, self.pending, token_id, got)
+        return ok
 
     def likely_text(self, limit: int = 200) -> str:
         """The text the answer most likely goes on with, as far as the grammar leaves the model no real choice:
@@ -862,7 +875,11 @@ class TokenConstraint:
                 self.broken = True
                 self._finished = True
             return
-        got = self._consume(token_id)
+        seen, self._checked = self._checked, None
+        if seen is not None and seen[2] == token_id and seen[0] is self.state and seen[1] == self.pending:
+            got = seen[3]  # (accepts() walked it: the same characters, the same steps)
+        else:
+            got = self._consume(token_id)
         if got is None:
             self.broken = True
             return
