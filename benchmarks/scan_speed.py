@@ -443,6 +443,9 @@ PROFILE_NOTES = {
     "slot_leftovers": "continuous decode: prompts too long for its buffer, answered in batches after",
     "load_model": "of load: base + adapter (merged), on the device", "load_tokenizer": "of load: tokenizer",
     "load_self_check": "of load: the engine's start-up check against a plain forward",
+    "load_imports_here": "of load: from the gpu engine's create() to the engine's own start (torch, transformers' "
+                         "attention interface); the rest of load before it is the imports and look-ups before create()",
+    "load_engine": "of load: the engine built and checked (model, tokenizer, self-check and the rest)",
 }
 
 
