@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -434,7 +435,12 @@ def test_many_files_host_side_in_worker_processes_engine_loading_meanwhile(tmp_p
         monkeypatch.setenv(scanner.ENV_WORKERS, workers)
         return scan(files, adapter=str(adapter), window_lines=15, cache_dir=str(cache_dir), device="cpu")
 
+    imports = []  # the engine's heavy imports: in the scan's thread, before the loading thread starts
+    real_imports = scanner._engine_imports
+    monkeypatch.setattr(scanner, "_engine_imports", lambda kind: imports.append(
+        (kind, [t.name for t in threading.enumerate() if t.name == "loralint-engine-load"])) or real_imports(kind))
     here, pooled = run("0", tmp_path / "c0"), run("2", tmp_path / "c2")
+    assert imports == [("transformers", [])]  # (once: the pooled scan's)
     assert here.host_workers == 0 and pooled.host_workers == 2
     assert set(pooled.phases) == {"host", "grammars", "load_wait", "generate", "streamed", "finish"}
     assert pooled.load_seconds > 0 and pooled.engines_loaded == 1

@@ -453,6 +453,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
             else:
                 jobs.extend((f, w) for w in todo)
             if todo and pool is not None and loader is None and (engine_obj is None and kind != "openai" or lazy):
+                _engine_imports(kind)
                 loader = _Loader(build)
             if pool is not None:
                 big = _forced_take(the_rule, big, jobs, store, wait=False)
@@ -682,6 +683,24 @@ def _host_side(path: str, max_bytes: int | None, changed: set[int] | None, diff_
                 fresh[_wkey(w)] = {"text": text, "truncated": False, "tokens": 0}
         todo = rest
     return f, todo, fresh, counts, forced
+
+
+def _engine_imports(kind: str | None) -> None:
+    """The heavy modules an in-process engine of ``kind`` imports (PyTorch, transformers, PEFT; llama.cpp's
+    bindings), imported in the scan's own thread just before the engine's loading thread starts, and after the
+    host side's worker processes were forked (never beside a thread, which may hold the import lock). In the
+    loading thread they were imported beside the scan's thread taking in the workers' results, both on one
+    interpreter lock: on an H100 a load took 23.7 s there (2026-12-07, a 1,700-file scan), of which the model,
+    tokenizer and self-check were 5.1 s. Here they hold up the taking in (which the workers' queue absorbs), not
+    the load, which the generation waits for. A module that is missing is left to the engine to report."""
+    import importlib
+
+    names = ("llama_cpp",) if kind == "llamacpp" else ("torch", "transformers", "transformers.modeling_utils", "peft")
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the engine's own load says what is missing, in its words
+            break
 
 
 class _Loader:
