@@ -688,7 +688,7 @@ def _host_side(path: str, max_bytes: int | None, changed: set[int] | None, diff_
 def _engine_imports(kind: str | None) -> None:
     """The heavy modules an in-process engine of ``kind`` imports (PyTorch, transformers, PEFT; llama.cpp's
     bindings), imported in the scan's own thread just before the engine's loading thread starts, and after the
-    host side's worker processes were forked (never beside a thread, which may hold the import lock). In the
+    host side's worker processes were forked (a fork must not copy an import lock a thread holds). In the
     loading thread they were imported beside the scan's thread taking in the workers' results, both on one
     interpreter lock: on an H100 a load took 23.7 s there (2026-12-07, a 1,700-file scan), of which the model,
     tokenizer and self-check were 5.1 s. Here they hold up the taking in (which the workers' queue absorbs), not
