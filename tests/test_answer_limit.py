@@ -60,3 +60,41 @@ def test_else_return_limit_counts_else_lines():
     rule = get_rule("else-return")
     assert rule.answer_limit(["if (a) {", "  return 1;", "} else {", "  return 2;", "}"]) == 40
     assert rule.answer_limit(["const elsewhere = 1;"]) == 32
+
+
+MULTILINE = """\
+function assign(expression) {
+\tconst leftName = expression.left.name;
+\tif (
+\t\t!this._callHooksForName1(
+\t\t\tthis.hooks.pattern,
+\t\t\tleftName,
+\t\t\texpression.left
+\t\t) &&
+\t\t!this._callHooksForName1(this.hooks.assign, leftName, expression)
+\t) {
+\t\tthis.walkExpression(expression.left);
+\t}
+}
+"""
+
+
+def test_a_condition_written_over_several_lines_fits_the_predicate_limit():
+    """The oracle's answer copies a condition whole, however many lines it is written over (webpack's
+    JavascriptParser.js: 55 tokens, where counting only the operator's line allowed 50 and a GPU scan reported
+    the window's answer "cut off at the token limit"): the bound counts the whole statement the operator's line
+    belongs to, and single-line conditions as before."""
+    from loralint.languages import parse
+    from loralint.sources import SourceFile
+
+    rule = get_rule("predicate")
+    tok = smollm2_tokenizer()
+    data = MULTILINE.encode()
+    found = check_source(SourceFile("m.js", "m.js", "javascript", data), [rule]).findings
+    assert [f.line for f in found] == [4] and parse(data, "javascript")  # (the condition's first line)
+    answer = rule.render_answer(found)
+    need = len(tok(answer, add_special_tokens=False)["input_ids"]) + 1
+    lines = MULTILINE.splitlines()
+    old = 32 + sum(16 + (len(s.strip()) + 1) // 2 for s in lines if "&&" in s or "||" in s)  # the line alone
+    assert old < need <= rule.answer_limit(lines)
+    assert rule.answer_limit(["if (a && b) {", "x()", "}"]) == 32 + 16 + 7  # (one line: as before)

@@ -33,7 +33,7 @@ from .windows import (DEFAULT_TARGET, DIFF_CONTEXT, Window, changed_windows, fil
                       protected_spans, window_messages)
 
 #: the decoding every backend uses (part of the cache key)
-DECODING = {"greedy": True, "max_new_tokens": "the rule's answer_limit (v2)", "truncated_last_line": "dropped"}
+DECODING = {"greedy": True, "max_new_tokens": "the rule's answer_limit (v3)", "truncated_last_line": "dropped"}
 
 
 @dataclass

@@ -347,12 +347,23 @@ def max_new_tokens_for(lines: Sequence[str]) -> int:
     """A token limit for one window's answer that no real answer reaches.
 
     Each finding is one answer line ``LINE: KIND: CONDITION`` and every condition holds ``&&`` or ``||`` on
-    one of its lines, so 32 tokens plus, for each line with an operator, 16 and one per two characters of
-    the line (code runs at about three characters a token) bound the answer, nested conditions included."""
+    one of its lines, so 32 tokens plus, for each line with an operator, 16 and one per two characters (code
+    runs at about three characters a token) bound the answer, nested conditions included; the characters are
+    those of the whole statement the operator's line belongs to, where its parentheses run over several lines
+    (a condition written over several lines is copied whole: counting its operator's line alone cut the
+    oracle's own answer to ``if (\n !f(\n a,\n b\n ) &&\n !g(c)\n ) {``, 55 tokens against 50). A run of lines
+    ends where the parentheses close or a line ends a statement or opens a block (``;``, ``{``, ``}``)."""
     n = 32
+    ops = chars = depth = 0
     for s in lines:
-        if "&&" in s or "||" in s:
-            n += 16 + (len(s.strip()) + 1) // 2
+        t = s.strip()
+        ops += "&&" in s or "||" in s
+        chars += len(t) + 1
+        depth = max(0, depth + s.count("(") - s.count(")"))
+        if depth == 0 or t.endswith((";", "{", "}")):
+            n += 16 * ops + chars // 2 if ops else 0
+            ops = chars = depth = 0
+    n += 16 * ops + chars // 2 if ops else 0
     return min(n, 4096)
 
 
