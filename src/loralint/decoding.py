@@ -688,6 +688,22 @@ def vocabulary(tokenizer, end_ids: Sequence[int] | None = None) -> Vocabulary:
 STATS = {"allowed_calls": 0, "allowed_seconds": 0.0, "dead_ends": 0, "accepts_calls": 0}
 
 
+def _utf8_chars(data: bytes) -> tuple[list[str], bytes] | None:
+    """The characters of ``data`` (UTF-8, a bad continuation as U+FFFD) and the bytes of a character it ends
+    inside; None at a byte no character starts with."""
+    chars, i = [], 0
+    while i < len(data):
+        b = data[i]
+        size = 1 if b < 0x80 else 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4 if b >> 3 == 0b11110 else 0
+        if size == 0:
+            return None
+        if i + size > len(data):
+            break
+        chars.append(data[i:i + size].decode("utf-8", "replace"))
+        i += size
+    return chars, data[i:]
+
+
 class TokenConstraint:
     """The allowed next tokens of one prompt's answer under its :class:`AnswerGrammar`."""
 
@@ -772,32 +788,18 @@ class TokenConstraint:
         if piece is None:
             return None
         data = self.pending + piece
-        st = self.state
-        step = self.auto.step
-        if data.isascii():  # (most tokens: a character a byte)
-            for ch in data.decode("ascii"):
-                if offered and ch.isspace() and ch not in self.auto.next_chars(st):
-                    return None
-                st = step(st, ch)
-                if st is _DEAD:
-                    return None
-            return st, b""
-        i = 0
-        while i < len(data):
-            b = data[i]
-            size = 1 if b < 0x80 else 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4 if b >> 3 == 0b11110 else 0
-            if size == 0:
-                return None
-            if i + size > len(data):
-                break
-            ch = data[i:i + size].decode("utf-8", "replace")
-            if offered and ch.isspace() and ch not in self.auto.next_chars(st):
+        got = (data.decode("ascii"), b"") if data.isascii() else _utf8_chars(data)  # (most tokens: ASCII)
+        if got is None:
+            return None
+        chars, tail = got
+        st, auto = self.state, self.auto
+        for ch in chars:
+            if offered and ch.isspace() and ch not in auto.next_chars(st):
                 return None  # (only blanks: step takes any where next_chars offers one space)
-            st = self.auto.step(st, ch)
+            st = auto.step(st, ch)
             if st is _DEAD:
                 return None
-            i += size
-        return st, data[i:]
+        return st, tail
 
     def accepts(self, token_id: int) -> bool:
         """Whether ``token_id`` is among :meth:`allowed` (the constraint itself unchanged), at the cost of the

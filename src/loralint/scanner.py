@@ -804,14 +804,11 @@ def _forced_take(rule: Rule, pending: list[tuple[list, object]], jobs: list, sto
         if fut is not None and not wait and not fut.done():
             left.append((part, fut))
             continue
-        if fut is None:
-            got = _forced_answers(rule, _forced_items(part)) if rule.answer_grammar([""], 1) is not None else None
-        else:
-            try:
-                got = fut.result()
-            except Exception:  # noqa: BLE001 - the pool broke (a worker killed): built here
-                got = _forced_answers(rule, _forced_items(part))
-        jobs.extend(part if got is None else _apply_forced(part, got, store))
+        try:  # (a rule without a grammar: every window goes to the model, as _forced_answers says)
+            got = fut.result() if fut is not None else _forced_answers(rule, _forced_items(part))
+        except Exception:  # noqa: BLE001 - the pool broke (a worker killed): built here
+            got = _forced_answers(rule, _forced_items(part))
+        jobs.extend(_apply_forced(part, got, store))
     return left
 
 

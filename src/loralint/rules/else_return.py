@@ -261,18 +261,10 @@ def _branch_returns(doc, chars: list, i: int, at: tuple[int, int]) -> tuple[bool
 def _branch_else(doc, chars: list, j: int) -> int | None:
     """When the block whose `{` is ``chars[j]`` is the consequent of an `else if (...)`: the index in ``chars`` of
     that `else`'s last letter (its `e`s are ``chars[k]`` and ``chars[k + 3]``); else None."""
-    k = j + 1
-    if k >= len(chars) or chars[k][2] != ")":
+    if j + 1 >= len(chars) or chars[j + 1][2] != ")":
         return None
-    depth = 0
-    while k < len(chars):  # back to the condition's `(`
-        ch = chars[k][2]
-        depth += ch == ")"
-        depth -= ch == "("
-        if depth == 0:
-            break
-        k += 1
-    if k + 6 >= len(chars) or "".join(ch for _, _, ch in chars[k + 1:k + 7]) != "fiesle":
+    k = _open_of(chars, j + 1, "()")  # the condition's `(`
+    if k is None or k + 6 >= len(chars) or "".join(ch for _, _, ch in chars[k + 1:k + 7]) != "fiesle":
         return None
     (r, c, _), (r2, c2, _) = chars[k + 2], chars[k + 6]  # the `i` of `if`, the first `e` of `else`
     line, line2 = doc.lines[r], doc.lines[r2]
@@ -285,14 +277,16 @@ def _branch_else(doc, chars: list, j: int) -> int | None:
     return k + 3
 
 
-def _open_of(chars: list, i: int) -> int | None:
-    """The index in ``chars`` (code characters, last first) of the `{` that the `}` at ``i`` closes."""
+def _open_of(chars: list, i: int, pair: str = "{}") -> int | None:
+    """The index in ``chars`` (code characters, last first) of the `{` that the `}` at ``i`` closes (``pair``
+    "()": the `(` of a `)`)."""
+    opening, closing = pair
     depth = 0
     for k in range(i, len(chars)):
         ch = chars[k][2]
-        if ch == "}":
+        if ch == closing:
             depth += 1
-        elif ch == "{":
+        elif ch == opening:
             depth -= 1
             if depth == 0:
                 return k
