@@ -184,6 +184,26 @@ def test_a_packed_prefill_that_disagrees_with_a_plain_forward_is_turned_off(adap
     assert "the packed prefill does not fit here" in capsys.readouterr().err
 
 
+def test_a_decode_attention_that_disagrees_with_a_plain_forward_is_turned_off(adapters, monkeypatch, capsys):
+    """The start-up check runs decode steps through the engine's buffers; where the per-row key counts are
+    wrong (here: each row's last key left out), the engine says so in one line and decodes under the mask."""
+    from loralint import packed_attention
+    from loralint.backends.gpu_engine import GpuEngine
+
+    memo, *_ = adapters
+    eng = GpuEngine(memo, device="cpu", prefill="packed", decode_attn="varlen")
+    real = packed_attention.decode_attention
+
+    def short(q, k, v, cu_q, cu_k, used, max_q, max_k, scale=None):
+        return real(q, k, v, cu_q, cu_k, (used - 1).clamp(min=1), max_q, max_k, scale)
+
+    monkeypatch.setattr(packed_attention, "decode_attention", short)
+    assert eng.self_check() is None and eng.settings()["decode_attn"] == "masked"
+    assert "attending to each row's own keys does not fit here" in capsys.readouterr().err
+    monkeypatch.setattr(packed_attention, "decode_attention", real)
+    assert GpuEngine(memo, device="cpu", prefill="packed", decode_attn="varlen").self_check() is None
+
+
 class Spell:
     """A TokenConstraint (see loralint.decoding): only the tokens of one text, in order, then finished."""
 
@@ -389,8 +409,9 @@ def test_prefill_chunks_pad_each_chunk_to_its_own_longest_row():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shapes", [False, True], ids=["exact-shapes", "cuda-shapes"])
-def test_continuous_decode_answers_like_the_reference(adapters, shapes):
+@pytest.mark.parametrize("shapes,attn", [(False, "masked"), (True, "masked"), (True, "varlen")],
+                         ids=["exact-shapes", "cuda-shapes", "cuda-shapes-varlen"])
+def test_continuous_decode_answers_like_the_reference(adapters, shapes, attn):
     """decode="slots" (the default with the packed prefill): rows refilled with the next prompt as they finish,
     prompts arriving in pieces, the longest answer limits first, the buffer growing when a later prompt needs more
     columns and shrinking at the end. The reference engine's answers on ~600 windows whose limits differ widely
@@ -407,10 +428,12 @@ def test_continuous_decode_answers_like_the_reference(adapters, shapes):
     want = texts(TransformersBackend(memo, device="cpu").generate(prompts, caps))
     kw = dict(device="cpu", prefill="packed", max_batch=64, batch_tokens=20_000, prefill_tokens=6000,
               check_every=4, cuda_shapes=shapes)
-    eng, batches = GpuEngine(memo, **kw), GpuEngine(memo, decode="batches", **kw)
+    eng, batches = GpuEngine(memo, decode_attn=attn, **kw), GpuEngine(memo, decode="batches", **kw)
     eng.first_piece = batches.first_piece = 50  # pieces of 50, 100, 200 ... prompts
     assert eng.settings()["decode"] == "slots" and batches.settings()["decode"] == "batches"
     assert eng.self_check() is None
+    # varlen: each step reads each row's keys up to its own column (no mask): the same answers
+    assert eng.settings()["decode_attn"] == attn and batches.settings()["decode_attn"] == "masked"
     got = texts(eng.generate(prompts, caps))
     assert got == want
     assert texts(batches.generate(prompts, caps)) == want

@@ -241,3 +241,39 @@ def prefill_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale=None):
         return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False,
                                                       scale=scale)[0]
     return _per_span(q, k, v, cu_q, cu_k, scale)
+
+
+def decode_available() -> bool:
+    """PyTorch's FlashAttention kernel with per-sequence key counts (``seqused_k``): what
+    :func:`decode_attention` runs on CUDA."""
+    import torch
+
+    if not available():
+        return False
+    try:
+        return "seqused_k" in str(torch.ops.aten._flash_attention_forward.default._schema)
+    except Exception:  # noqa: BLE001 - an older PyTorch: no such argument
+        return False
+
+
+def decode_attention(q, k, v, cu_q, cu_k, used, max_q: int, max_k: int, scale=None):
+    """Inference: the queries of span i of ``q`` (``cu_q``) attend to the first ``used[i]`` keys of span i of
+    ``k``/``v`` (``cu_k``; a span's further keys are never read), without a mask. (tokens, heads, dim) tensors;
+    ``used`` int32. A decode step of the gpu scan engine's continuous decode: a buffer row's keys are its columns
+    0 .. its own last (its prefix, its prompt, its answer so far), whatever the buffer's length, so a step reads
+    each row's own keys instead of the longest row's (FlashAttention's ``seqused_k``, as vLLM's decode does). On
+    CUDA in half precision: PyTorch's FlashAttention kernel; elsewhere SDPA with the same columns masked."""
+    import torch
+    import torch.nn.functional as F
+
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, False, False,
+                                                      scale=scale, seqused_k=used)[0]
+    n = used.shape[0]  # (spans of equal strides: n spans of max_q queries over n spans of max_k keys)
+    h, d = q.shape[1], q.shape[2]
+    qq = q.reshape(n, max_q, h, d).transpose(1, 2)
+    kk = k.reshape(n, max_k, k.shape[1], d).transpose(1, 2)
+    vv = v.reshape(n, max_k, v.shape[1], v.shape[2]).transpose(1, 2)
+    mask = (torch.arange(max_k, device=q.device)[None, :] < used[:, None].long())[:, None, None, :]
+    out = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, scale=scale)
+    return out.transpose(1, 2).reshape(n * max_q, h, vv.shape[-1])

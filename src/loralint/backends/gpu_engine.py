@@ -84,6 +84,10 @@ class _Ctx:
     ar = None  # arange(rows), with row_cols
     kv_len: int = 0  # columns attended to (a prefix of the buffers)
     mask = None  # bool [rows, 1, q, kv_len]: True = attend
+    # a decode step whose rows attend to their columns 0 .. their own (a continuous decode's buffer): no mask, each
+    # row's keys read up to its own column only (``used``: int32, one a (row, KV head); ``cu_q``/``cu_k`` the
+    # spans of packed_attention.decode_attention)
+    used = None
     # a packed prefill (``packed``): one row of every prompt's own tokens; token t is written at buffer row
     # rows[t], column cols[t]; the attention keys of prompt i are its prefix then its own tokens (``gather`` into
     # the prefix's keys followed by the forward's), spans cu_q / cu_k
@@ -113,6 +117,8 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     li = module.layer_idx
     if ctx.packed:
         return _packed_attention(ctx, li, query, key, value, scaling), None
+    if ctx.used is not None:
+        return _decode_attention(ctx, li, query, key, value, scaling), None
     K = ctx.k[li][ctx.r0:ctx.r1]
     V = ctx.v[li][ctx.r0:ctx.r1]
     if ctx.row_cols is not None:  # a decode step: row r's token at its own column row_cols[r]
@@ -159,6 +165,24 @@ def _packed_attention(ctx: _Ctx, li: int, query, key, value, scaling):
     return out.unsqueeze(0)
 
 
+def _decode_attention(ctx: _Ctx, li: int, query, key, value, scaling):
+    """A decode step over a buffer whose rows attend to their columns 0 .. their own: the step's keys/values
+    written at each row's column, then each (row, KV head) a span of the buffer seen as (rows x KV heads x
+    length, 1, dim), its g query heads that span's g queries (grouped-query attention without copying keys), its
+    keys read up to the row's own column (:func:`loralint.packed_attention.decode_attention`)."""
+    from ..packed_attention import decode_attention
+
+    K, V = ctx.k[li], ctx.v[li]  # (rows, kv heads, length, dim)
+    K[ctx.ar, :, ctx.row_cols] = key[:, :, 0].to(K.dtype)
+    V[ctx.ar, :, ctx.row_cols] = value[:, :, 0].to(V.dtype)
+    b, h, _q, d = query.shape
+    rows, kvh, L, hd = K.shape
+    g = h // kvh
+    out = decode_attention(query.reshape(b * h, 1, d), K.view(rows * kvh * L, 1, hd), V.view(rows * kvh * L, 1, hd),
+                           ctx.cu_q, ctx.cu_k, ctx.used, g, L, scaling)
+    return out.reshape(b, h, 1, d).transpose(1, 2)
+
+
 _REGISTERED = False
 
 
@@ -175,7 +199,7 @@ def _register() -> None:
 class _Batch:
     """One (rows, length) shape's static buffers; with a captured decode step on CUDA."""
 
-    def __init__(self, eng: "GpuEngine", rows: int, length: int, bias: bool):
+    def __init__(self, eng: "GpuEngine", rows: int, length: int, bias: bool, varlen: bool = False):
         import torch
 
         dev, cfg = eng.device_t, eng.text_config
@@ -202,11 +226,27 @@ class _Batch:
         self.raw = torch.zeros(rows, dtype=torch.long, device=dev) if bias else None
         self.graph = None
         self.adapter_names: list[str] | None = None
+        # ``varlen``: every row attends to its columns 0 .. its own (a continuous decode's rows, the checks'): a
+        # decode step reads each row's keys up to its column (_decode_attention), not the buffer's length under
+        # a mask; the mask is kept all the same (compaction, the fallback)
+        self.varlen = varlen
+        if varlen:
+            g = cfg.num_attention_heads // kvh
+            spans = torch.arange(rows * kvh + 1, dtype=torch.int32, device=dev)
+            self.cu_q, self.cu_k = spans * g, spans * length
+            self.kvh = kvh
 
     def ctx(self) -> _Ctx:
         c = _Ctx()
         c.k, c.v, c.r0, c.r1, c.kv_len = self.k, self.v, 0, self.rows, self.length
         c.row_cols, c.ar, c.mask = self.col, self.ar, self.mask
+        if self.varlen:
+            import torch
+
+            # a row's keys: columns 0 .. its own; a finished row's answer is not read any more: one key
+            u = torch.where(self.done, 1, self.col + 1).to(torch.int32)
+            c.used = u[:, None].expand(-1, self.kvh).reshape(-1)
+            c.cu_q, c.cu_k = self.cu_q, self.cu_k
         return c
 
     def put_prefix(self, pk, rows=None) -> None:
@@ -286,7 +326,7 @@ class GpuEngine(Backend):
                  chat_template_kwargs: dict | None = None, cuda_graphs: bool | None = None,
                  check_every: int = 8, mix_adapters: bool = False, prefill_tokens: int | None = None,
                  compact: bool | None = None, cuda_shapes: bool | None = None, prefill: str | None = None,
-                 decode: str | None = None, **_ignored):
+                 decode: str | None = None, decode_attn: str | None = None, **_ignored):
         import torch
 
         _register()
@@ -353,6 +393,18 @@ class GpuEngine(Backend):
         if decode not in ("slots", "batches"):
             raise ValueError(f"decode {decode!r}: slots or batches")
         self.decode = decode
+        # decode_attn: how a continuous decode's step attends: "varlen" (each row's keys up to its own column,
+        # FlashAttention with per-row key counts: the default where PyTorch's kernel takes them) or "masked" (the
+        # buffer's every column under the mask, SDPA); LORALINT_GPU_DECODE_ATTN
+        decode_attn = decode_attn or os.environ.get("LORALINT_GPU_DECODE_ATTN") or None
+        if decode_attn not in (None, "varlen", "masked"):
+            raise ValueError(f"decode_attn {decode_attn!r}: varlen or masked")
+        if decode_attn is None:
+            from ..packed_attention import decode_available
+
+            half = str(self.dtype).endswith(("bfloat16", "float16"))
+            decode_attn = "varlen" if self.cuda and half and decode_available() else "masked"
+        self.decode_attn = decode_attn
         self.fills = 0
         self.slot_leftovers = 0  # prompts a continuous decode left to batches (too long for its buffer)
         self.slot_shapes: list[tuple[int, int]] = []
@@ -434,7 +486,8 @@ class GpuEngine(Backend):
                 "mix_adapters": self.mix_adapters, "batching": "answer-limit bucket, length-sorted; each prefill "
                 "chunk padded to its own longest row (rounded up to 8)", "prefix_caching": True,
                 "compact": self.compact, "first_piece": self.first_piece, "prefill": self.prefill,
-                "decode": "slots" if self._slots() else "batches", "graph_tokens": self.graph_tokens}
+                "decode": "slots" if self._slots() else "batches", "graph_tokens": self.graph_tokens,
+                "decode_attn": self.decode_attn if self._slots() else "masked"}
 
     @property
     def scan_chunk(self) -> int:  # type: ignore[override]
@@ -690,7 +743,7 @@ class GpuEngine(Backend):
         cap_len = max(L, (3 * self.batch_tokens) // R - L)
         grow = [0]
         bias = constraints is not None and any(c is not None for c in constraints)
-        b = self._shape(R, L, bias, adapter)
+        b = self._shape(R, L, bias, adapter, varlen=self.decode_attn == "varlen")
         R, L = b.rows, b.length  # (a kept shape may be a little bigger)
         self.slot_shapes.append((R, L))
         self.prefix_tokens_saved -= P  # (computed once)
@@ -869,19 +922,20 @@ class GpuEngine(Backend):
             out.append(cur)
         return out
 
-    def _shape(self, rows: int, length: int, bias: bool, adapter, avoid: "_Batch | None" = None) -> _Batch:
+    def _shape(self, rows: int, length: int, bias: bool, adapter, avoid: "_Batch | None" = None,
+               varlen: bool = False) -> _Batch:
         """Buffers (and graph) of a shape: reused by later batches that fit it with little waste (rows and
         columns within a quarter). Shapes stay (their graphs with them) while their buffers together hold at
         most twice ``batch_tokens``; the least recently used go first."""
-        key = (rows, length, bias, adapter)
+        key = (rows, length, bias, adapter, varlen)
         b = self._shapes.get(key)
         if b is avoid:
             b = None
         if b is None:
-            for (r, n, bi, a), x in self._shapes.items():
-                if x is not avoid and bi == bias and a == adapter and rows <= r <= rows * 1.25 + 8 and \
-                        length <= n <= length * 1.25 + 64:
-                    b, key = x, (r, n, bi, a)
+            for (r, n, bi, a, vl), x in self._shapes.items():
+                if x is not avoid and bi == bias and a == adapter and vl == varlen and rows <= r <= rows * 1.25 + 8 \
+                        and length <= n <= length * 1.25 + 64:
+                    b, key = x, (r, n, bi, a, vl)
                     break
         if b is None:
             budget = 2 * self.batch_tokens
@@ -891,7 +945,7 @@ class GpuEngine(Backend):
                 if old is None:
                     break
                 self._shapes.pop(old)
-            b = _Batch(self, rows, length, bias)
+            b = _Batch(self, rows, length, bias, varlen)
         self._shapes.pop(key, None)
         self._shapes[key] = b  # most recently used last
         return b
@@ -1170,7 +1224,7 @@ class GpuEngine(Backend):
         live = len(keep)
         if length is None:
             length = b.length if not self.cuda_shapes else 1 << (b.length - 1).bit_length()
-        b2 = self._shape(rows or self._compact_rows(live), length, b.bias, adapter, avoid=b)
+        b2 = self._shape(rows or self._compact_rows(live), length, b.bias, adapter, avoid=b, varlen=b.varlen)
         idx = torch.tensor(keep, dtype=torch.long, device=self.device_t)
         L = b.length  # (b2 may be longer: its further columns stay masked)
         for li in range(self.n_layers):
@@ -1333,6 +1387,14 @@ class GpuEngine(Backend):
         t0 = time.perf_counter()
         try:
             why = self._self_check()
+            if why is not None and self.decode_attn == "varlen":  # the step without it, before giving up
+                self.decode_attn = "masked"
+                if self._self_check() is None:
+                    notice(f"gpu engine: attending to each row's own keys does not fit here ({why}); decoding "
+                           f"under the buffer's mask")
+                    why = None
+                else:
+                    self.decode_attn = "varlen"
             if why is None and self.prefill == "packed":
                 bad = self._check_packed()
                 if bad is not None:
@@ -1361,7 +1423,7 @@ class GpuEngine(Backend):
                 batch = [(i, ids[:m]) for i, m in enumerate((n - 1, n - 5, P + 2))]  # longest first
                 lens = [len(s) - P for _, s in batch]
                 # as a continuous decode lays them out: each prompt from column P, then its own next column
-                b = _Batch(self, len(batch), _up(n + 8, 8), False)
+                b = _Batch(self, len(batch), _up(n + 8, 8), False, self.decode_attn == "varlen")
                 b.put_prefix((ks, vs))
                 c = torch.arange(b.length, device=dev)
                 ends = torch.tensor([len(s) for _, s in batch], device=dev)
@@ -1394,7 +1456,7 @@ class GpuEngine(Backend):
                 if self.peft:
                     self.model.set_adapter(next(iter(self.adapters)))
                 ks, vs = self._prefix_kv(None, tuple(ids[:P]))
-                b = _Batch(self, 1, _up(n + 8, 8), False)
+                b = _Batch(self, 1, _up(n + 8, 8), False, self.decode_attn == "varlen")
                 b.put_prefix((ks, vs))
                 b.col.fill_(P)
                 got = []
