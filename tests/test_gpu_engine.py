@@ -450,10 +450,12 @@ def test_continuous_decode_answers_like_the_reference(adapters, shapes, attn):
 
 
 @pytest.mark.slow
-def test_continuous_decode_with_constraints_and_two_adapters(adapters):
+@pytest.mark.parametrize("overlap", [False, True], ids=["one-buffer", "overlapped-halves"])
+def test_continuous_decode_with_constraints_and_two_adapters(adapters, overlap):
     """Constrained rows in a continuous decode (the first token picked after each slot's prefill, then every
     step on the host) give the reference engine's masked answers; two adapters decode one after the other, each
-    prompt answered by its own."""
+    prompt answered by its own. Overlapped: the steps in two halves of the rows, one half's picks beside the
+    other's step (on a GPU; here one after the other), the same answers."""
     from loralint.backends.gpu_engine import GpuEngine
     from loralint.backends.transformers import TransformersBackend
     from loralint.decoding import constraints_for
@@ -466,8 +468,8 @@ def test_continuous_decode_with_constraints_and_two_adapters(adapters):
     wins = [(s, min(s + 12, len(lines))) for s in range(0, len(lines), 2)]
     prompts = [window_messages(rule, lines, Window(s, e), "js") for s, e in wins]
     eng = GpuEngine(adapters={"memo": memo, "rand": rand}, device="cpu", prefill="packed", max_batch=4,
-                    check_every=2)
-    assert eng.settings()["decode"] == "slots"
+                    check_every=2, overlap=overlap)
+    assert eng.settings()["decode"] == "slots" and eng.settings()["overlap"] is overlap
     names = ["memo" if k % 3 else "rand" for k in range(len(prompts))]
 
     def cons(tok):
@@ -475,6 +477,7 @@ def test_continuous_decode_with_constraints_and_two_adapters(adapters):
 
     got = texts(eng.generate(prompts, 40, constraints=cons(eng.tok), adapters=names))
     assert eng.profile()["fills"] >= 6 and eng.picks_corrected > 0, eng.profile()
+    assert (eng.profile()["overlapped_steps"] > 0) is overlap
     for name, ad in (("memo", memo), ("rand", rand)):
         idx = [k for k, n in enumerate(names) if n == name]
         ref = TransformersBackend(ad, device="cpu")

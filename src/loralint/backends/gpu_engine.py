@@ -52,6 +52,7 @@ capture failing) it says so in one line and uses the reference engine (or eager 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
@@ -234,7 +235,7 @@ class _Batch:
             g = cfg.num_attention_heads // kvh
             spans = torch.arange(rows * kvh + 1, dtype=torch.int32, device=dev)
             self.cu_q, self.cu_k = spans * g, spans * length
-            self.kvh = kvh
+            self.kvh, self.g = kvh, g
 
     def ctx(self) -> _Ctx:
         c = _Ctx()
@@ -248,6 +249,28 @@ class _Batch:
             c.used = u[:, None].expand(-1, self.kvh).reshape(-1)
             c.cu_q, c.cu_k = self.cu_q, self.cu_k
         return c
+
+    def half(self, r0: int, r1: int) -> "_Batch":
+        """Rows ``r0`` .. ``r1`` of this buffer as a buffer of their own: views of its tensors (what a step of
+        the half writes, the whole buffer holds), its own graph; for the overlapped decode
+        (:meth:`GpuEngine._overlapped_steps`)."""
+        import torch
+
+        h = _Batch.__new__(_Batch)
+        h.rows, h.length, h.bias, h.varlen = r1 - r0, self.length, self.bias, self.varlen
+        h.k = [x[r0:r1] for x in self.k]
+        h.v = [x[r0:r1] for x in self.v]
+        for name in ("mask", "ids", "pos", "col", "step", "limit", "done", "out", "logits", "raw"):
+            x = getattr(self, name)
+            setattr(h, name, x[r0:r1] if x is not None else None)
+        h.eos = self.eos
+        h.ar = torch.arange(h.rows, device=self.ar.device)
+        h.graph, h.adapter_names = None, None
+        if self.varlen:
+            h.kvh, h.g = self.kvh, self.g
+            spans = torch.arange(h.rows * h.kvh + 1, dtype=torch.int32, device=self.ar.device)
+            h.cu_q, h.cu_k = spans * h.g, spans * self.length
+        return h
 
     def put_prefix(self, pk, rows=None) -> None:
         """A shared prefix's keys/values (``pk``: per-layer lists, one row each) into columns 0 .. P of every row
@@ -326,7 +349,8 @@ class GpuEngine(Backend):
                  chat_template_kwargs: dict | None = None, cuda_graphs: bool | None = None,
                  check_every: int = 8, mix_adapters: bool = False, prefill_tokens: int | None = None,
                  compact: bool | None = None, cuda_shapes: bool | None = None, prefill: str | None = None,
-                 decode: str | None = None, decode_attn: str | None = None, **_ignored):
+                 decode: str | None = None, decode_attn: str | None = None, overlap: bool | None = None,
+                 **_ignored):
         import torch
 
         _register()
@@ -412,6 +436,15 @@ class GpuEngine(Backend):
         self.picks_accepted = 0  # constrained picks: the model's own token allowed / corrected by the grammar
         self.picks_corrected = 0
         self.graph_steps = 0
+        # a constrained continuous decode's steps in two halves, the host's picks of one beside the device's step
+        # of the other (_overlapped_steps): on CUDA with graphs, buffers of overlap_rows rows and more;
+        # LORALINT_GPU_OVERLAP=0 turns it off
+        self.overlap = (os.environ.get("LORALINT_GPU_OVERLAP", "1") != "0") if overlap is None else overlap
+        if overlap is None:
+            self.overlap = self.overlap and self.cuda_graphs
+        self.overlap_rows = 128 if self.cuda_shapes else 2
+        self.overlapped_steps = 0
+        self._side = None
         # decode steps of shapes up to this many rows x columns replay a CUDA graph; bigger ones run eagerly
         self.graph_tokens = int(os.environ.get("LORALINT_GPU_GRAPH_TOKENS", "262144"))
         # one more look at the device at this step: "No violations found." and its end-of-turn are 5 tokens
@@ -487,7 +520,7 @@ class GpuEngine(Backend):
                 "chunk padded to its own longest row (rounded up to 8)", "prefix_caching": True,
                 "compact": self.compact, "first_piece": self.first_piece, "prefill": self.prefill,
                 "decode": "slots" if self._slots() else "batches", "graph_tokens": self.graph_tokens,
-                "decode_attn": self.decode_attn if self._slots() else "masked"}
+                "decode_attn": self.decode_attn if self._slots() else "masked", "overlap": self.overlap}
 
     @property
     def scan_chunk(self) -> int:  # type: ignore[override]
@@ -828,8 +861,11 @@ class GpuEngine(Backend):
                     self.timing["compact"] += time.perf_counter() - t0
                 # ---- decode: check_every steps of every row (a free row's are wasted, and cheap)
                 cons = [x[1] if x is not None else None for x in slot] if bias else None
-                for _ in range(self.check_every):
-                    self._one_step(b, graph, None, cons, b.rows)
+                if bias and self._overlap_for(b):
+                    self._overlapped_steps(b, cons, self.check_every)
+                else:
+                    for _ in range(self.check_every):
+                        self._one_step(b, graph, None, cons, b.rows)
                 self._decode_steps += self.check_every
                 self.row_steps += b.rows * self.check_every
         except Exception as e:  # noqa: BLE001 - the prompts not answered yet go through batches
@@ -1314,6 +1350,71 @@ class GpuEngine(Backend):
         return b.graph
 
     # ------------------------------------------------------------ constraints
+    def _overlap_for(self, b: _Batch) -> bool:
+        """Whether a constrained continuous decode of ``b`` runs its steps in two halves, the host's picks of
+        one half beside the device's step of the other (``overlap``: on CUDA, buffers of 128 rows and more)."""
+        return self.overlap and b.rows >= self.overlap_rows and b.rows % 2 == 0
+
+    def _overlapped_steps(self, b: _Batch, cons, n: int) -> None:
+        """``n`` constrained decode steps of every row of ``b``, in two halves of its rows (views of its buffers,
+        each with its own graph): while the device runs one half's step, the host picks the other half's tokens
+        (:meth:`_choose`: the constraints walked in Python, ~10 us a row) from that half's last step, then queues
+        the half's next step behind. The picks are those of :meth:`_pick` (the same tokens: each half's step
+        reads only its own rows); the host's time hides behind the device's, where one after the other they
+        added up. The device never waits for the host's upload: each half's tokens go up through pinned memory,
+        its logits and argmax come down the same way, an event a half; a correction's look at the logits runs
+        on a side stream."""
+        import torch
+
+        if getattr(b, "halves", None) is None:
+            m = b.rows // 2
+            b.halves = [b.half(0, m), b.half(m, b.rows)]
+            for h, (r0, r1) in zip(b.halves, ((0, m), (m, b.rows))):
+                h.r0 = r0
+                if self.cuda:
+                    h.host = torch.zeros(2, h.rows, dtype=torch.long, pin_memory=True)
+                    h.up = torch.zeros(h.rows, dtype=torch.long, pin_memory=True)
+                    h.stage = torch.zeros(2, h.rows, dtype=torch.long, device=self.device_t)
+                    h.event = torch.cuda.Event()
+                h.graph = self._graph(h, None) if self.cuda_graphs else None
+        halves = b.halves
+        parts = [cons[h.r0:h.r0 + h.rows] for h in halves]
+
+        def launch(h):
+            if h.graph is not None:
+                h.graph.replay()
+                self.graph_steps += 1
+            else:
+                self._step(h, None)
+            if self.cuda:
+                h.stage[0].copy_(h.raw)
+                h.stage[1].copy_(h.done)
+                h.host.copy_(h.stage, non_blocking=True)
+                h.event.record()
+
+        def pick(h, c):
+            if self.cuda:
+                h.event.synchronize()
+                raw, done = h.host.tolist()
+            else:
+                raw, done = torch.stack((h.raw, h.done.long())).tolist()
+            nxt = self._choose(h.logits, raw, done, c, side=True)
+            if self.cuda:
+                h.up.copy_(torch.tensor(nxt, dtype=torch.long))
+                h.commit(h.up.to(self.device_t, non_blocking=True))
+            else:
+                h.commit(torch.tensor(nxt, dtype=torch.long))
+            self._advance(c, done, nxt)
+
+        for h in halves:
+            launch(h)
+        for step in range(n):
+            for h, c in zip(halves, parts):
+                pick(h, c)
+                if step + 1 < n:
+                    launch(h)
+        self.overlapped_steps += n
+
     def _pick(self, b: _Batch, cons, n: int) -> None:
         """The greedy pick of a constrained batch's step (its logits and their argmax kept by ``select``): a
         row's own best token where its constraint accepts it (:meth:`TokenConstraint.accepts`: that token's
@@ -1335,7 +1436,7 @@ class GpuEngine(Backend):
             if c is not None and not done[r] and not getattr(c, "finished", False) and nxt[r] not in eos:
                 c.advance(nxt[r])  # a row that has ended says end-of-turn from then on: never fed
 
-    def _choose(self, logits, raw: list[int], done: list, cons) -> list[int]:
+    def _choose(self, logits, raw: list[int], done: list, cons, side: bool = False) -> list[int]:
         """Each row's token (see :meth:`_pick`): ``raw`` (the argmax of ``logits``, [rows, vocab]) where its
         constraint accepts it or it has none, else its constraint's best allowed token."""
         import torch
@@ -1359,14 +1460,23 @@ class GpuEngine(Backend):
         if fix_rows:
             self.picks_corrected += len(fix_rows)
             width = max(map(len, fix_ids))
-            cols = torch.tensor([x + [x[0]] * (width - len(x)) for x in fix_ids], dtype=torch.long)
-            cols = cols.to(logits.device)
-            rows = torch.tensor(fix_rows, dtype=torch.long, device=logits.device)
-            best = logits[rows[:, None], cols].argmax(-1)  # the best allowed token, lowest id on a tie
-            got = cols.gather(1, best[:, None])[:, 0].tolist()
+            # (``side``: on a stream of its own, so that it does not wait for the step queued behind this half's)
+            with torch.cuda.stream(self._side_stream()) if side and self.cuda else contextlib.nullcontext():
+                cols = torch.tensor([x + [x[0]] * (width - len(x)) for x in fix_ids], dtype=torch.long)
+                cols = cols.to(logits.device)
+                rows = torch.tensor(fix_rows, dtype=torch.long, device=logits.device)
+                best = logits[rows[:, None], cols].argmax(-1)  # the best allowed token, lowest id on a tie
+                got = cols.gather(1, best[:, None])[:, 0].tolist()
             for r, t in zip(fix_rows, got):
                 nxt[r] = t
         return nxt
+
+    def _side_stream(self):
+        import torch
+
+        if self._side is None:
+            self._side = torch.cuda.Stream(device=self.device_t)
+        return self._side
 
     def _finish(self, tokens: Sequence[int], cap: int) -> Completion:
         """A row's answer from its decoded tokens (up to its end-of-turn or its limit ``cap``); the steps it was
@@ -1485,7 +1595,7 @@ class GpuEngine(Backend):
             "wasted_row_steps": self.row_steps - self.live_row_steps, "compactions": self.compactions,
             "picks_accepted": self.picks_accepted, "picks_corrected": self.picks_corrected,
             "prefill_forwards": self.prefill_forwards, "graph_steps": self.graph_steps, "fills": self.fills,
-            "slot_leftovers": self.slot_leftovers, "slot_shapes": [list(x) for x in self.slot_shapes]}
+            "slot_leftovers": self.slot_leftovers, "overlapped_steps": self.overlapped_steps, "slot_shapes": [list(x) for x in self.slot_shapes]}
 
 
 def shared_prefix(seqs: Sequence[Sequence[int]], least: int = 8) -> int:
