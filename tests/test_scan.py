@@ -439,10 +439,15 @@ def test_many_files_host_side_in_worker_processes_engine_loading_meanwhile(tmp_p
     real_imports = scanner._engine_imports
     monkeypatch.setattr(scanner, "_engine_imports", lambda kind: imports.append(
         (kind, [t.name for t in threading.enumerate() if t.name == "loralint-engine-load"])) or real_imports(kind))
+    import sys
+
+    before = sys.getswitchinterval()
     here, pooled = run("0", tmp_path / "c0"), run("2", tmp_path / "c2")
+    assert sys.getswitchinterval() == before  # (short while the scan's threads shared the interpreter)
     assert imports == [("transformers", [])]  # (once: the pooled scan's)
     assert here.host_workers == 0 and pooled.host_workers == 2
-    assert set(pooled.phases) == {"host", "grammars", "load_wait", "generate", "streamed", "finish"}
+    assert set(pooled.phases) == {"host", "grammars", "load_wait", "generate", "streamed", "finish", "imports"}
+    assert pooled.phases["imports"] >= 0 and here.phases["imports"] == 0
     assert pooled.load_seconds > 0 and pooled.engines_loaded == 1
     assert model_keys(pooled) == model_keys(here) == oracle_keys(files[:-1])
     assert len(model_keys(pooled)) == 5 * (len(files) - 4)
@@ -525,3 +530,29 @@ def test_a_scan_pauses_the_garbage_collector_and_restores_it(tmp_path):
     with pytest.raises(Exception):
         scan([str(p)], backend="no-such-backend", cache=False)
     assert gc.isenabled()
+
+
+def test_an_engine_loads_with_a_short_thread_switch_interval_then_the_old_one_is_back():
+    """The loading thread would wait up to Python's 5 ms for the busy scan thread at each release of the
+    interpreter lock (the convoy effect: benchmarks/load_convoy.py); while it loads the interval is short, after
+    it the one before, whether the build worked or raised."""
+    import sys
+
+    from loralint import scanner
+
+    before = sys.getswitchinterval()
+    seen = []
+
+    def build():
+        seen.append(sys.getswitchinterval())
+        return "engine"
+
+    assert scanner._Loader(build).result() == "engine"
+    assert seen == [pytest.approx(scanner.LOAD_SWITCH_INTERVAL)] and sys.getswitchinterval() == before
+
+    def broken():
+        raise RuntimeError("no GPU")
+
+    with pytest.raises(RuntimeError, match="no GPU"):
+        scanner._Loader(broken).result()
+    assert sys.getswitchinterval() == before

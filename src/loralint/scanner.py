@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
@@ -338,6 +340,11 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     # worker processes, the engine built in a thread meanwhile, from the first window the model must answer
     host_workers = _host_workers(len(files))
     pool = _host_pool(host_workers)
+    # threads share the interpreter from here (the pool's results, the engine's load and tokenizing, the GPU's
+    # driving): short switches (LOAD_SWITCH_INTERVAL) until the last answer is in
+    short = pool is not None or kind != "openai"
+    if short:
+        _short_switches(True)
     host_workers = host_workers if pool is not None else 0
     lazy = engine_obj is not None and not getattr(engine_obj, "loaded", True)
     loader: _Loader | None = None
@@ -345,7 +352,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     def build():
         return opts.create(rule, adapter=ad) if engine_obj is None else engine_obj.load()  # type: ignore[union-attr]
 
-    gen_seconds = streamed = load_seconds = load_wait = 0.0
+    gen_seconds = streamed = load_seconds = load_wait = imports_s = 0.0
     tokens_before = 0
     ready = False
     sent = 0  # jobs handed to the engine so far
@@ -454,7 +461,9 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
             else:
                 jobs.extend((f, w) for w in todo)
             if todo and pool is not None and loader is None and (engine_obj is None and kind != "openai" or lazy):
+                i0 = time.perf_counter()
                 _engine_imports(kind)
+                imports_s = time.perf_counter() - i0
                 loader = _Loader(build)
             if pool is not None:
                 big = _forced_take(the_rule, big, jobs, store, wait=False)
@@ -472,19 +481,27 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
                     _forced_wait(big, 0.25)
                     big = _forced_take(the_rule, big, jobs, store, wait=False)
                     stream(max(1, STREAM_MIN // 4))
+    except BaseException:
+        if short:
+            _short_switches(False)
+        raise
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    grammar_s = time.perf_counter() - t0 - host_s
-    if loader is not None and not jobs:  # built for nothing (every window the model had to answer was forced)
-        built = loader.result()
-        if engine_obj is None:
-            built.close()
-        loader = None
-    if on_total and not jobs:
-        on_total(0)
-    if jobs[sent:]:
-        generate(jobs[sent:])
+    try:
+        grammar_s = time.perf_counter() - t0 - host_s
+        if loader is not None and not jobs:  # built for nothing (every window the model had to answer was forced)
+            built = loader.result()
+            if engine_obj is None:
+                built.close()
+            loader = None
+        if on_total and not jobs:
+            on_total(0)
+        if jobs[sent:]:
+            generate(jobs[sent:])
+    finally:
+        if short:
+            _short_switches(False)
 
     f0 = time.perf_counter()
     details: dict[str, FileScan] = {}
@@ -501,7 +518,8 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     # (a streamed scan's generation while the host side went on is in "generate" and "streamed", not in "host")
     out.phases = {"host": round(host_s - streamed_host, 3), "grammars": round(grammar_s - streamed + streamed_host, 3),
                   "load_wait": round(load_wait, 3), "generate": round(gen_seconds, 3),
-                  "streamed": round(streamed, 3), "finish": round(finish_s, 3)}
+                  "streamed": round(streamed, 3), "finish": round(finish_s, 3),
+                  "imports": round(imports_s, 3)}  # (of "host": the engine's modules, before its loading thread)
     out.engines_loaded = 1 if load_seconds else 0
     out.generated_tokens = (getattr(engine_obj, "generated_tokens", 0) - tokens_before) if engine_obj else 0
     out.per_rule = {rule: {"generate_seconds": round(gen_seconds, 3), "windows": len(jobs),
@@ -706,16 +724,42 @@ def _engine_imports(kind: str | None) -> None:
             break
 
 
+#: the interpreter's thread switch interval while a scan's threads share it (Python's default: 5 ms): the engine
+#: loading in a thread, the host side's results taken in, the engine's tokenizing thread, the scan's thread
+#: driving the GPU. Each time a thread lets the interpreter lock go (a file read, PyTorch's every call) it waits
+#: for a busy thread to give it back, up to the interval: the "convoy effect". An engine-like load (the imports,
+#: then 300 small forwards) beside a busy thread took 368 s at 5 ms, 14.4 s at 0.1 ms, 5.1 s alone (this 2-core
+#: machine: ``benchmarks/load_convoy.py``, results/load_convoy.json); the busy thread gives up some of its pace.
+LOAD_SWITCH_INTERVAL = 0.0001
+_SHORT_LOCK = threading.Lock()
+_SHORT: list = [0, None]  # holders of the short interval, the interval before the first
+
+
+def _short_switches(on: bool) -> None:
+    """Take (``on``) or let go of the short switch interval (``LOAD_SWITCH_INTERVAL``); the interval before the
+    first holder is back when the last lets go."""
+    with _SHORT_LOCK:
+        if on:
+            if _SHORT[0] == 0:
+                _SHORT[1] = sys.getswitchinterval()
+                sys.setswitchinterval(min(_SHORT[1], LOAD_SWITCH_INTERVAL))
+            _SHORT[0] += 1
+        elif _SHORT[0] > 0:
+            _SHORT[0] -= 1
+            if _SHORT[0] == 0:
+                sys.setswitchinterval(_SHORT[1])
+
+
 class _Loader:
     """The engine built in a thread (``build()``) while the host side runs in worker processes; :meth:`result`
-    waits for it and raises what building raised."""
+    waits for it and raises what building raised. While it loads, the interpreter switches threads every
+    ``LOAD_SWITCH_INTERVAL`` (see there)."""
 
     def __init__(self, build: Callable[[], Backend]):
-        import threading
-
         self.value: Backend | None = None
         self.error: BaseException | None = None
         self.seconds = 0.0
+        _short_switches(True)
         self.thread = threading.Thread(target=self._run, args=(build,), name="loralint-engine-load", daemon=True)
         self.thread.start()
 
@@ -725,6 +769,8 @@ class _Loader:
             self.value = build()
         except BaseException as e:  # noqa: BLE001 - handed to the scan's own thread
             self.error = e
+        finally:
+            _short_switches(False)
         self.seconds = time.perf_counter() - t0
 
     def result(self) -> Backend:
