@@ -224,3 +224,45 @@ def test_prefill_attention_kernel_aligns_causality_to_the_end_on_cuda():
     loop = packed_attention.prefill_attention(q.float(), k.float(), v.float(), cu_q, cu_k, max(lq), max(lk),
                                               0.125)
     assert (flash - loop).abs().max() < 0.02 * loop.abs().max()
+
+
+def test_decode_attention_reads_each_spans_used_keys_only_on_cuda():
+    """On a GPU: the continuous decode's step (FlashAttention with ``seqused_k``: span i's queries over the first
+    used[i] of its keys, the rest never read; here NaN, which would show) against SDPA with those columns masked
+    (its CPU path, in float32), eagerly and replayed from a captured CUDA graph after the counts change."""
+    import torch
+
+    if not packed_attention.decode_available():
+        pytest.skip("needs a CUDA GPU of compute capability 8 or more and FlashAttention's seqused_k")
+    g = torch.Generator(device="cuda").manual_seed(2)
+    n, gq, L = 96, 3, 640  # spans (rows x KV heads), queries a span (query heads a KV head), columns a span
+    used = torch.randint(1, L + 1, (n,), generator=g, device="cuda", dtype=torch.int32)
+    q = torch.randn((n * gq, 1, 64), generator=g, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn((n * L, 1, 64), generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    cols = torch.arange(L, device="cuda")
+    beyond = (cols[None, :] >= used[:, None]).reshape(-1)
+    k[beyond], v[beyond] = float("nan"), float("nan")
+    spans = torch.arange(n + 1, dtype=torch.int32, device="cuda")
+    cu_q, cu_k = spans * gq, spans * L
+
+    def ref():
+        kk, vv = (torch.nan_to_num(x.float()) for x in (k, v))
+        return packed_attention.decode_attention(q.float(), kk, vv, cu_q, cu_k, used, gq, L, 0.125)
+
+    got = packed_attention.decode_attention(q, k, v, cu_q, cu_k, used, gq, L, 0.125).float()
+    want = ref()
+    assert torch.isfinite(got).all() and (got - want).abs().max() < 0.02 * want.abs().max()
+    out = torch.empty_like(got, dtype=torch.bfloat16)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        out.copy_(packed_attention.decode_attention(q, k, v, cu_q, cu_k, used, gq, L, 0.125))
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out.copy_(packed_attention.decode_attention(q, k, v, cu_q, cu_k, used, gq, L, 0.125))
+    used.copy_(torch.clamp(used // 2, min=1))  # fewer keys: the replay reads the new counts
+    graph.replay()
+    torch.cuda.synchronize()
+    want = ref()
+    assert (out.float() - want).abs().max() < 0.02 * want.abs().max()
