@@ -186,6 +186,9 @@ class _Code:
             return got
         t, n = self.text, len(self.text)
         need = self._first_req_end(s, require)
+        if need > n:  # nothing required is left in the code after s: no span from s can hold it
+            self._ends[key] = res = (frozenset(), -1)
+            return res
         out: list[int] = []
         stack: list[str] = []
         esc = False
@@ -327,6 +330,12 @@ class Automaton:
         if got is None:
             row = line - self.g.first_line
             got = 0 <= row < self.n_lines
+            # (first, the cheap test a copy's required tokens allow: some left in the code from the row on; the
+            # choices' anchors otherwise try every token start of the row, ~900 calls a window of a heavy scan)
+            if got and self.code is not None and any(
+                    isinstance(f, Copy) and f.require and self.code._first_req_end(self.code.row_start[row], f.require)
+                    > len(self.code.text) for f in self.fields):
+                got = False
             for k, f in enumerate(self.fields):
                 if not got:
                     break
