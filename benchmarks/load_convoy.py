@@ -8,8 +8,7 @@ Each time the loading thread lets the interpreter lock go (a file read during an
 calls) it waits for the busy thread to hand it back, up to the switch interval: Python's 5 ms by default (the
 "convoy effect"). The load here: importing PyTorch, transformers and PEFT, then a tiny Llama built from its
 config and 300 forwards of one token (each call a lock release). Each case runs in a fresh interpreter: alone,
-beside a busy thread at 5 ms, and beside it at ``loralint.scanner.LOAD_SWITCH_INTERVAL`` (what a scan sets while
-its engine loads). Prints a table and writes JSON (``--out``).
+beside a busy thread at 5 ms, and beside it at ``loralint.switches.INTERVAL`` (what a scan and a GPU engine's call hold). Prints a table and writes JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -69,7 +68,7 @@ def run(busy: bool, interval: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from loralint.scanner import LOAD_SWITCH_INTERVAL
+    from loralint.switches import INTERVAL as LOAD_SWITCH_INTERVAL
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=1)

@@ -484,3 +484,26 @@ def test_continuous_decode_with_constraints_and_two_adapters(adapters, overlap):
         c = cons(ref.tok)
         want = texts(ref.generate([prompts[k] for k in idx], 40, constraints=[c[k] for k in idx]))
         assert [got[k] for k in idx] == want, name
+
+
+def test_a_generate_call_holds_short_thread_switches_then_gives_the_old_interval_back(adapters, monkeypatch):
+    """The engine's tokenizing thread (chat templates: Python) runs beside the calls that drive the model; while
+    a generate call runs, the interpreter switches threads every switches.INTERVAL (the convoy effect:
+    benchmarks/load_convoy.py), and the interval before is back after it."""
+    import sys
+
+    import pytest as _pytest
+
+    from loralint import switches
+    from loralint.backends.gpu_engine import GpuEngine
+
+    memo, *_ = adapters
+    eng = GpuEngine(memo, device="cpu", prefill="packed")
+    seen = []
+    real = eng._tokenize
+    monkeypatch.setattr(eng, "_tokenize", lambda *a: seen.append(sys.getswitchinterval()) or real(*a))
+    before = sys.getswitchinterval()
+    prompts, caps = mixed_prompts(step=40)
+    assert len(eng.generate(prompts[:20], caps[:20])) == 20
+    assert seen and all(x == _pytest.approx(switches.INTERVAL) for x in seen)
+    assert sys.getswitchinterval() == before

@@ -538,7 +538,7 @@ def test_an_engine_loads_with_a_short_thread_switch_interval_then_the_old_one_is
     it the one before, whether the build worked or raised."""
     import sys
 
-    from loralint import scanner
+    from loralint import scanner, switches
 
     before = sys.getswitchinterval()
     seen = []
@@ -548,7 +548,7 @@ def test_an_engine_loads_with_a_short_thread_switch_interval_then_the_old_one_is
         return "engine"
 
     assert scanner._Loader(build).result() == "engine"
-    assert seen == [pytest.approx(scanner.LOAD_SWITCH_INTERVAL)] and sys.getswitchinterval() == before
+    assert seen == [pytest.approx(switches.INTERVAL)] and sys.getswitchinterval() == before
 
     def broken():
         raise RuntimeError("no GPU")

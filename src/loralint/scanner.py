@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -25,6 +24,7 @@ from .backends import (CONSTRAINED_BACKENDS, Adapter, Backend, BackendError, Bac
 from .cache import ScanCache, file_hash, settings_key
 from .checker import FileResult, RunResult
 from .findings import Finding, sort_findings
+from . import switches
 from .gcpause import gc_paused
 from .languages import fence_for, parse
 from .rules import Rule, get_rule
@@ -341,10 +341,10 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     host_workers = _host_workers(len(files))
     pool = _host_pool(host_workers)
     # threads share the interpreter from here (the pool's results, the engine's load and tokenizing, the GPU's
-    # driving): short switches (LOAD_SWITCH_INTERVAL) until the last answer is in
+    # driving): short switches (loralint.switches: the convoy effect) until the last answer is in
     short = pool is not None or kind != "openai"
     if short:
-        _short_switches(True)
+        switches.hold()
     host_workers = host_workers if pool is not None else 0
     lazy = engine_obj is not None and not getattr(engine_obj, "loaded", True)
     loader: _Loader | None = None
@@ -483,7 +483,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
                     stream(max(1, STREAM_MIN // 4))
     except BaseException:
         if short:
-            _short_switches(False)
+            switches.release()
         raise
     finally:
         if pool is not None:
@@ -501,7 +501,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
             generate(jobs[sent:])
     finally:
         if short:
-            _short_switches(False)
+            switches.release()
 
     f0 = time.perf_counter()
     details: dict[str, FileScan] = {}
@@ -724,42 +724,16 @@ def _engine_imports(kind: str | None) -> None:
             break
 
 
-#: the interpreter's thread switch interval while a scan's threads share it (Python's default: 5 ms): the engine
-#: loading in a thread, the host side's results taken in, the engine's tokenizing thread, the scan's thread
-#: driving the GPU. Each time a thread lets the interpreter lock go (a file read, PyTorch's every call) it waits
-#: for a busy thread to give it back, up to the interval: the "convoy effect". An engine-like load (the imports,
-#: then 300 small forwards) beside a busy thread took 368 s at 5 ms, 14.4 s at 0.1 ms, 5.1 s alone (this 2-core
-#: machine: ``benchmarks/load_convoy.py``, results/load_convoy.json); the busy thread gives up some of its pace.
-LOAD_SWITCH_INTERVAL = 0.0001
-_SHORT_LOCK = threading.Lock()
-_SHORT: list = [0, None]  # holders of the short interval, the interval before the first
-
-
-def _short_switches(on: bool) -> None:
-    """Take (``on``) or let go of the short switch interval (``LOAD_SWITCH_INTERVAL``); the interval before the
-    first holder is back when the last lets go."""
-    with _SHORT_LOCK:
-        if on:
-            if _SHORT[0] == 0:
-                _SHORT[1] = sys.getswitchinterval()
-                sys.setswitchinterval(min(_SHORT[1], LOAD_SWITCH_INTERVAL))
-            _SHORT[0] += 1
-        elif _SHORT[0] > 0:
-            _SHORT[0] -= 1
-            if _SHORT[0] == 0:
-                sys.setswitchinterval(_SHORT[1])
-
-
 class _Loader:
     """The engine built in a thread (``build()``) while the host side runs in worker processes; :meth:`result`
     waits for it and raises what building raised. While it loads, the interpreter switches threads every
-    ``LOAD_SWITCH_INTERVAL`` (see there)."""
+    ``switches.INTERVAL`` (see :mod:`loralint.switches`: the convoy effect)."""
 
     def __init__(self, build: Callable[[], Backend]):
         self.value: Backend | None = None
         self.error: BaseException | None = None
         self.seconds = 0.0
-        _short_switches(True)
+        switches.hold()
         self.thread = threading.Thread(target=self._run, args=(build,), name="loralint-engine-load", daemon=True)
         self.thread.start()
 
@@ -770,7 +744,7 @@ class _Loader:
         except BaseException as e:  # noqa: BLE001 - handed to the scan's own thread
             self.error = e
         finally:
-            _short_switches(False)
+            switches.release()
         self.seconds = time.perf_counter() - t0
 
     def result(self) -> Backend:

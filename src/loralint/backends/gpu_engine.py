@@ -61,7 +61,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .. import models
+from .. import models, switches
 from . import Adapter, Backend, BackendError, BackendUnavailable, Completion, Result, limits, model_identity
 
 ENGINE = "gpu"
@@ -570,7 +570,9 @@ class GpuEngine(Backend):
                 take = rest if rest < 1.5 * size else size
                 order.append((a, idx[s:s + take]))
                 s, size = s + take, size * 2
-        with torch.inference_mode(), self._attn():
+        # (short thread switches: the tokenizing thread's chat templates beside this thread's many small calls;
+        # see loralint.switches)
+        with torch.inference_mode(), self._attn(), switches.short_switches():
             pieces = self._pieces(prompts, order, out)
             if self._slots():  # each adapter's pieces through one continuous decode
                 for adapter, run in itertools.groupby(pieces, key=lambda x: x[0]):
