@@ -319,17 +319,17 @@ scan4)  # (after join with c14, carry .cache/gpu-carry/c15a c15b) FILES (default
   ;;
 scan5)  # (after join, carry .cache/gpu-carry/c15a c16) this session's engine against itself with its changes off,
   # each in its own process as a user's scan, bfloat16: FILES (default 1,700) of corpus6k (a heavy set) with the
-  # varlen decode and the overlapped picks (the defaults), then with LORALINT_GPU_DECODE_ATTN=masked
-  # LORALINT_GPU_OVERLAP=0; the light set (c16) with the defaults; then float16 with the reference in what is left
+  # varlen decode and the overlapped picks (the defaults), the light set (c16) with the defaults, the heavy set with
+  # LORALINT_GPU_DECODE_ATTN=masked LORALINT_GPU_OVERLAP=0; then float16 with the reference in what is left
   # (answers_identical_fraction, partial where the reference runs out of time)
   scan_carry
   mkdir -p /tmp/light
   [ -d /tmp/light/corpus ] || xz -dc .cache/gpu-carry/c16/light.tar.xz | tar -C /tmp/light -xf -
   n=${FILES:-1700}
   speed_run "$n" bfloat16 ${RUN_S:-100} 90 "scan_speed_${n}heavy_bfloat16" --skip-reference
+  CORPUS=/tmp/light/corpus speed_run "$n" bfloat16 ${RUN_S:-100} 90 "scan_speed_${n}light_bfloat16" --skip-reference
   LORALINT_GPU_DECODE_ATTN=masked LORALINT_GPU_OVERLAP=0 speed_run "$n" bfloat16 ${RUN_S:-100} 90 \
     "scan_speed_${n}heavy_bfloat16_masked_serial" --skip-reference
-  CORPUS=/tmp/light/corpus speed_run "$n" bfloat16 ${RUN_S:-100} 90 "scan_speed_${n}light_bfloat16" --skip-reference
   speed_run "$n" float16 $(( $(left) - 20 )) 25 "scan_speed_${n}heavy_float16" 
   grep -E "files/min|identical|^gpu engine|^reference|loralint:|^load|^cpu_side|^generate|^decode|^prefill" "$log" | tail -30
   ;;
