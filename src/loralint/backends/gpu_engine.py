@@ -811,7 +811,7 @@ class GpuEngine(Backend):
 
         admit(first)
         more = True
-        graph = self._graph(b, None) if self.cuda_graphs else None
+        graph = self._slot_graph(b, bias)
         t_loop = time.perf_counter()
         other = sum(self.timing[k] for k in ("prefill", "compact", "capture"))
         try:
@@ -840,7 +840,7 @@ class GpuEngine(Backend):
                     t0 = time.perf_counter()
                     b = self._grow(b, grow[0], pk, adapter)
                     slot += [None] * (b.rows - len(slot))
-                    graph = self._graph(b, None) if self.cuda_graphs else None
+                    graph = self._slot_graph(b, bias)
                     self.timing["compact"] += time.perf_counter() - t0
                 free = [r for r in range(b.rows) if slot[r] is None]
                 busy = b.rows - len(free)
@@ -858,7 +858,7 @@ class GpuEngine(Backend):
                     b2 = self._gather(b, keep, adapter)
                     slot = [slot[r] for r in keep] + [None] * (b2.rows - len(keep))
                     b = b2
-                    graph = self._graph(b, None) if self.cuda_graphs else None
+                    graph = self._slot_graph(b, bias)
                     self.compactions += 1
                     self.timing["compact"] += time.perf_counter() - t0
                 # ---- decode: check_every steps of every row (a free row's are wasted, and cheap)
@@ -1352,6 +1352,12 @@ class GpuEngine(Backend):
         return b.graph
 
     # ------------------------------------------------------------ constraints
+    def _slot_graph(self, b: _Batch, bias: bool):
+        """A continuous decode's whole-buffer graph, unless its steps run in overlapped halves (their own graphs)."""
+        if not self.cuda_graphs or (bias and self._overlap_for(b)):
+            return None
+        return self._graph(b, None)
+
     def _overlap_for(self, b: _Batch) -> bool:
         """Whether a constrained continuous decode of ``b`` runs its steps in two halves, the host's picks of
         one half beside the device's step of the other (``overlap``: on CUDA, buffers of 128 rows and more)."""
