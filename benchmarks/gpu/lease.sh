@@ -330,7 +330,7 @@ scan5)  # (after join, carry .cache/gpu-carry/c15a c16) this session's engine ag
   CORPUS=/tmp/light/corpus speed_run "$n" bfloat16 ${RUN_S:-100} 90 "scan_speed_${n}light_bfloat16" --skip-reference
   LORALINT_GPU_DECODE_ATTN=masked LORALINT_GPU_OVERLAP=0 speed_run "$n" bfloat16 ${RUN_S:-100} 90 \
     "scan_speed_${n}heavy_bfloat16_masked_serial" --skip-reference
-  speed_run "$n" float16 $(( $(left) - 20 )) 25 "scan_speed_${n}heavy_float16" 
+  [ "$(left)" -gt 150 ] && speed_run "$n" float16 $(( $(left) - 20 )) 25 "scan_speed_${n}heavy_float16"
   grep -E "files/min|identical|^gpu engine|^reference|loralint:|^load|^cpu_side|^generate|^decode|^prefill" "$log" | tail -30
   ;;
 join)  # carry .carry/gb (or .carry/smollm2-b): the embedded base joined (its first part came with setup), dequantized
