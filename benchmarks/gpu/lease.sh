@@ -333,6 +333,17 @@ scan5)  # (after join, carry .cache/gpu-carry/c15a c16) this session's engine ag
   [ "$(left)" -gt 150 ] && speed_run "$n" float16 $(( $(left) - 20 )) 25 "scan_speed_${n}heavy_float16"
   grep -E "files/min|identical|^gpu engine|^reference|loralint:|^load|^cpu_side|^generate|^decode|^prefill" "$log" | tail -30
   ;;
+scan6)  # (in the join's call, carry .carry/gb .cache/gpu-carry/c15a c16: 60 MiB) the light set only, bfloat16: this
+  # session's engine, then with LORALINT_GPU_DECODE_ATTN=masked LORALINT_GPU_OVERLAP=0, each in its own process
+  scan_carry 2>/dev/null
+  mkdir -p /tmp/light
+  [ -d /tmp/light/corpus ] || xz -dc .cache/gpu-carry/c16/light.tar.xz | tar -C /tmp/light -xf -
+  n=${FILES:-1700}
+  CORPUS=/tmp/light/corpus speed_run "$n" bfloat16 ${RUN_S:-85} 90 "scan_speed_${n}light_bfloat16" --skip-reference
+  CORPUS=/tmp/light/corpus LORALINT_GPU_DECODE_ATTN=masked LORALINT_GPU_OVERLAP=0 speed_run "$n" bfloat16 \
+    ${RUN_S:-85} 90 "scan_speed_${n}light_bfloat16_masked_serial" --skip-reference
+  grep -E "files/min|^gpu engine|loralint:|^load|^cpu_side|^generate|^decode|^prefill" "$log" | tail -20
+  ;;
 join)  # carry .carry/gb (or .carry/smollm2-b): the embedded base joined (its first part came with setup), dequantized
   # once; with .cache/gpu-carry/c15b, scan2's corpus unpacked
   join_base "$(ls .carry/gb/part01 .carry/smollm2-b/part01 2>/dev/null | head -1)"
