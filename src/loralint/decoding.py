@@ -227,7 +227,14 @@ class _Code:
             self._ends[key] = res
         return res
 
+    def required_left(self, row: int, require: tuple[str, ...]) -> bool:
+        """Whether one of ``require`` (if any) is still in the code from ``row`` on: else no copy starting on
+        the row can hold one (a str.find, against :meth:`row_viable`'s walk from each start)."""
+        return not require or self._first_req_end(self.row_start[row], require) <= len(self.text)
+
     def row_viable(self, row: int, require: tuple[str, ...]) -> bool:
+        if not self.required_left(row, require):
+            return False
         for s in self.starts(row):
             full = self._ends.get((s, require))
             if full is not None:
@@ -333,8 +340,7 @@ class Automaton:
             # (first, the cheap test a copy's required tokens allow: some left in the code from the row on; the
             # choices' anchors otherwise try every token start of the row, ~900 calls a window of a heavy scan)
             if got and self.code is not None and any(
-                    isinstance(f, Copy) and f.require and self.code._first_req_end(self.code.row_start[row], f.require)
-                    > len(self.code.text) for f in self.fields):
+                    isinstance(f, Copy) and not self.code.required_left(row, f.require) for f in self.fields):
                 got = False
             for k, f in enumerate(self.fields):
                 if not got:

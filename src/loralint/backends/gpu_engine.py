@@ -118,13 +118,13 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     li = module.layer_idx
     if ctx.packed:
         return _packed_attention(ctx, li, query, key, value, scaling), None
-    if ctx.used is not None:
-        return _decode_attention(ctx, li, query, key, value, scaling), None
     K = ctx.k[li][ctx.r0:ctx.r1]
     V = ctx.v[li][ctx.r0:ctx.r1]
     if ctx.row_cols is not None:  # a decode step: row r's token at its own column row_cols[r]
         K[ctx.ar, :, ctx.row_cols] = key[:, :, 0].to(K.dtype)
         V[ctx.ar, :, ctx.row_cols] = value[:, :, 0].to(V.dtype)
+        if ctx.used is not None:
+            return _decode_attention(ctx, K, V, query, scaling), None
     else:
         K.index_copy_(2, ctx.cols, key.to(K.dtype))
         V.index_copy_(2, ctx.cols, value.to(V.dtype))
@@ -166,16 +166,13 @@ def _packed_attention(ctx: _Ctx, li: int, query, key, value, scaling):
     return out.unsqueeze(0)
 
 
-def _decode_attention(ctx: _Ctx, li: int, query, key, value, scaling):
-    """A decode step over a buffer whose rows attend to their columns 0 .. their own: the step's keys/values
-    written at each row's column, then each (row, KV head) a span of the buffer seen as (rows x KV heads x
-    length, 1, dim), its g query heads that span's g queries (grouped-query attention without copying keys), its
-    keys read up to the row's own column (:func:`loralint.packed_attention.decode_attention`)."""
+def _decode_attention(ctx: _Ctx, K, V, query, scaling):
+    """A decode step over a buffer (``K``/``V``: rows, KV heads, length, dim; the step's keys already written)
+    whose rows attend to their columns 0 .. their own: each (row, KV head) a span of the buffer seen as (rows x
+    KV heads x length, 1, dim), its g query heads that span's g queries (grouped-query attention without copying
+    keys), its keys read up to the row's own column (:func:`loralint.packed_attention.decode_attention`)."""
     from ..packed_attention import decode_attention
 
-    K, V = ctx.k[li], ctx.v[li]  # (rows, kv heads, length, dim)
-    K[ctx.ar, :, ctx.row_cols] = key[:, :, 0].to(K.dtype)
-    V[ctx.ar, :, ctx.row_cols] = value[:, :, 0].to(V.dtype)
     b, h, _q, d = query.shape
     rows, kvh, L, hd = K.shape
     g = h // kvh
@@ -231,11 +228,10 @@ class _Batch:
         # decode step reads each row's keys up to its column (_decode_attention), not the buffer's length under
         # a mask; the mask is kept all the same (compaction, the fallback)
         self.varlen = varlen
+        self.r0 = 0  # (its first row in the buffer it is a half of: half())
         if varlen:
-            g = cfg.num_attention_heads // kvh
-            spans = torch.arange(rows * kvh + 1, dtype=torch.int32, device=dev)
-            self.cu_q, self.cu_k = spans * g, spans * length
-            self.kvh, self.g = kvh, g
+            self.kvh, self.g = kvh, cfg.num_attention_heads // kvh
+            self._spans()
 
     def ctx(self) -> _Ctx:
         c = _Ctx()
@@ -249,6 +245,13 @@ class _Batch:
             c.used = u[:, None].expand(-1, self.kvh).reshape(-1)
             c.cu_q, c.cu_k = self.cu_q, self.cu_k
         return c
+
+    def _spans(self) -> None:
+        """Each (row, KV head) a span of the decode step's attention: its g queries, its ``length`` keys."""
+        import torch
+
+        spans = torch.arange(self.rows * self.kvh + 1, dtype=torch.int32, device=self.ar.device)
+        self.cu_q, self.cu_k = spans * self.g, spans * self.length
 
     def half(self, r0: int, r1: int) -> "_Batch":
         """Rows ``r0`` .. ``r1`` of this buffer as a buffer of their own: views of its tensors (what a step of
@@ -265,11 +268,10 @@ class _Batch:
             setattr(h, name, x[r0:r1] if x is not None else None)
         h.eos = self.eos
         h.ar = torch.arange(h.rows, device=self.ar.device)
-        h.graph, h.adapter_names = None, None
+        h.graph, h.adapter_names, h.r0 = None, None, r0
         if self.varlen:
             h.kvh, h.g = self.kvh, self.g
-            spans = torch.arange(h.rows * h.kvh + 1, dtype=torch.int32, device=self.ar.device)
-            h.cu_q, h.cu_k = spans * h.g, spans * self.length
+            h._spans()
         return h
 
     def put_prefix(self, pk, rows=None) -> None:
@@ -1377,8 +1379,7 @@ class GpuEngine(Backend):
         if getattr(b, "halves", None) is None:
             m = b.rows // 2
             b.halves = [b.half(0, m), b.half(m, b.rows)]
-            for h, (r0, r1) in zip(b.halves, ((0, m), (m, b.rows))):
-                h.r0 = r0
+            for h in b.halves:
                 if self.cuda:
                     h.host = torch.zeros(2, h.rows, dtype=torch.long, pin_memory=True)
                     h.up = torch.zeros(h.rows, dtype=torch.long, pin_memory=True)
@@ -1603,7 +1604,8 @@ class GpuEngine(Backend):
             "wasted_row_steps": self.row_steps - self.live_row_steps, "compactions": self.compactions,
             "picks_accepted": self.picks_accepted, "picks_corrected": self.picks_corrected,
             "prefill_forwards": self.prefill_forwards, "graph_steps": self.graph_steps, "fills": self.fills,
-            "slot_leftovers": self.slot_leftovers, "overlapped_steps": self.overlapped_steps, "slot_shapes": [list(x) for x in self.slot_shapes]}
+            "slot_leftovers": self.slot_leftovers, "overlapped_steps": self.overlapped_steps,
+            "slot_shapes": [list(x) for x in self.slot_shapes]}
 
 
 def shared_prefix(seqs: Sequence[Sequence[int]], least: int = 8) -> int:
