@@ -507,3 +507,35 @@ def test_a_generate_call_holds_short_thread_switches_then_gives_the_old_interval
     assert len(eng.generate(prompts[:20], caps[:20])) == 20
     assert seen and all(x == _pytest.approx(switches.INTERVAL) for x in seen)
     assert sys.getswitchinterval() == before
+
+
+def test_report_biased_picks_are_the_reference_engines(adapters):
+    """Under a report bias (stopping's logits lowered where an answer could name one more finding) the gpu
+    engine's corrected picks are the reference engine's masked picks; and the bias changes answers: more
+    findings named than without it, on the random adapter's undecided answers."""
+    from loralint.backends.gpu_engine import GpuEngine
+    from loralint.backends.transformers import TransformersBackend
+    from loralint.decoding import constraints_for, only_answer, window_grammar
+    from loralint.rules import get_rule
+    from loralint.windows import Window, window_messages
+
+    _memo, rand, _ = adapters
+    rule = get_rule("else-return")
+    lines = (FIXTURES / "rules" / "else_return.js").read_text().split("\n")
+    wins = [(s, min(s + 14, len(lines))) for s in range(0, len(lines), 5)]
+    wins = [(s, e) for s, e in wins if only_answer(window_grammar(rule, lines[s:e], s + 1)) is None][:12]
+    assert len(wins) >= 6
+    prompts = [window_messages(rule, lines[:], Window(s, e), "js") for s, e in wins]
+    eng = GpuEngine(rand, device="cpu")
+    ref = TransformersBackend(rand, device="cpu")
+    claims = {}
+    for bias in (0.0, 6.0):
+        def cons(tok):
+            return constraints_for(rule, tok, [(lines[s:e], s + 1) for s, e in wins], end_ids=eng.eos_ids,
+                                   report_bias=bias)
+
+        got = texts(eng.generate(prompts, 40, constraints=cons(eng.tok)))
+        want = texts(ref.generate(prompts, 40, constraints=cons(ref.tok)))
+        assert got == want, bias
+        claims[bias] = sum(len(rule.parse_answer(g[0]).claims) for g in got)
+    assert claims[6.0] > claims[0.0], claims

@@ -739,6 +739,10 @@ class TokenConstraint:
         #: (state, pending, token id, where it leads): the token accepts() just checked, so that advance() with
         #: it does not walk its characters again (a GPU scan feeds every row's pick through both, each step)
         self._checked: tuple | None = None
+        #: the report bias (logits): how much less likely stopping is made where the answer chooses between
+        #: naming one more finding and stopping (:meth:`declines`); 0: the plain greedy pick. A decision
+        #: threshold: with bias b, the answer names a finding where its log-odds against stopping are above -b.
+        self.report_bias = 0.0
 
     @property
     def finished(self) -> bool:
@@ -837,6 +841,56 @@ class TokenConstraint:
             self._checked = (self.state, self.pending, token_id, got)
         return ok
 
+    def declines(self) -> frozenset[int]:
+        """The tokens that stop the answer where it chooses between naming one more finding and stopping: at
+        its start, the tokens that begin the rule's "nothing found" sentence (where a finding line may start
+        too); after a whole answer line that only the separator could continue, end of turn (where another
+        line may follow). Empty elsewhere (inside a line the answer is not choosing whether to report)."""
+        if self.broken or self._finished or self.pending:
+            return frozenset()
+        st, auto = self.state, self.auto
+        key = ("declines", st)
+        got = self._cache.get(key)
+        if got is not None:
+            return got
+        got = frozenset()
+        if st == _START:
+            if auto.g.empty and auto.lines_after(auto.hist0):
+                ids: list[int] = []
+                node = self.vocab.root
+                for byte in auto.g.empty.encode("utf-8"):  # every token that is a prefix of the sentence
+                    node = node.kids.get(byte)
+                    if node is None:
+                        break
+                    ids.extend(node.ids)
+                got = frozenset(ids)
+        elif auto.can_end(st):
+            sep = auto.g.separator[:1]
+            viable = [ch for ch in auto.next_chars(st) if auto.step(st, ch) is not _DEAD]
+            if viable == [sep]:
+                got = frozenset(self.vocab.end_ids)
+        self._cache[key] = got
+        return got
+
+    def keeps(self, token_id: int) -> bool:
+        """Whether the model's own best token is the constrained pick: allowed (:meth:`accepts`) and, under a
+        :attr:`report_bias`, not one that stops the answer where it could name one more finding
+        (:meth:`declines`: then the pick is :meth:`allowed`'s best after :meth:`penalties`)."""
+        if self.report_bias and token_id in self.declines():
+            return False
+        return self.accepts(token_id)
+
+    def penalties(self, ids: Sequence[int]) -> list[float] | None:
+        """What to subtract from the logits of ``ids`` (allowed tokens) before the pick: :attr:`report_bias`
+        for the tokens that stop the answer here (:meth:`declines`), 0 for the others; None where nothing is
+        subtracted (no bias, no such choice here, or no other token to choose)."""
+        if not self.report_bias:
+            return None
+        d = self.declines()
+        if not d or all(t in d for t in ids):
+            return None
+        return [self.report_bias if t in d else 0.0 for t in ids]
+
     def likely_text(self, limit: int = 200) -> str:
         """The text the answer most likely goes on with, as far as the grammar leaves the model no real choice:
         as long as it allows exactly one next character; a blank and one other (a copy's gap, which may be
@@ -930,7 +984,8 @@ def constraints_for(rule, tokenizer, windows: list[tuple[list[str], int]], *,
                     literals: Sequence[dict | None] | None = None,
                     facts: Sequence[dict | None] | None = None,
                     end_ids: Sequence[int] | None = None,
-                    automata: Sequence["Automaton | None"] | None = None) -> list[TokenConstraint]:
+                    automata: Sequence["Automaton | None"] | None = None,
+                    report_bias: float = 0.0) -> list[TokenConstraint]:
     """One :class:`TokenConstraint` per window ``(lines, first line number)`` under ``rule``'s answer grammar.
 
     ``comments``: per window, 0-based window row -> comment column intervals (the file's, as
@@ -939,7 +994,9 @@ def constraints_for(rule, tokenizer, windows: list[tuple[list[str], int]], *,
     :meth:`~loralint.rules.Rule.grammar_facts`.
     ``end_ids``: the end-of-turn token ids (default: the tokenizer's eos and ``<|im_end|>``).
     ``automata``: per window, its :class:`Automaton` already built (by :func:`only_answer`) or None: reused
-    with its grammar, so what it has worked out is not worked out again."""
+    with its grammar, so what it has worked out is not worked out again. ``report_bias``: each constraint's
+    :attr:`TokenConstraint.report_bias` (the adapter's calibrated decision threshold:
+    :attr:`loralint.backends.Adapter.report_bias`)."""
     vocab = vocabulary(tokenizer, end_ids)
     out = []
     for i, (lines, first) in enumerate(windows):
@@ -951,6 +1008,8 @@ def constraints_for(rule, tokenizer, windows: list[tuple[list[str], int]], *,
         lit = literals[i] if literals is not None else None
         fct = facts[i] if facts is not None else None
         out.append(TokenConstraint(window_grammar(rule, lines, first, com, lit, fct), vocab))
+    for c in out:
+        c.report_bias = float(report_bias)
     return out
 
 
@@ -970,9 +1029,13 @@ def mask_logits(logits, constraints: Sequence[TokenConstraint | None]):
         if c is None:
             continue
         pick = picks.get(r)
-        ids = [pick] if pick is not None and c.accepts(pick) else c.allowed()  # the model's pick first
+        ids = [pick] if pick is not None and c.keeps(pick) else c.allowed()  # the model's pick first
         if ids is None:
             continue
+        pen = c.penalties(ids) if len(ids) > 1 else None
+        if pen is not None:  # (the report bias: stopping made less likely than naming one more finding)
+            d = [t for t, p in zip(ids, pen) if p]
+            logits[r, torch.tensor(d, dtype=torch.long, device=logits.device)] -= c.report_bias
         masked.append(r)
         rows.extend([r] * len(ids))
         cols.extend(ids)

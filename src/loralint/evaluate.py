@@ -211,7 +211,7 @@ class Evaluation:
                "files": self.files, "windows": self.windows, "files_with_errors": len(self.errors)}
         out["recall_by_kind"] = {k: _r(v.recall) for k, v in self.by_kind.items() if v.tp + v.fn}
         out["precision_by_kind"] = {k: _r(v.precision) for k, v in self.by_kind.items() if v.tp + v.fp}
-        out.update({k: v for k, v in self.meta.items() if k in ("paths", "evaluated_on")})
+        out.update({k: v for k, v in self.meta.items() if k in ("paths", "evaluated_on", "report_bias")})
         return out
 
 

@@ -222,6 +222,23 @@ def render(meta: dict[str, Any], has_plot: bool = True) -> str:
             lines.append(f"| {k} | {v if isinstance(v, str) else _fmt(v)} |")
         lines.append("")
 
+    dec = meta.get("decoding") or {}
+    if dec.get("report_bias"):
+        chosen = dec.get("chosen_on") or {}
+        lines += ["## Decoding", "",
+                  f"Report bias **{_fmt(dec['report_bias'])}**: where a constrained answer chooses between naming one "
+                  "more finding and stopping, stopping's logits are lowered by this much (a decision threshold; "
+                  "`loralint scan --report-bias` overrides it)."
+                  + (f" Chosen on {len(chosen.get('packages', []))} packages of the train list (never the held-out "
+                     f"ones): `{chosen['command']}`." if chosen.get("command") else ""), ""]
+        figs = chosen.get("figures") or {}
+        if figs:
+            lines += ["| bias | TP | FP | FN | recall | precision |", "|---|---|---|---|---|---|"]
+            for b, f in figs.items():
+                lines.append(f"| {b} | {f.get('tp')} | {f.get('fp')} | {f.get('fn')} | {_pct(f.get('recall'))} | "
+                             f"{_pct(f.get('precision'))} |")
+            lines.append("")
+
     lines += ["## Use", "", "```python"]
     if full:
         lines += ["from transformers import AutoModelForCausalLM", "",

@@ -85,7 +85,8 @@ class ScanResult(RunResult):
     phases: dict[str, float] = field(default_factory=dict)
     rules: list[str] = field(default_factory=list)  # the rules reviewed (scan_rules: several)
     engines_loaded: int = 0  # models loaded for the run (scan_rules: one a base, whatever the rules)
-    #: rule -> {"generate_seconds", "generated_tokens", "windows"} (scan_rules: the cost of each rule)
+    #: rule -> {"generate_seconds", "generated_tokens", "windows"} (scan_rules: the cost of each rule) and its
+    #: "report_bias" (None: unconstrained answers)
     per_rule: dict[str, dict] = field(default_factory=dict)
 
     @property
@@ -285,7 +286,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
          cache_dir: str | os.PathLike | None = None, diff: str | None = None, max_bytes: int | None = None,
          window_lines: int = DEFAULT_TARGET, chunk: int | None = None, progress: Callable[[int], None] | None = None,
          on_total: Callable[[int], None] | None = None, settings=None, constrained: bool | None = None,
-         diff_context: int | None = DIFF_CONTEXT, **options) -> ScanResult:
+         diff_context: int | None = DIFF_CONTEXT, report_bias: float | dict | None = None, **options) -> ScanResult:
     """Review ``paths`` with a model; returns a :class:`ScanResult` (a ``RunResult``) with model findings.
 
     ``backend``: a :class:`~loralint.backends.Backend` instance, a
@@ -296,7 +297,11 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     ``rule``). ``cache``: reuse answers for unchanged files. ``diff``: a git ref; only files and lines changed
     since it, each change shown to the model with ``diff_context`` lines around it (None: the whole windows
     that hold a change). ``constrained``: constrained decoding (:mod:`loralint.decoding`: an answer can only name the
-    window's lines, the rule's kinds and code of the file); None: on where the engine supports it. Never raises
+    window's lines, the rule's kinds and code of the file); None: on where the engine supports it.
+    ``report_bias``: the constrained answer's decision threshold (logits taken from stopping where it could name
+    one more finding: :attr:`loralint.decoding.TokenConstraint.report_bias`), a number or ``{rule: number}``;
+    None: the adapter's own (``loralint.json`` ``decoding.report_bias``, chosen on training packages by
+    ``benchmarks/report_bias.py``; 0 when absent). Never raises
     for a bad file or a failed window; raises
     :class:`~loralint.backends.AdapterNotFound` / ``BackendUnavailable`` when no model can run at all."""
     t0 = time.perf_counter()
@@ -327,7 +332,8 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
         ident = model_identity(ad, base) if kind == "transformers" else llamacpp_identity(ad, gguf, base)
     can_constrain = (engine_obj.supports_constraints if engine_obj is not None else kind in CONSTRAINED_BACKENDS)
     use_constraints = bool(can_constrain and (constrained is None or constrained))
-    decoding = DECODING | {"constrained": True} if use_constraints else DECODING
+    bias = _report_bias(report_bias, rule, ad, engine_obj)
+    decoding = _decoding(use_constraints, bias)
     cache_key = settings_key(ident, the_rule, {"target": window_lines}, decoding)
     store = ScanCache(cache_key, cache_dir, enabled=cache, describe={"model": ident, "rule": rule})
 
@@ -373,7 +379,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
                 engine_obj = built
             if engine_obj.identity() != ident:  # the default engine fell back to another: its answers, its key
                 use_constraints = bool(engine_obj.supports_constraints and (constrained is None or constrained))
-                decoding = DECODING | {"constrained": True} if use_constraints else DECODING
+                decoding = _decoding(use_constraints, bias)
                 fresh_store = ScanCache(settings_key(engine_obj.identity(), the_rule, {"target": window_lines},
                                                      decoding), cache_dir, enabled=cache,
                                         describe={"model": engine_obj.identity(), "rule": rule})
@@ -399,7 +405,7 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
             try:
                 kw = {}
                 if use_constraints:
-                    kw["constraints"] = window_constraints(the_rule, eng, part)
+                    kw["constraints"] = window_constraints(the_rule, eng, part, bias)
                 outs = eng.generate(prompts, caps, progress=progress, **kw)
             except Exception as e:  # noqa: BLE001 - the engine broke: every window of this chunk fails
                 outs = [BackendError(f"{type(e).__name__}: {e}")] * len(part)
@@ -523,7 +529,8 @@ def scan(paths: Iterable[str | os.PathLike], adapter: str | os.PathLike | Adapte
     out.engines_loaded = 1 if load_seconds else 0
     out.generated_tokens = (getattr(engine_obj, "generated_tokens", 0) - tokens_before) if engine_obj else 0
     out.per_rule = {rule: {"generate_seconds": round(gen_seconds, 3), "windows": len(jobs),
-                           "generated_tokens": out.generated_tokens}}
+                           "generated_tokens": out.generated_tokens,
+                           "report_bias": bias if use_constraints else None}}
     if engine_obj is not None and not isinstance(backend, Backend):
         engine_obj.close()  # an engine made here is let go; one passed in belongs to the caller
     out.cache_note = store.summary()
@@ -832,9 +839,30 @@ def _forced_take(rule: Rule, pending: list[tuple[list, object]], jobs: list, sto
     return left
 
 
-def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Window]]) -> list | None:
+def _decoding(constrained: bool, bias: float) -> dict:
+    """What decides the answers besides the model and the windows (part of the cache key): greedy, the answer
+    limit, constrained or not, and a constrained answer's report bias where it has one."""
+    if not constrained:
+        return DECODING
+    return DECODING | {"constrained": True} | ({"report_bias": bias} if bias else {})
+
+
+def _report_bias(given: float | dict | None, rule: str, ad: Adapter | None, engine_obj: Backend | None) -> float:
+    """The report bias of ``rule``'s constrained answers: ``given`` (a number, or ``{rule: number}``), else the
+    adapter's (``loralint.json`` ``decoding.report_bias``: :attr:`Adapter.report_bias`), else 0."""
+    if isinstance(given, dict):
+        given = given.get(rule)
+    if given is not None:
+        return float(given)
+    if ad is None and isinstance(engine_obj, RuleEngine):  # (a rule of a several-rule scan: its adapter)
+        ad = engine_obj.shared.adapters.get(engine_obj.rule)
+    return ad.report_bias if isinstance(ad, Adapter) else 0.0
+
+
+def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Window]],
+                       report_bias: float = 0.0) -> list | None:
     """One :class:`loralint.decoding.TokenConstraint` a window (the file's comments shifted to the window's
-    rows), or None when the rule declares no answer grammar."""
+    rows), or None when the rule declares no answer grammar. ``report_bias``: their decision threshold."""
     from .decoding import constraints_for
 
     tok = getattr(engine, "tok", None) or getattr(engine, "tokenizer", None)
@@ -846,13 +874,13 @@ def window_constraints(rule: Rule, engine: Backend, part: list[tuple[_File, Wind
     facts = [_window_facts(f, w) for f, w in part]
     automata = [f.automata.pop(_wkey(w), None) for f, w in part]  # (each serves one constraint, then is let go)
     return constraints_for(rule, tok, wins, comments=comments, literals=literals, facts=facts,
-                           end_ids=getattr(engine, "eos_ids", None), automata=automata)
+                           end_ids=getattr(engine, "eos_ids", None), automata=automata, report_bias=report_bias)
 
 
 
 #: scan()'s own keywords (the rest choose the model: BackendOptions' fields)
 _SCAN_KEYS = ("cache", "cache_dir", "diff", "max_bytes", "window_lines", "chunk", "progress", "on_total", "settings",
-              "constrained", "diff_context")
+              "constrained", "diff_context", "report_bias")
 
 
 class SharedEngine:

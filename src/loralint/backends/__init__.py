@@ -227,6 +227,16 @@ class Adapter:
         return self.base
 
     @property
+    def report_bias(self) -> float:
+        """The decision threshold its constrained answers are given (``loralint.json`` ``decoding.report_bias``,
+        chosen on training packages: ``benchmarks/report_bias.py``); 0: plain greedy."""
+        dec = self.meta.get("decoding") if isinstance(self.meta, dict) else None
+        try:
+            return float(dec.get("report_bias", 0.0)) if isinstance(dec, dict) else 0.0
+        except (TypeError, ValueError):
+            return 0.0
+
+    @property
     def is_peft(self) -> bool:
         return (self.path / "adapter_config.json").exists()
 

@@ -1451,21 +1451,23 @@ class GpuEngine(Backend):
         import torch
 
         nxt = list(raw)
-        fix_rows, fix_ids = [], []
+        fix_rows, fix_ids, fix_pen = [], [], []
         for r, c in enumerate(cons):
             if c is None or done[r]:
                 continue
             if getattr(c, "finished", False):
                 nxt[r] = self.eos_ids[0]
                 continue
-            if c.accepts(raw[r]):
+            if c.keeps(raw[r]):
                 self.picks_accepted += 1
                 continue
             allowed = c.allowed()
             if allowed is None:
                 continue
             fix_rows.append(r)
-            fix_ids.append(sorted(allowed) or [self.eos_ids[0]])  # nothing allowed: the answer ends
+            ids = sorted(allowed) or [self.eos_ids[0]]  # nothing allowed: the answer ends
+            fix_ids.append(ids)
+            fix_pen.append(c.penalties(ids))  # (the report bias: stopping made less likely)
         if fix_rows:
             self.picks_corrected += len(fix_rows)
             width = max(map(len, fix_ids))
@@ -1474,7 +1476,12 @@ class GpuEngine(Backend):
                 cols = torch.tensor([x + [x[0]] * (width - len(x)) for x in fix_ids], dtype=torch.long)
                 cols = cols.to(logits.device)
                 rows = torch.tensor(fix_rows, dtype=torch.long, device=logits.device)
-                best = logits[rows[:, None], cols].argmax(-1)  # the best allowed token, lowest id on a tie
+                scores = logits[rows[:, None], cols]
+                if any(p is not None for p in fix_pen):
+                    pen = torch.tensor([(p or [0.0] * len(x)) + [p[0] if p else 0.0] * (width - len(x))
+                                        for x, p in zip(fix_ids, fix_pen)], dtype=scores.dtype)
+                    scores = scores - pen.to(scores.device)
+                best = scores.argmax(-1)  # the best allowed token, lowest id on a tie
                 got = cols.gather(1, best[:, None])[:, 0].tolist()
             for r, t in zip(fix_rows, got):
                 nxt[r] = t

@@ -74,14 +74,20 @@ def pick(row, constraint) -> int:
 
     top = int(np.argmax(row))
     c = constraint
-    if c is None or c.accepts(top):  # (a constraint that is off accepts every token)
+    if c is None or c.keeps(top):  # (a constraint that is off accepts every token)
         return top
     ids = c.allowed()
     if not ids:
         return top
+    ids = [t for t in ids if t < row.shape[0]]
+    if not ids:
+        return top
     idx = np.asarray(ids, dtype=np.int64)
-    idx = idx[idx < row.shape[0]]
-    return int(idx[int(np.argmax(row[idx]))]) if idx.size else top
+    scores = row[idx]
+    pen = c.penalties(ids)  # (the report bias: stopping made less likely than naming one more finding)
+    if pen is not None:
+        scores = scores - np.asarray(pen, dtype=scores.dtype)
+    return int(idx[int(np.argmax(scores))])
 
 
 def make_draft(look: PromptLookup | None, out: list[int], k: int, constraint=None,

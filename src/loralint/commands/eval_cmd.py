@@ -35,6 +35,9 @@ def eval_command(
     result = run_scan(paths, kw, quiet)
     meta = {"paths": [str(p) for p in paths], "adapter": str(adapter) if adapter else ("api:" + api if api else
                                                                                         "shipped")}
+    bias = result.per_rule.get(rule, {}).get("report_bias")
+    if bias:  # (the decision threshold the figures were taken at)
+        meta["report_bias"] = bias
     ev = ev_mod.score(result, rule, meta=meta)
     data = ev.to_dict()
     if fmt == "json":

@@ -44,6 +44,10 @@ ConstrainedOpt = typer.Option(None, "--constrained/--no-constrained",
                               help="Constrained decoding: answers can only name the window's lines, the rule's kinds "
                               "and code of the file (default: on for the in-process transformers engine).")
 WindowOpt = typer.Option(30, "--window", help="Lines per window (the adapter was trained on this size).")
+ReportBiasOpt = typer.Option(None, "--report-bias", metavar="B|RULE=B,...",
+                             help="Constrained answers' decision threshold: logits taken from stopping where the "
+                             "answer could name one more finding (higher: more findings, more false ones). "
+                             "Default: each adapter's own (its loralint.json decoding.report_bias, else 0).")
 
 
 #: the options that choose and drive the model, declared once: `scan` and `eval` take them all (:func:`model_options`)
@@ -55,13 +59,33 @@ MODEL_OPTIONS: dict[str, tuple[object, object]] = {
     "batch_tokens": (Optional[int], BatchTokensOpt), "max_batch": (Optional[int], MaxBatchOpt),
     "rule": (str, RuleOpt), "cache_dir": (Optional[Path], CacheDirOpt), "no_cache": (bool, NoCacheOpt),
     "window": (int, WindowOpt), "constrained": (Optional[bool], ConstrainedOpt),
+    "report_bias": (Optional[str], ReportBiasOpt),
 }
 
 
+def parse_report_bias(text: str | None) -> float | dict[str, float] | None:
+    """``--report-bias``: a number for every rule, or ``RULE=NUMBER`` pairs (comma-separated) for some."""
+    if text is None or not text.strip():
+        return None
+    try:
+        if "=" not in text:
+            return float(text)
+        out: dict[str, float] = {}
+        for part in text.split(","):
+            if part.strip():
+                rule, _, num = part.partition("=")
+                out[rule.strip()] = float(num)
+        return out
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number nor RULE=NUMBER pairs",
+                                 param_hint="--report-bias") from None
+
+
 def backend_kwargs(adapter, base, api, api_key, model, backend, gguf, device, engine, concurrency, timeout, retries,
-                   batch_tokens, max_batch, rule, cache_dir, no_cache, window, constrained=None) -> dict:
+                   batch_tokens, max_batch, rule, cache_dir, no_cache, window, constrained=None,
+                   report_bias=None) -> dict:
     """scan()'s keywords from the command line's model options (the backend's are a BackendOptions' fields)."""
-    return dict(constrained=constrained, adapter=str(adapter) if adapter else None, base=base, api=api, api_key=api_key, model=model, backend=backend,
+    return dict(constrained=constrained, report_bias=parse_report_bias(report_bias), adapter=str(adapter) if adapter else None, base=base, api=api, api_key=api_key, model=model, backend=backend,
                 gguf=str(gguf) if gguf else None, device=device, engine=engine, concurrency=concurrency,
                 timeout=timeout, retries=retries, batch_tokens=batch_tokens, max_batch=max_batch, rule=rule,
                 cache_dir=str(cache_dir) if cache_dir else None, cache=not no_cache, window_lines=window)
