@@ -91,7 +91,7 @@ def choose(rows: list[dict], min_precision: float) -> dict | None:
     return max(ok, key=lambda r: (r["unseen"]["recall"], -r["bias"])) if ok else None
 
 
-def write_card(adapter_dir: Path, row: dict, rows: list[dict], packages: list[str], a) -> None:
+def write_card(adapter_dir: Path, row: dict, rows: list[dict], packages: list[str], a, command: str | None = None) -> None:
     """The chosen bias into the adapter's ``loralint.json`` and model card (its "Decoding" section)."""
     from loralint.modelcard import read_metadata, write_model_card
 
@@ -102,11 +102,25 @@ def write_card(adapter_dir: Path, row: dict, rows: list[dict], packages: list[st
         "report_bias": row["bias"],
         "chosen_on": {"packages": packages, "list": "train", "min_precision": a.min_precision,
                       "dataset_excluded": bool(a.dataset), "figures": {str(r["bias"]): r["unseen"] for r in rows},
-                      "command": "python benchmarks/report_bias.py " + " ".join(sys.argv[1:]),
+                      "command": command or "python benchmarks/report_bias.py " + " ".join(sys.argv[1:]),
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
     card = write_model_card(adapter_dir, {"decoding": decoding})
     print(f"report_bias {row['bias']} written to {adapter_dir / 'loralint.json'} and {card}", file=sys.stderr)
+
+
+def card_from(a) -> int:
+    """``--card-from``: the choice made again from a results file (its rows, packages and command)."""
+    from loralint.backends import resolve_adapter
+
+    res = json.loads(Path(a.card_from).read_text())
+    best = choose(res["rows"], a.min_precision)
+    print(f"{res['rule']}: chosen report bias {best['bias'] if best else None} (from {a.card_from})")
+    if a.write_card and best is not None:
+        a.dataset = res.get("dataset_excluded")
+        write_card(resolve_adapter(a.adapter, res["rule"]).path, best, res["rows"], res["packages"], a,
+                   command=res.get("command"))
+    return 0 if best is not None else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default=None, help="the engine (default: as loralint scan chooses)")
     ap.add_argument("--write-card", action="store_true", help="write the chosen bias into the adapter's loralint.json")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "report_bias.json"))
+    ap.add_argument("--card-from", default=None, metavar="JSON",
+                    help="no scan: choose from an earlier run's results and write the card (with --write-card)")
     a = ap.parse_args(argv)
+    if a.card_from:
+        return card_from(a)
 
     from loralint.backends import resolve_adapter
     from loralint.scanner import scan

@@ -137,3 +137,20 @@ def test_report_bias_on_the_command_line(tmp_path):
     f.write_text("const a = 1;\n")
     res = CliRunner().invoke(app, ["scan", str(f), "--report-bias", "lots"])
     assert res.exit_code == 2 and "--report-bias" in res.output and "not a number" in res.output
+
+
+def test_the_chosen_bias_goes_into_the_card_and_back_into_a_scan(tmp_path):
+    from loralint.modelcard import write_model_card
+
+    folder = tmp_path / "ad"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    write_model_card(folder, {"format": 1, "base": {"spec": "smollm2-135m"}, "rule": {"id": "else-return"}})
+    assert "## Decoding" not in (folder / "README.md").read_text()
+    figs = {"0.0": {"tp": 599, "fp": 10, "fn": 18, "recall": 0.9708, "precision": 0.9836},
+            "3.0": {"tp": 606, "fp": 15, "fn": 11, "recall": 0.9822, "precision": 0.9758}}
+    write_model_card(folder, {"decoding": {"report_bias": 3.0, "chosen_on": {
+        "packages": ["koa@3.3.0"], "figures": figs, "command": "python benchmarks/report_bias.py --write-card"}}})
+    card = (folder / "README.md").read_text()
+    assert "## Decoding" in card and "Report bias **3" in card and "| 3.0 | 606 | 15 | 11 |" in card
+    assert resolve_adapter(str(folder), "else-return").report_bias == 3.0

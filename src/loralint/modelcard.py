@@ -223,12 +223,13 @@ def render(meta: dict[str, Any], has_plot: bool = True) -> str:
         lines.append("")
 
     dec = meta.get("decoding") or {}
-    if dec.get("report_bias"):
+    if dec.get("report_bias") or dec.get("chosen_on"):
         chosen = dec.get("chosen_on") or {}
+        bias = dec.get("report_bias") or 0
         lines += ["## Decoding", "",
-                  f"Report bias **{_fmt(dec['report_bias'])}**: where a constrained answer chooses between naming one "
-                  "more finding and stopping, stopping's logits are lowered by this much (a decision threshold; "
-                  "`loralint scan --report-bias` overrides it)."
+                  f"Report bias **{_fmt(bias)}**{' (plain greedy)' if not bias else ''}: where a constrained answer "
+                  "chooses between naming one more finding and stopping, stopping's logits are lowered by this much "
+                  "(a decision threshold; `loralint scan --report-bias` overrides it)."
                   + (f" Chosen on {len(chosen.get('packages', []))} packages of the train list (never the held-out "
                      f"ones): `{chosen['command']}`." if chosen.get("command") else ""), ""]
         figs = chosen.get("figures") or {}
