@@ -154,3 +154,34 @@ def test_the_chosen_bias_goes_into_the_card_and_back_into_a_scan(tmp_path):
     card = (folder / "README.md").read_text()
     assert "## Decoding" in card and "Report bias **3" in card and "| 3.0 | 606 | 15 | 11 |" in card
     assert resolve_adapter(str(folder), "else-return").report_bias == 3.0
+
+
+def test_the_projects_configuration_sets_it_and_the_command_line_overrides_it(tmp_path, monkeypatch):
+    """``report-bias`` in ``[tool.loralint]`` reaches scan(); ``--report-bias`` wins; bad values are one line."""
+    from typer.testing import CliRunner
+
+    import loralint.scanner as scanner_mod
+    from loralint.cli import app
+    from loralint.config import ConfigError, load_settings
+    from loralint.scanner import ScanResult
+
+    (tmp_path / "pyproject.toml").write_text('[tool.loralint]\nreport-bias = { else-return = 4 }\n')
+    f = tmp_path / "a.js"
+    f.write_text("const a = 1;\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(["."]).report_bias == {"else-return": 4.0}
+    seen = []
+
+    def fake_scan(paths, adapter=None, **kw):  # (the engine's part is tested above; here: what reaches it)
+        seen.append(kw.get("report_bias"))
+        return ScanResult(files=[])
+
+    monkeypatch.setattr(scanner_mod, "scan", fake_scan)
+    for extra, want in (([], {"else-return": 4.0}), (["--report-bias", "1.5"], 1.5)):
+        res = CliRunner().invoke(app, ["scan", "a.js", "--rule", "else-return", "-q", *extra])
+        assert res.exit_code == 0, res.output
+        assert seen[-1] == want
+    for bad, msg in (('"lots"', "must be a number"), ("{ nosuch = 1 }", "unknown rule 'nosuch'")):
+        (tmp_path / "pyproject.toml").write_text(f"[tool.loralint]\nreport-bias = {bad}\n")
+        with pytest.raises(ConfigError, match=msg):
+            load_settings(["."])

@@ -12,6 +12,8 @@ respect-gitignore = true             # skip what .gitignore files ignore (--no-r
 select = ["predicate"]               # rules `check` runs (default: all); --rule overrides it
 ignore = []                          # rules taken out of the selection
 per-file-ignores = { "tests/**" = ["predicate"] }   # rules not applied to matching files
+report-bias = { else-return = 4 }    # `scan`'s decision threshold, per rule or one number for all (default:
+                                     #   each adapter's own); --report-bias overrides it
 ```
 
 Patterns are gitignore patterns (``pathspec``'s gitwildmatch) relative to the folder of the configuration
@@ -36,7 +38,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 CONFIG_NAMES = (".loralint.toml", "loralint.toml", "pyproject.toml")
-KEYS = {"include", "exclude", "extend-exclude", "respect-gitignore", "select", "ignore", "per-file-ignores"}
+KEYS = {"include", "exclude", "extend-exclude", "respect-gitignore", "select", "ignore", "per-file-ignores",
+        "report-bias"}
 DEFAULT_EXCLUDE: list[str] = []
 
 
@@ -85,6 +88,8 @@ class Settings:
     per_file_ignores: dict[str, list[str]] = field(default_factory=dict)
     #: `scan` reviews one rule: files whose per-file-ignores take it out are not read
     rule: str | None = None
+    #: `scan`'s report bias (a number for every rule, or rule id -> number); None: each adapter's own
+    report_bias: float | dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         root = self.root
@@ -174,6 +179,21 @@ def _strings(path: Path, key: str, value) -> list[str]:
     return list(value)
 
 
+def _report_bias(path: Path | None, value, known_rules: set[str]) -> float | dict[str, float]:
+    """``report-bias``: a number, or a table of rule id = number."""
+    def num(v, where: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{path}: `{where}` must be a number")
+        return float(v)
+
+    if not isinstance(value, dict):
+        return num(value, "report-bias")
+    bad = [r for r in value if r not in known_rules]
+    if bad:
+        raise ConfigError(f"{path}: unknown rule {bad[0]!r} in `report-bias` (known: {', '.join(sorted(known_rules))})")
+    return {r: num(v, f"report-bias.{r}") for r, v in value.items()}
+
+
 def load_settings(paths: Iterable[str | os.PathLike] = (), *, exclude: Iterable[str] = (),
                   respect_gitignore: bool | None = None, rule: str | None = None,
                   config: str | os.PathLike | None = None) -> Settings:
@@ -220,6 +240,8 @@ def load_settings(paths: Iterable[str | os.PathLike] = (), *, exclude: Iterable[
                                   f"(known: {', '.join(sorted(known_rules))})")
             out[glob] = ids
         kw["per_file_ignores"] = out
+    if "report-bias" in table:
+        kw["report_bias"] = _report_bias(path, table["report-bias"], known_rules)
     if respect_gitignore is not None:
         kw["respect_gitignore"] = respect_gitignore
     return Settings(path=path, cli_exclude=list(exclude), rule=rule, **kw)

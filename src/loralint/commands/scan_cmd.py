@@ -187,6 +187,8 @@ def run_scan(paths: List[Path], kw: dict, quiet: bool, diff: str | None = None, 
 
     check_paths(paths)
     warn_adapter(kw, quiet)
+    if kw.get("report_bias") is None and getattr(settings, "report_bias", None) is not None:
+        kw = dict(kw, report_bias=settings.report_bias)  # (the project's, under --report-bias)
     try:
         with progress_bar("scanning", not quiet) as (total, advance):
             if kw.get("rules"):  # several rules, one model load (scan_rules)
