@@ -1013,6 +1013,20 @@ def constraints_for(rule, tokenizer, windows: list[tuple[list[str], int]], *,
     return out
 
 
+def keeps(c, token_id: int) -> bool:
+    """Whether the model's own best token stands under ``c``: :meth:`TokenConstraint.keeps`, or for another object
+    of the constraint protocol (``allowed``, ``accepts``, ``advance``, ``finished``; no report bias) its
+    ``accepts``."""
+    own = getattr(c, "keeps", None)
+    return own(token_id) if own is not None else c.accepts(token_id)
+
+
+def penalties(c, ids: Sequence[int]) -> list[float] | None:
+    """:meth:`TokenConstraint.penalties` of ``ids``, None for a constraint without a report bias."""
+    own = getattr(c, "penalties", None)
+    return own(ids) if own is not None else None
+
+
 def mask_logits(logits, constraints: Sequence[TokenConstraint | None]):
     """``logits`` ``[rows, vocab]`` with every token a row's constraint does not allow set to ``-inf``
     (rows without a constraint, or whose constraint is off, unchanged), for a greedy pick: a row whose best
@@ -1029,13 +1043,14 @@ def mask_logits(logits, constraints: Sequence[TokenConstraint | None]):
         if c is None:
             continue
         pick = picks.get(r)
-        ids = [pick] if pick is not None and c.keeps(pick) else c.allowed()  # the model's pick first
+        ids = [pick] if pick is not None and keeps(c, pick) else c.allowed()  # the model's pick first
         if ids is None:
             continue
-        pen = c.penalties(ids) if len(ids) > 1 else None
+        pen = penalties(c, ids) if len(ids) > 1 else None
         if pen is not None:  # (the report bias: stopping made less likely than naming one more finding)
-            d = [t for t, p in zip(ids, pen) if p]
-            logits[r, torch.tensor(d, dtype=torch.long, device=logits.device)] -= c.report_bias
+            d = [(t, p) for t, p in zip(ids, pen) if p]
+            at = torch.tensor([t for t, _ in d], dtype=torch.long, device=logits.device)
+            logits[r, at] -= torch.tensor([p for _, p in d], dtype=logits.dtype, device=logits.device)
         masked.append(r)
         rows.extend([r] * len(ids))
         cols.extend(ids)
@@ -1052,4 +1067,4 @@ def mask_logits(logits, constraints: Sequence[TokenConstraint | None]):
 
 
 __all__ = ["AnswerGrammar", "Automaton", "Choice", "Copy", "Line", "Lit", "TokenConstraint", "Vocabulary",
-           "constraints_for", "mask_logits", "vocabulary"]
+           "constraints_for", "keeps", "mask_logits", "penalties", "vocabulary"]

@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .. import models, switches
+from ..decoding import keeps, penalties
 from . import Adapter, Backend, BackendError, BackendUnavailable, Completion, Result, limits, model_identity
 
 ENGINE = "gpu"
@@ -1458,7 +1459,7 @@ class GpuEngine(Backend):
             if getattr(c, "finished", False):
                 nxt[r] = self.eos_ids[0]
                 continue
-            if c.keeps(raw[r]):
+            if keeps(c, raw[r]):
                 self.picks_accepted += 1
                 continue
             allowed = c.allowed()
@@ -1467,7 +1468,7 @@ class GpuEngine(Backend):
             fix_rows.append(r)
             ids = sorted(allowed) or [self.eos_ids[0]]  # nothing allowed: the answer ends
             fix_ids.append(ids)
-            fix_pen.append(c.penalties(ids))  # (the report bias: stopping made less likely)
+            fix_pen.append(penalties(c, ids))  # (the report bias: stopping made less likely)
         if fix_rows:
             self.picks_corrected += len(fix_rows)
             width = max(map(len, fix_ids))

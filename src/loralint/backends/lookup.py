@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 from typing import Callable, Sequence
 
+from ..decoding import keeps, penalties
+
 #: longest draft verified in one pass (17 tokens: ~3.3 single steps' time on 2 cores, 16 saved when all hold)
 DRAFT_TOKENS = 16
 #: the longest answer suffix looked up in the prompt (longer matches first)
@@ -74,7 +76,7 @@ def pick(row, constraint) -> int:
 
     top = int(np.argmax(row))
     c = constraint
-    if c is None or c.keeps(top):  # (a constraint that is off accepts every token)
+    if c is None or keeps(c, top):  # (a constraint that is off accepts every token)
         return top
     ids = c.allowed()
     if not ids:
@@ -84,7 +86,7 @@ def pick(row, constraint) -> int:
         return top
     idx = np.asarray(ids, dtype=np.int64)
     scores = row[idx]
-    pen = c.penalties(ids)  # (the report bias: stopping made less likely than naming one more finding)
+    pen = penalties(c, ids)  # (the report bias: stopping made less likely than naming one more finding)
     if pen is not None:
         scores = scores - np.asarray(pen, dtype=scores.dtype)
     return int(idx[int(np.argmax(scores))])
