@@ -62,7 +62,7 @@ def test_penalties_only_under_a_bias_and_only_where_there_is_a_choice(tok):
     assert c.accepts(no) and not c.keeps(no) and one(tok).keeps(no)
 
 
-def logits_row(tok, c, no_score: float, line_score: float, size: int):
+def logits_row(tok, no_score: float, line_score: float, size: int):
     """A logits row where the no-findings sentence's first token scores ``no_score``, the window's line
     number's first token ``line_score``, everything else far below."""
     row = np.full(size, -20.0, dtype=np.float32)
@@ -77,7 +77,7 @@ def test_the_bias_moves_the_pick_by_exactly_its_margin_in_the_numpy_and_torch_pa
 
     size = len(tok)
     c = one(tok, bias=bias)
-    row = logits_row(tok, c, 5.0, 3.0, size)  # "No" ahead by 2.0
+    row = logits_row(tok, 5.0, 3.0, size)  # "No" ahead by 2.0
     got = lookup.pick(row, c)
     assert tok.decode([got]).startswith(want[:1]) and got in (ids(tok, "No")[0], ids(tok, "13")[0])
     masked = mask_logits(torch.tensor(row)[None].clone(), [one(tok, bias=bias)])

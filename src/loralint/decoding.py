@@ -722,7 +722,8 @@ def _utf8_chars(data: bytes) -> tuple[list[str], bytes] | None:
 class TokenConstraint:
     """The allowed next tokens of one prompt's answer under its :class:`AnswerGrammar`."""
 
-    def __init__(self, grammar: AnswerGrammar, vocab: Vocabulary, auto: "Automaton | None" = None):
+    def __init__(self, grammar: AnswerGrammar, vocab: Vocabulary, auto: "Automaton | None" = None,
+                 report_bias: float = 0.0):
         # ``auto``: the window's automaton already built for :func:`only_answer` (the scanner asks that first).
         # Its caches are what the first allowed() call would otherwise compute again: which lines can be
         # named, for each the copies each kind may start (the rule's anchors tried at every token start of
@@ -742,7 +743,7 @@ class TokenConstraint:
         #: the report bias (logits): how much less likely stopping is made where the answer chooses between
         #: naming one more finding and stopping (:meth:`declines`); 0: the plain greedy pick. A decision
         #: threshold: with bias b, the answer names a finding where its log-odds against stopping are above -b.
-        self.report_bias = 0.0
+        self.report_bias = float(report_bias)
 
     @property
     def finished(self) -> bool:
@@ -1002,14 +1003,12 @@ def constraints_for(rule, tokenizer, windows: list[tuple[list[str], int]], *,
     for i, (lines, first) in enumerate(windows):
         auto = automata[i] if automata is not None else None
         if auto is not None:
-            out.append(TokenConstraint(auto.g, vocab, auto))
+            out.append(TokenConstraint(auto.g, vocab, auto, report_bias))
             continue
         com = comments[i] if comments is not None else None
         lit = literals[i] if literals is not None else None
         fct = facts[i] if facts is not None else None
-        out.append(TokenConstraint(window_grammar(rule, lines, first, com, lit, fct), vocab))
-    for c in out:
-        c.report_bias = float(report_bias)
+        out.append(TokenConstraint(window_grammar(rule, lines, first, com, lit, fct), vocab, None, report_bias))
     return out
 
 

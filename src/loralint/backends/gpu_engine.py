@@ -1478,9 +1478,9 @@ class GpuEngine(Backend):
                 cols = cols.to(logits.device)
                 rows = torch.tensor(fix_rows, dtype=torch.long, device=logits.device)
                 scores = logits[rows[:, None], cols]
-                if any(p is not None for p in fix_pen):
-                    pen = torch.tensor([(p or [0.0] * len(x)) + [p[0] if p else 0.0] * (width - len(x))
-                                        for x, p in zip(fix_ids, fix_pen)], dtype=scores.dtype)
+                if any(p is not None for p in fix_pen):  # (padded as cols are: each row's first again)
+                    pen = [p or [0.0] * len(x) for x, p in zip(fix_ids, fix_pen)]
+                    pen = torch.tensor([q + [q[0]] * (width - len(q)) for q in pen], dtype=scores.dtype)
                     scores = scores - pen.to(scores.device)
                 best = scores.argmax(-1)  # the best allowed token, lowest id on a tie
                 got = cols.gather(1, best[:, None])[:, 0].tolist()

@@ -78,10 +78,7 @@ def pick(row, constraint) -> int:
     c = constraint
     if c is None or keeps(c, top):  # (a constraint that is off accepts every token)
         return top
-    ids = c.allowed()
-    if not ids:
-        return top
-    ids = [t for t in ids if t < row.shape[0]]
+    ids = [t for t in c.allowed() or () if t < row.shape[0]]
     if not ids:
         return top
     idx = np.asarray(ids, dtype=np.int64)
