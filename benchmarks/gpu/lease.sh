@@ -333,6 +333,26 @@ scan5)  # (after join, carry .cache/gpu-carry/c15a c16) this session's engine ag
   [ "$(left)" -gt 150 ] && speed_run "$n" float16 $(( $(left) - 20 )) 25 "scan_speed_${n}heavy_float16"
   grep -E "files/min|identical|^gpu engine|^reference|loralint:|^load|^cpu_side|^generate|^decode|^prefill" "$log" | tail -30
   ;;
+scan7)  # (after join with c15b; carry .cache/gpu-carry/c15a c16) the varlen decode with its seqused_k contiguous (the
+  # eighth session's scan5 found the engine falling back: "seqused_k must be contiguous" in its self-check): the heavy
+  # set and the light set with the defaults, then the light set with LORALINT_GPU_DECODE_ATTN=masked
+  # LORALINT_GPU_OVERLAP=0 (the ratio), each in its own process
+  scan_carry
+  mkdir -p /tmp/light
+  [ -d /tmp/light/corpus ] || xz -dc .cache/gpu-carry/c16/light.tar.xz | tar -C /tmp/light -xf -
+  n=${FILES:-1700}
+  speed_run "$n" bfloat16 ${RUN_S:-100} 90 "scan_speed_${n}heavy_bfloat16" --skip-reference
+  CORPUS=/tmp/light/corpus speed_run "$n" bfloat16 ${RUN_S:-85} 90 "scan_speed_${n}light_bfloat16" --skip-reference
+  [ "$(left)" -gt 100 ] && CORPUS=/tmp/light/corpus LORALINT_GPU_DECODE_ATTN=masked LORALINT_GPU_OVERLAP=0 \
+    speed_run "$n" bfloat16 ${RUN_S:-85} 90 "scan_speed_${n}light_bfloat16_masked_serial" --skip-reference
+  grep -E "files/min|^gpu engine|loralint:|^load|^cpu_side|^generate|^decode|^prefill" "$log" | tail -30
+  ;;
+scanref)  # (after scan7, no carry) the heavy set, bfloat16, the gpu engine then the reference engine on the same files
+  # (answers_identical_fraction over the windows the reference answers in its share of the budget)
+  scan_carry
+  speed_run ${FILES:-1700} bfloat16 ${RUN_S:-270} 70 "scan_speed_${FILES:-1700}heavy_bfloat16_ref"
+  grep -E "files/min|identical|^gpu engine|^reference" "$log" | tail -8
+  ;;
 scan6)  # (in the join's call, carry .carry/gb .cache/gpu-carry/c15a c16: 60 MiB) the light set only, bfloat16: this
   # session's engine, then with LORALINT_GPU_DECODE_ATTN=masked LORALINT_GPU_OVERLAP=0, each in its own process
   scan_carry 2>/dev/null

@@ -266,6 +266,8 @@ def decode_attention(q, k, v, cu_q, cu_k, used, max_q: int, max_k: int, scale=No
     import torch
     import torch.nn.functional as F
 
+    if not used.is_contiguous():  # (the kernel's own check: "seqused_k must be contiguous"; made here for every
+        raise RuntimeError("seqused_k must be contiguous")  # device, so that a CPU run finds what a GPU's would)
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, False, False,
                                                       scale=scale, seqused_k=used)[0]

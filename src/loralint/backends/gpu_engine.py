@@ -243,7 +243,8 @@ class _Batch:
 
             # a row's keys: columns 0 .. its own; a finished row's answer is not read any more: one key
             u = torch.where(self.done, 1, self.col + 1).to(torch.int32)
-            c.used = u[:, None].expand(-1, self.kvh).reshape(-1)
+            # (one a (row, KV head), contiguous as the kernel requires: an expanded view of one row's would not be)
+            c.used = u.repeat_interleave(self.kvh)
             c.cu_q, c.cu_k = self.cu_q, self.cu_k
         return c
 
