@@ -43,15 +43,16 @@ def trained_spans(path: str | None) -> dict[tuple[str, str], list[tuple[int, int
     return out
 
 
-def validation_packages(corpus: Path, every: int, start: int, max_files: int) -> list[Path]:
+def validation_packages(corpus: Path, every: int, start: int, max_files: int, min_files: int = 0) -> list[Path]:
     """Every ``every``-th package of the train list (from ``start``), those unpacked under ``corpus`` with at most
-    ``max_files`` source files (a CPU's afternoon: three.js, rxjs and graphql hold over 1,000 each)."""
+    ``max_files`` source files (a CPU's afternoon: three.js, rxjs and graphql hold over 1,000 each) and more than
+    ``min_files`` (a set of packages apart from one taken with ``max_files`` = ``min_files``)."""
     from loralint.sources import discover
 
     from loralint.corpus import package_dirs
 
     dirs = [d for _p, d in package_dirs(ROOT / "src" / "loralint" / "data" / "corpus" / "train.txt", corpus)]
-    return [d for d in dirs[start::every] if d.is_dir() and len(discover([str(d)])[0]) <= max_files]
+    return [d for d in dirs[start::every] if d.is_dir() and min_files < len(discover([str(d)])[0]) <= max_files]
 
 
 def score_run(result, rule: str, corpus: Path, seen: dict) -> dict:
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=int, default=5, help="every N-th package of the train list")
     ap.add_argument("--start", type=int, default=2)
     ap.add_argument("--max-package-files", type=int, default=400, help="leave out packages with more source files")
+    ap.add_argument("--min-package-files", type=int, default=0,
+                    help="leave out packages with this many source files or fewer (a set apart from --max-package-files')")
     ap.add_argument("--dataset", default=None, help="the adapter's training jsonl (.xz): its windows left out")
     ap.add_argument("--min-precision", type=float, default=0.995)
     ap.add_argument("--backend", default=None, help="the engine (default: as loralint scan chooses)")
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     from loralint.scanner import scan
 
     corpus = Path(a.corpus)
-    pkgs = validation_packages(corpus, a.every, a.start, a.max_package_files)
+    pkgs = validation_packages(corpus, a.every, a.start, a.max_package_files, a.min_package_files)
     if not pkgs:
         print(f"no train-list package unpacked under {corpus} (loralint corpus fetch train --dest {corpus})",
               file=sys.stderr)
