@@ -556,3 +556,28 @@ def test_an_engine_loads_with_a_short_thread_switch_interval_then_the_old_one_is
     with pytest.raises(RuntimeError, match="no GPU"):
         scanner._Loader(broken).result()
     assert sys.getswitchinterval() == before
+
+
+def test_a_windows_rows_are_looked_up_as_the_whole_file_walk_gave_them():
+    """``scanner._rows_of`` (a window's rows of a file's comment / literal / fact tables) equals walking the whole
+    table for each window, on both of its paths (a table smaller than the window, and one larger), for every
+    window of real fixtures parsed with tree-sitter, windows of 6 lines so that tables outgrow them."""
+    from loralint import scanner
+    from loralint.languages import grammar_for
+    from loralint.rules import get_rule
+    from loralint.sources import SourceFile
+
+    rule = get_rule("predicate")
+    fixtures = sorted((Path(__file__).parent / "fixtures").rglob("*.[jt]s*"))
+    small = large = 0
+    for path in fixtures:
+        data = path.read_bytes()
+        f = scanner._prepare(SourceFile(str(path), str(path), grammar_for(str(path)), data), 6, None, None, rule)
+        for table in (f.doc.comments, f.doc.literals, f.facts or {}):
+            for w in f.windows:
+                want = {r - w.start: v for r, v in table.items() if w.start <= r < w.end}
+                assert scanner._rows_of(table, w) == want, (path.name, w)
+                if want:
+                    small += len(table) <= w.end - w.start
+                    large += len(table) > w.end - w.start
+    assert small and large  # both paths were taken, with rows found
