@@ -136,6 +136,11 @@ scan_carry() {  # the predicate adapter and the first 6,000 corpus files (c15a, 
   [ -d /tmp/work6k/corpus ] || xz -dc .cache/gpu-carry/c15b/corpus6k.tar.xz | tar -C /tmp/work6k -xf -
 }
 
+light_carry() {  # the light set (c16: the 11 packages of scan_speed_h100_overlap.json) unpacked, once a machine
+  mkdir -p /tmp/light
+  [ -d /tmp/light/corpus ] || xz -dc .cache/gpu-carry/c16/light.tar.xz | tar -C /tmp/light -xf -
+}
+
 speed_run() {  # speed_run FILES DTYPE BUDGET PHASE_PERCENT OUT_NAME [scan_speed options...]: one scan_speed process
   local n=$1 dt=$2 budget=$3 pct=$4 name=$5; shift 5
   say "scan_speed --compare-engines --constrained --limit-files $n --dtype $dt $* (budget $budget s)"
@@ -323,8 +328,7 @@ scan5)  # (after join, carry .cache/gpu-carry/c15a c16) this session's engine ag
   # LORALINT_GPU_DECODE_ATTN=masked LORALINT_GPU_OVERLAP=0; then float16 with the reference in what is left
   # (answers_identical_fraction, partial where the reference runs out of time)
   scan_carry
-  mkdir -p /tmp/light
-  [ -d /tmp/light/corpus ] || xz -dc .cache/gpu-carry/c16/light.tar.xz | tar -C /tmp/light -xf -
+  light_carry
   n=${FILES:-1700}
   speed_run "$n" bfloat16 ${RUN_S:-100} 90 "scan_speed_${n}heavy_bfloat16" --skip-reference
   CORPUS=/tmp/light/corpus speed_run "$n" bfloat16 ${RUN_S:-100} 90 "scan_speed_${n}light_bfloat16" --skip-reference
@@ -338,8 +342,7 @@ scan7)  # (after join with c15b; carry .cache/gpu-carry/c15a c16) the varlen dec
   # set and the light set with the defaults, then the light set with LORALINT_GPU_DECODE_ATTN=masked
   # LORALINT_GPU_OVERLAP=0 (the ratio), each in its own process
   scan_carry
-  mkdir -p /tmp/light
-  [ -d /tmp/light/corpus ] || xz -dc .cache/gpu-carry/c16/light.tar.xz | tar -C /tmp/light -xf -
+  light_carry
   n=${FILES:-1700}
   speed_run "$n" bfloat16 ${RUN_S:-100} 90 "scan_speed_${n}heavy_bfloat16" --skip-reference
   CORPUS=/tmp/light/corpus speed_run "$n" bfloat16 ${RUN_S:-85} 90 "scan_speed_${n}light_bfloat16" --skip-reference
@@ -356,8 +359,7 @@ scanref)  # (after scan7, no carry) the heavy set, bfloat16, the gpu engine then
 scan6)  # (in the join's call, carry .carry/gb .cache/gpu-carry/c15a c16: 60 MiB) the light set only, bfloat16: this
   # session's engine, then with LORALINT_GPU_DECODE_ATTN=masked LORALINT_GPU_OVERLAP=0, each in its own process
   scan_carry 2>/dev/null
-  mkdir -p /tmp/light
-  [ -d /tmp/light/corpus ] || xz -dc .cache/gpu-carry/c16/light.tar.xz | tar -C /tmp/light -xf -
+  light_carry
   n=${FILES:-1700}
   CORPUS=/tmp/light/corpus speed_run "$n" bfloat16 ${RUN_S:-85} 90 "scan_speed_${n}light_bfloat16" --skip-reference
   CORPUS=/tmp/light/corpus LORALINT_GPU_DECODE_ATTN=masked LORALINT_GPU_OVERLAP=0 speed_run "$n" bfloat16 \
