@@ -137,6 +137,8 @@ def test_report_bias_on_the_command_line(tmp_path):
     f.write_text("const a = 1;\n")
     res = CliRunner().invoke(app, ["scan", str(f), "--report-bias", "lots"])
     assert res.exit_code == 2 and "--report-bias" in res.output and "not a number" in res.output
+    res = CliRunner().invoke(app, ["scan", str(f), "--report-bias", "else-return=3,nosuch=1"])
+    assert res.exit_code == 2 and "unknown rule 'nosuch'" in res.output and "else-return" in res.output
 
 
 def test_the_chosen_bias_goes_into_the_card_and_back_into_a_scan(tmp_path):

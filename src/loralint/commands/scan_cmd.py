@@ -64,7 +64,10 @@ MODEL_OPTIONS: dict[str, tuple[object, object]] = {
 
 
 def parse_report_bias(text: str | None) -> float | dict[str, float] | None:
-    """``--report-bias``: a number for every rule, or ``RULE=NUMBER`` pairs (comma-separated) for some."""
+    """``--report-bias``: a number for every rule, or ``RULE=NUMBER`` pairs (comma-separated) for some; a rule
+    that does not exist is an error (as in the configuration's ``report-bias`` table), not a setting ignored."""
+    from ..rules import all_rules
+
     if text is None or not text.strip():
         return None
     try:
@@ -75,10 +78,15 @@ def parse_report_bias(text: str | None) -> float | dict[str, float] | None:
             if part.strip():
                 rule, _, num = part.partition("=")
                 out[rule.strip()] = float(num)
-        return out
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a number nor RULE=NUMBER pairs",
                                  param_hint="--report-bias") from None
+    known = set(all_rules())
+    bad = [r for r in out if r not in known]
+    if bad:
+        raise typer.BadParameter(f"unknown rule {bad[0]!r} (known: {', '.join(sorted(known))})",
+                                 param_hint="--report-bias")
+    return out
 
 
 def backend_kwargs(adapter, base, api, api_key, model, backend, gguf, device, engine, concurrency, timeout, retries,
