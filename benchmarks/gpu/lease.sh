@@ -356,6 +356,27 @@ scanref)  # (after scan7, no carry) the heavy set, bfloat16, the gpu engine then
   speed_run ${FILES:-1700} bfloat16 ${RUN_S:-270} 70 "scan_speed_${FILES:-1700}heavy_bfloat16_ref"
   grep -E "files/min|identical|^gpu engine|^reference" "$log" | tail -8
   ;;
+scan8)  # (after join with c15b; carry .cache/gpu-carry/c15a c16) the gpu engine's model in plain PyTorch (torchlm, the
+  # default: no transformers or PEFT imported) against transformers' (LORALINT_GPU_MODEL=transformers), each in its
+  # own process as a user's scan, bfloat16: the light set both ways, the heavy set with the default; then the light
+  # set with the reference in what is left (answers_identical_fraction over its windows)
+  scan_carry
+  light_carry
+  n=${FILES:-1700}
+  CORPUS=/tmp/light/corpus speed_run "$n" bfloat16 ${RUN_S:-85} 90 "scan_speed_${n}light_torchlm" --skip-reference
+  CORPUS=/tmp/light/corpus LORALINT_GPU_MODEL=transformers speed_run "$n" bfloat16 ${RUN_S:-85} 90 \
+    "scan_speed_${n}light_transformers" --skip-reference
+  speed_run "$n" bfloat16 ${RUN_S:-100} 90 "scan_speed_${n}heavy_torchlm" --skip-reference
+  [ "$(left)" -gt 120 ] && CORPUS=/tmp/light/corpus speed_run "$n" bfloat16 $(( $(left) - 15 )) 95 \
+    "scan_speed_${n}light_torchlm_ref"
+  grep -E "files/min|identical|^gpu engine|^reference|loralint:|^load|^cpu_side|^generate|^decode|^prefill" "$log" | tail -30
+  ;;
+imports)  # (any call) how long a fresh interpreter takes to import what each engine needs, on this machine
+  for mods in "torch" "torch, safetensors, tokenizers, jinja2" "torch, transformers, transformers.modeling_utils, peft"; do
+    s0=$(date +%s.%N); python3 -c "import $mods" 2>/dev/null; s1=$(date +%s.%N)
+    echo "import $mods: $(python3 -c "print(round($s1 - $s0, 2))") s" | tee -a "$log"
+  done
+  ;;
 scan6)  # (in the join's call, carry .carry/gb .cache/gpu-carry/c15a c16: 60 MiB) the light set only, bfloat16: this
   # session's engine, then with LORALINT_GPU_DECODE_ATTN=masked LORALINT_GPU_OVERLAP=0, each in its own process
   scan_carry 2>/dev/null

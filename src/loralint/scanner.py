@@ -728,10 +728,21 @@ def _engine_imports(kind: str | None) -> None:
     loading thread they were imported beside the scan's thread taking in the workers' results, both on one
     interpreter lock: on an H100 a load took 23.7 s there (2026-12-07, a 1,700-file scan), of which the model,
     tokenizer and self-check were 5.1 s. Here they hold up the taking in (which the workers' queue absorbs), not
-    the load, which the generation waits for. A module that is missing is left to the engine to report."""
+    the load, which the generation waits for. On CUDA the gpu engine's model is plain PyTorch
+    (:mod:`loralint.backends.torchlm`) and needs neither transformers nor PEFT: PyTorch, safetensors and the
+    tokenizers library only. A module that is missing is left to the engine to report."""
     import importlib
 
-    names = ("llama_cpp",) if kind == "llamacpp" else ("torch", "transformers", "transformers.modeling_utils", "peft")
+    names: tuple[str, ...] = ("llama_cpp",) if kind == "llamacpp" else ("torch",)
+    if kind != "llamacpp":
+        try:
+            import torch
+
+            lean = torch.cuda.is_available() and os.environ.get("LORALINT_GPU_MODEL", "torch") != "transformers"
+        except Exception:  # noqa: BLE001 - no PyTorch: the engine says so
+            return
+        names = ("safetensors", "tokenizers", "jinja2", "loralint.backends.gpu_engine") if lean else (
+            "transformers", "transformers.modeling_utils", "peft")
     for name in names:
         try:
             importlib.import_module(name)

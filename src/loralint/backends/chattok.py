@@ -89,10 +89,46 @@ class ChatTokenizer:
             if isinstance(v, str):
                 self.special[k] = v
         self.template = _compile(template)
+        #: transformers' decode cleans up spaces before punctuation where the tokenizer asks for it
+        self.cleans_up = bool(cfg.get("clean_up_tokenization_spaces", False))
+        self._pad = self.special.get("pad_token")
 
-    def render(self, messages: list[dict]) -> str:
+    def render(self, messages: list[dict], **template_kwargs) -> str:
         return self.template.render(messages=messages, tools=None, documents=None, add_generation_prompt=True,
-                                    **self.special)
+                                    **(self.special | template_kwargs))
+
+    # what the gpu engine calls on a transformers tokenizer (the same ids and text: tests/test_torchlm.py)
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, tokenize: bool = False,
+                            **template_kwargs):
+        if not add_generation_prompt or tokenize:
+            raise ValueError("ChatTokenizer renders prompts for generation only (tokenize=False)")
+        return self.render(messages, **template_kwargs)
+
+    def __call__(self, texts, add_special_tokens: bool = False) -> dict:
+        if isinstance(texts, str):
+            return {"input_ids": self.tok.encode(texts, add_special_tokens=add_special_tokens).ids}
+        return {"input_ids": [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)]}
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        if self.cleans_up:
+            raise ValueError("clean_up_tokenization_spaces: decode with transformers' tokenizer")
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    @property
+    def eos_token(self) -> str | None:
+        return self.special.get("eos_token")
+
+    @property
+    def pad_token(self) -> str | None:
+        return self._pad
+
+    @pad_token.setter
+    def pad_token(self, token: str) -> None:
+        self._pad = token
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self.tok.token_to_id(self._pad) if self._pad else None
 
     def encode(self, messages: list[dict]) -> list[int]:
         return self.tok.encode(self.render(messages), add_special_tokens=False).ids

@@ -142,6 +142,16 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     return out.reshape(b, h, q, out.shape[-1]).transpose(1, 2).contiguous(), None
 
 
+def _torchlm_attention(module, query, key, value, attention_mask, scaling=None, **kw):
+    """:func:`_attention` for the model in plain PyTorch (:mod:`.torchlm`): its causal SDPA outside this
+    engine's forwards."""
+    if _ACTIVE is None:
+        from .torchlm import ATTENTION
+
+        return ATTENTION["sdpa"](module, query, key, value, attention_mask, scaling=scaling)
+    return _attention(module, query, key, value, attention_mask, scaling=scaling, **kw)
+
+
 def _packed_attention(ctx: _Ctx, li: int, query, key, value, scaling):
     """A packed prefill's attention: the forward's keys/values written into the batch's buffers at each token's
     row and column, and each prompt's queries over its prefix and its own tokens (FlashAttention's kernel with
@@ -357,7 +367,6 @@ class GpuEngine(Backend):
                  **_ignored):
         import torch
 
-        _register()
         self.adapters = dict(adapters or {})
         if adapter is not None and not self.adapters:
             self.adapters = {"default": adapter}
@@ -370,8 +379,17 @@ class GpuEngine(Backend):
         self.mix_adapters = mix_adapters
         self.check_every = max(1, check_every)
         t0 = time.perf_counter()
+        self.model_why: str | None = None  # why the model is transformers' where torchlm was asked for
         self.model = model if model is not None else self._load_model()
         self.model.eval()
+        # the model in plain PyTorch (torchlm: no transformers, no PEFT imported) or transformers' own
+        self.torchlm = type(self.model).__name__ == "TorchLM"
+        if self.torchlm:
+            from . import torchlm
+
+            torchlm.ATTENTION[ATTN_IMPL] = _torchlm_attention
+        else:
+            _register()
         if self.device_t.type == "cuda" and torch.cuda.is_available():
             torch.cuda.synchronize()
         t1 = time.perf_counter()
@@ -478,11 +496,39 @@ class GpuEngine(Backend):
 
     # ------------------------------------------------------------------ loading
     def _load_model(self):
+        """The model in plain PyTorch (:mod:`.torchlm`) where it runs this base and these adapters (the default;
+        ``LORALINT_GPU_MODEL=transformers``: transformers' and PEFT's, as the reference engine loads it)."""
+        mode = os.environ.get("LORALINT_GPU_MODEL") or "torch"
+        if mode not in ("torch", "transformers"):
+            raise ValueError(f"LORALINT_GPU_MODEL={mode!r}: torch or transformers")
+        if mode == "torch":
+            from . import torchlm
+
+            why = torchlm.unsupported(self.adapters, self.base_spec)
+            if why is None:
+                try:
+                    return torchlm.load(self.adapters, self.base_spec, self.dtype, self.device)
+                except torchlm.Unsupported as e:
+                    why = str(e)
+            self.model_why = why
         from .transformers import load_adapted_model
 
         return load_adapted_model(self.adapters, self.base_spec, self.dtype, self.device)
 
     def _load_tokenizer(self):
+        """With the model in plain PyTorch, the tokenizer without transformers too (:mod:`.chattok`: the same
+        ids and text) where its files are at hand; else transformers' own."""
+        if self.torchlm:
+            from .chattok import ChatTokenizer, tokenizer_folder
+
+            folder = tokenizer_folder(self.adapter, self.base_spec)
+            if folder is not None:
+                try:
+                    tok = ChatTokenizer(folder)
+                except (ValueError, OSError, KeyError):
+                    tok = None
+                if tok is not None and not tok.cleans_up:
+                    return tok
         from .transformers import adapter_tokenizer
 
         return adapter_tokenizer(self.adapter, self.base_spec)
@@ -516,7 +562,8 @@ class GpuEngine(Backend):
         return model_identity(self.adapter, self.base_spec, self.chat_template_kwargs)
 
     def settings(self) -> dict:
-        return {"engine": ENGINE, "device": self.device, "dtype": str(self.dtype).replace("torch.", ""),
+        return {"engine": ENGINE, "model": "torchlm" if self.torchlm else "transformers",
+                "device": self.device, "dtype": str(self.dtype).replace("torch.", ""),
                 "cuda_graphs": self.cuda_graphs and not self._graph_failed, "batch_tokens": self.batch_tokens,
                 "max_batch": self.max_batch, "prefill_tokens": self.prefill_tokens,
                 "check_every": self.check_every, "adapters": list(self.adapters) or None,
@@ -1577,7 +1624,10 @@ class GpuEngine(Backend):
         import torch
 
         ids = self.encode([{"role": "user", "content": "while (a && b || c) { x = y ? 1 : 2; }"}])[:48]
-        n, P = len(ids), len(ids) // 2
+        # six decode steps after a shared prefix: a kernel or cache write that does not fit shows at the first;
+        # (24 steps, each an eager forward beside the scan's thread, took 10.9 s of a heavy scan's load on an H100)
+        n = len(ids)
+        P = max(n // 2, n - 6)
         with torch.inference_mode():
             ref = self.model(input_ids=torch.tensor([ids], device=self.device_t), use_cache=False).logits[0, P:]
             with self._attn():
@@ -1650,7 +1700,6 @@ def create(adapter: Adapter | None, *, auto: bool = False, **kw) -> Backend:
         notice(f"the gpu engine needs CUDA (device {device}); using the transformers engine")
         return TransformersBackend(adapter, **ref_kw)
     try:
-        _register()
         t1 = time.perf_counter()
         eng = GpuEngine(adapter, **kw)
         why = eng.self_check()
@@ -1660,7 +1709,8 @@ def create(adapter: Adapter | None, *, auto: bool = False, **kw) -> Backend:
             eng.load_timing["load_engine"] = time.perf_counter() - t1
             return eng
         notice(f"the gpu engine does not fit this model ({why}); using the transformers engine")
-        ref_kw.update(model=eng.model, tokenizer=eng.tok)
+        if not eng.torchlm:  # (the reference engine takes transformers' model and tokenizer as they are)
+            ref_kw.update(model=eng.model, tokenizer=eng.tok)
         return TransformersBackend(adapter, **ref_kw)
     except (BackendUnavailable, models.ModelNotFound):
         raise  # no base, no adapter: the reference engine could not load them either
