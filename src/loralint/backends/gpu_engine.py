@@ -45,6 +45,10 @@ that shape of work:
   piece's chat templates and tokenization run in a background thread while the GPU works on the current
   one (the fast tokenizer releases the GIL); only the first piece's is waited for (``tokenize_wait``).
 
+- **The model in plain PyTorch** (:mod:`.torchlm`, where it runs the base and adapters; else transformers' and
+  PEFT's, ``LORALINT_GPU_MODEL=transformers`` to ask for them): the same logits to the bit, without importing
+  transformers or PEFT (seconds of a scan's start); its attention goes through the same function as above.
+
 On a CPU the same code runs without CUDA graphs (tests compare it with the reference engine there).
 Where it cannot run (no CUDA when chosen automatically, an attention interface the model lacks, graph
 capture failing) it says so in one line and uses the reference engine (or eager decoding) instead.
