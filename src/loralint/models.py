@@ -158,14 +158,14 @@ def materialize(base: Base, cache: Path | None = None) -> Path:
     """A plain safetensors folder for a GGUF base (made once, then reused); other bases are returned as is."""
     if base.gguf_file is None:
         return Path(base.load_dir)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = base.gguf_path
     assert gguf is not None
     out = (cache or cache_root()) / "bases" / f"{gguf.stem}-{_fingerprint(gguf)}"
     if (out / "config.json").exists() and (out / ".complete").exists():
-        return out
+        return out  # (made before: nothing imported, the gpu engine's model needs neither torch's loaders nor transformers)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     if _announce:
