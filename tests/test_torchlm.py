@@ -60,32 +60,35 @@ def _ids(n: int, length: int, seed: int = 0):
     return torch.randint(3, 2000, (n, length), generator=g)
 
 
-def _reference(base, ads: dict, dtype):
+def _reference(base, ads: dict, dtype, device: str = "cpu"):
     from loralint.backends.transformers import load_adapted_model
 
-    return load_adapted_model(ads, str(base), dtype, "cpu")
+    return load_adapted_model(ads, str(base), dtype, device)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    "not __import__('torch').cuda.is_available()", reason="needs CUDA"))])
 @pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
-def test_logits_are_transformers_to_the_bit(setup, dtype_name):
+def test_logits_are_transformers_to_the_bit(setup, dtype_name, device):
     """No adapter, one merged, one with a trained norm merged: the same logits as transformers' + PEFT's model,
-    position ids given or not, all positions or the last only."""
+    position ids given or not, all positions or the last only (on a CPU, and on CUDA where there is one: the
+    merge's float32 product on the device, as PEFT's)."""
     import torch
 
     from loralint.backends import torchlm
 
     base, ads = setup
     dtype = getattr(torch, dtype_name)
-    ids = _ids(3, 37)
-    pos = torch.arange(5, 42)[None].expand(3, -1)
+    ids = _ids(3, 37).to(device)
+    pos = torch.arange(5, 42, device=device)[None].expand(3, -1)
     for chosen in ({}, {"a": ads["a"]}, {"normed": ads["normed"]}):
         if not chosen:
             from loralint import models
 
-            ref = models.load_model(str(base), dtype=dtype, device="cpu")
+            ref = models.load_model(str(base), dtype=dtype, device=device)
         else:
-            ref = _reference(base, chosen, dtype)
-        mine = torchlm.load(chosen, str(base), dtype, "cpu")
+            ref = _reference(base, chosen, dtype, device)
+        mine = torchlm.load(chosen, str(base), dtype, device)
         with torch.inference_mode():
             for kw in ({}, {"position_ids": pos}, {"logits_to_keep": 1}):
                 want = ref(input_ids=ids, use_cache=False, **kw).logits
