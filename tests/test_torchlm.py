@@ -195,8 +195,9 @@ def test_tokenizer_without_transformers_gives_transformers_ids_and_text(setup):
 
 
 def test_a_gpu_engine_with_torchlm_imports_neither_transformers_nor_peft(setup):
-    """The point of torchlm: an engine built, self-checked and answering without importing transformers or PEFT
-    (a fresh interpreter; the engine's CPU path)."""
+    """The point of torchlm: an engine built, self-checked and answering without importing transformers or PEFT,
+    nor TorchDynamo (1.3 s of imports an engine that never compiles does not need; a fresh interpreter; the
+    engine's CPU path)."""
     base, ads = setup
     code = f"""
 import sys
@@ -208,7 +209,7 @@ assert eng.self_check() is None
 msgs = [[{{"role": "user", "content": "if (a && b || c) {{ go(); }}"}}]] * 3
 out = eng.generate(msgs, 6)
 assert all(type(r).__name__ == "Completion" for r in out), out
-print(sorted(m for m in ("transformers", "peft") if m in sys.modules))
+print(sorted(m for m in ("transformers", "peft", "torch._dynamo") if m in sys.modules))
 """
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert got.returncode == 0, got.stderr[-2000:]

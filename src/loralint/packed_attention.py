@@ -39,6 +39,7 @@ def register() -> str:
 
     AttentionInterface.register(NAME, varlen_attention)
     _flash()  # (defined now, not inside a compiled graph)
+    _eager_per_example()
     # transformers builds no mask for an attention it has no mask function for (recent versions); older ones look
     # the name up: a mask function that builds none
     if "_global_mapping" not in inspect.getsource(masking_utils._preprocess_mask_arguments):
@@ -171,7 +172,7 @@ def _varlen(q, k, v, cu, max_len: int, scale):
 
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         return (_FLASH or _flash()).apply(q, k, v, cu, max_len, scale)
-    return _per_example_eager(q, k, v, cu, scale)
+    return _eager_per_example()(q, k, v, cu, scale)
 
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
@@ -213,13 +214,24 @@ def _not_compiled(fn):
 #: the attention transformers calls; compiled layers trace it (PyTorch's flash kernels have their shapes'
 #: rules, so a layer stays one graph); the per-example loop (CPU) reads the lengths, so it stays out of graphs
 varlen_attention = _attention
-_per_example_eager = _not_compiled(_per_example)
+_PER_EXAMPLE_EAGER = None
+
+
+def _eager_per_example():
+    """``_per_example`` kept out of compiled graphs, wrapped on first use (by :func:`register` and
+    :func:`compile_layers`, before any graph is traced): ``torch.compiler.disable`` imports TorchDynamo, 1.3 s
+    that an inference engine which never compiles should not pay at import."""
+    global _PER_EXAMPLE_EAGER
+    if _PER_EXAMPLE_EAGER is None:
+        _PER_EXAMPLE_EAGER = _not_compiled(_per_example)
+    return _PER_EXAMPLE_EAGER
 
 
 def compile_layers(model, backend: str = "inductor") -> int:
     """Regional compilation: ``torch.compile`` each decoder layer (the repeated block), not the whole model. The
     layers share one compiled graph (their weights are its inputs), so compiling costs about one layer's time, and
     the model's own Python (embedding, masks, the loss) stays as it is. Returns the number of layers compiled."""
+    _eager_per_example()  # (wrapped before any graph is traced)
     n = 0
     for module in model.modules():
         if type(module).__name__.endswith("DecoderLayer"):

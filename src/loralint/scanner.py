@@ -733,21 +733,26 @@ def _engine_imports(kind: str | None) -> None:
     tokenizers library only. A module that is missing is left to the engine to report."""
     import importlib
 
-    names: tuple[str, ...] = ("llama_cpp",) if kind == "llamacpp" else ("torch",)
-    if kind != "llamacpp":
-        try:
-            import torch
-
-            lean = torch.cuda.is_available() and os.environ.get("LORALINT_GPU_MODEL", "torch") != "transformers"
-        except Exception:  # noqa: BLE001 - no PyTorch: the engine says so
-            return
-        names = ("safetensors", "tokenizers", "jinja2", "loralint.backends.gpu_engine") if lean else (
-            "transformers", "transformers.modeling_utils", "peft")
-    for name in names:
+    for name in engine_modules(kind):
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - the engine's own load says what is missing, in its words
             break
+
+
+def engine_modules(kind: str | None, torchlm: bool | None = None) -> tuple[str, ...]:
+    """The heavy modules an in-process engine of ``kind`` imports, in order. ``torchlm``: the gpu engine's model
+    in plain PyTorch (None: where CUDA is there and ``LORALINT_GPU_MODEL`` does not ask for transformers')."""
+    if kind == "llamacpp":
+        return ("llama_cpp",)
+    if torchlm is None:
+        try:
+            import torch
+        except Exception:  # noqa: BLE001 - no PyTorch: the engine says so
+            return ("torch",)
+        torchlm = torch.cuda.is_available() and os.environ.get("LORALINT_GPU_MODEL", "torch") != "transformers"
+    return ("torch",) + (("safetensors", "tokenizers", "jinja2", "loralint.backends.gpu_engine") if torchlm else
+                         ("transformers", "transformers.modeling_utils", "peft"))
 
 
 class _Loader:
