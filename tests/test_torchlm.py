@@ -214,3 +214,22 @@ print(sorted(m for m in ("transformers", "peft", "torch._dynamo") if m in sys.mo
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert got.returncode == 0, got.stderr[-2000:]
     assert got.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_engine_answers_alike_with_either_model(setup):
+    """GpuEngine with its model in plain PyTorch (default) and with transformers' (model_impl="transformers",
+    what gpu_engine.create falls back to where torchlm's self-check fails): the same greedy answers; an
+    unknown LORALINT_GPU_MODEL is refused."""
+    from loralint.backends.gpu_engine import GpuEngine
+
+    base, ads = setup
+    msgs = [[{"role": "user", "content": f"if (a{i} && b || c) {{ go({i}); }}" * (1 + i % 4)}] for i in range(24)]
+    lean = GpuEngine(ads["a"], device="cpu", prefill="packed")
+    ref = GpuEngine(ads["a"], device="cpu", prefill="packed", model_impl="transformers")
+    assert (lean.settings()["model"], ref.settings()["model"]) == ("torchlm", "transformers")
+    assert lean.self_check() is None and ref.self_check() is None
+    got, want = lean.generate(msgs, 8), ref.generate(msgs, 8)
+    assert [r.text for r in got] == [r.text for r in want]
+    assert len({r.text for r in got}) > 1
+    with pytest.raises(ValueError, match="torch or transformers"):
+        GpuEngine(ads["a"], device="cpu", model_impl="jax")

@@ -368,7 +368,7 @@ class GpuEngine(Backend):
                  check_every: int = 8, mix_adapters: bool = False, prefill_tokens: int | None = None,
                  compact: bool | None = None, cuda_shapes: bool | None = None, prefill: str | None = None,
                  decode: str | None = None, decode_attn: str | None = None, overlap: bool | None = None,
-                 **_ignored):
+                 model_impl: str | None = None, **_ignored):
         import torch
 
         self.adapters = dict(adapters or {})
@@ -384,7 +384,7 @@ class GpuEngine(Backend):
         self.check_every = max(1, check_every)
         t0 = time.perf_counter()
         self.model_why: str | None = None  # why the model is transformers' where torchlm was asked for
-        self.model = model if model is not None else self._load_model()
+        self.model = model if model is not None else self._load_model(model_impl)
         self.model.eval()
         # the model in plain PyTorch (torchlm: no transformers, no PEFT imported) or transformers' own
         self.torchlm = type(self.model).__name__ == "TorchLM"
@@ -499,12 +499,13 @@ class GpuEngine(Backend):
                 self.mix_adapters = False
 
     # ------------------------------------------------------------------ loading
-    def _load_model(self):
+    def _load_model(self, mode: str | None = None):
         """The model in plain PyTorch (:mod:`.torchlm`) where it runs this base and these adapters (the default;
-        ``LORALINT_GPU_MODEL=transformers``: transformers' and PEFT's, as the reference engine loads it)."""
-        mode = os.environ.get("LORALINT_GPU_MODEL") or "torch"
+        ``mode="transformers"`` or ``LORALINT_GPU_MODEL=transformers``: transformers' and PEFT's, as the reference
+        engine loads it)."""
+        mode = mode or os.environ.get("LORALINT_GPU_MODEL") or "torch"
         if mode not in ("torch", "transformers"):
-            raise ValueError(f"LORALINT_GPU_MODEL={mode!r}: torch or transformers")
+            raise ValueError(f"gpu engine model {mode!r}: torch or transformers (LORALINT_GPU_MODEL)")
         if mode == "torch":
             from . import torchlm
 
@@ -1707,6 +1708,11 @@ def create(adapter: Adapter | None, *, auto: bool = False, **kw) -> Backend:
         t1 = time.perf_counter()
         eng = GpuEngine(adapter, **kw)
         why = eng.self_check()
+        if why is not None and eng.torchlm:  # transformers' model before giving the engine up
+            notice(f"gpu engine: its model in plain PyTorch does not fit here ({why}); transformers' model")
+            del eng
+            eng = GpuEngine(adapter, **(kw | {"model_impl": "transformers"}))
+            why = eng.self_check()
         if why is None:
             # where a load's time went (the profile's "load" is the whole build, imports before this call too)
             eng.load_timing["load_imports_here"] = t1 - t0
