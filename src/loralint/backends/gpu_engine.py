@@ -387,10 +387,10 @@ class GpuEngine(Backend):
         self.model = model if model is not None else self._load_model(model_impl)
         self.model.eval()
         # the model in plain PyTorch (torchlm: no transformers, no PEFT imported) or transformers' own
-        self.torchlm = type(self.model).__name__ == "TorchLM"
-        if self.torchlm:
-            from . import torchlm
+        from . import torchlm
 
+        self.torchlm = isinstance(self.model, torchlm.TorchLM)
+        if self.torchlm:
             torchlm.ATTENTION[ATTN_IMPL] = _torchlm_attention
         else:
             _register()
@@ -509,13 +509,10 @@ class GpuEngine(Backend):
         if mode == "torch":
             from . import torchlm
 
-            why = torchlm.unsupported(self.adapters, self.base_spec)
-            if why is None:
-                try:
-                    return torchlm.load(self.adapters, self.base_spec, self.dtype, self.device)
-                except torchlm.Unsupported as e:
-                    why = str(e)
-            self.model_why = why
+            try:
+                return torchlm.load(self.adapters, self.base_spec, self.dtype, self.device)
+            except torchlm.Unsupported as e:
+                self.model_why = str(e)
         from .transformers import load_adapted_model
 
         return load_adapted_model(self.adapters, self.base_spec, self.dtype, self.device)

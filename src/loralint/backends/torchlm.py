@@ -123,21 +123,31 @@ def _lora_config(ad) -> dict:
     return cfg
 
 
+def _plan(adapters: dict, base_spec: str | None) -> tuple[Path, SimpleNamespace, list[Path], dict[str, dict]]:
+    """What :func:`load` reads before any weight: the base's folder, config and weight files, and each adapter's
+    LoRA config. Raises :class:`Unsupported` with why not (anything odd too: transformers' loader then reports
+    it in its own words)."""
+    try:
+        if not base_spec:
+            raise Unsupported("no base model named")
+        for ad in adapters.values():
+            if not ad.is_peft:
+                raise Unsupported("a fully fine-tuned model")
+        loras = {name: _lora_config(ad) for name, ad in adapters.items()}
+        folder = base_folder(base_spec)
+        return folder, _config(folder), _weight_files(folder), loras
+    except Unsupported:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise Unsupported(f"{type(e).__name__}: {e}") from e
+
+
 def unsupported(adapters: dict, base_spec: str | None) -> str | None:
     """Why :func:`load` cannot run these (None: it can), without reading any weights."""
     try:
-        if not base_spec:
-            return "no base model named"
-        for ad in adapters.values():
-            if not ad.is_peft:
-                return "a fully fine-tuned model"
-            _lora_config(ad)
-        _config(base_folder(base_spec))
-        _weight_files(base_folder(base_spec))
+        _plan(adapters, base_spec)
     except Unsupported as e:
         return str(e)
-    except Exception as e:  # noqa: BLE001 - anything odd: transformers' loader, which reports it in its words
-        return f"{type(e).__name__}: {e}"
     return None
 
 
@@ -213,12 +223,12 @@ class TorchLM:
         self.active = name
 
     # ------------------------------------------------------------------ adapters
-    def add_adapter(self, name: str, ad, merge: bool) -> None:
-        """PEFT adapter folder ``ad`` under ``name``: merged into the weights (``merge``) or kept beside them."""
+    def add_adapter(self, name: str, ad, cfg: dict, merge: bool) -> None:
+        """PEFT adapter folder ``ad`` (its ``adapter_config.json``: ``cfg``) under ``name``: merged into the
+        weights (``merge``) or kept beside them."""
         import torch
         from safetensors.torch import load_file
 
-        cfg = _lora_config(ad)
         state = load_file(str(Path(ad.path) / "adapter_model.safetensors"), device=str(self.device))
         parts: dict[str, dict[str, object]] = {}
         saved: dict[str, object] = {}
@@ -342,10 +352,9 @@ def load(adapters: dict, base_spec: str, dtype, device) -> TorchLM:
     several unmerged (the first active). Raises :class:`Unsupported` where :func:`unsupported` would say why."""
     from safetensors import safe_open
 
-    folder = base_folder(base_spec)
-    cfg = _config(folder)
+    folder, cfg, files, loras = _plan(adapters, base_spec)
     weights: dict = {}
-    for f in _weight_files(folder):
+    for f in files:
         # read on the host and cast there, then moved: transformers' from_pretrained(dtype=...).to(device)
         with safe_open(str(f), framework="pt") as fh:
             for k in fh.keys():
@@ -366,5 +375,5 @@ def load(adapters: dict, base_spec: str, dtype, device) -> TorchLM:
         weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
     model = TorchLM(cfg, weights, dtype, device, _read_json(folder / "generation_config.json"))
     for name, ad in adapters.items():
-        model.add_adapter(name, ad, merge=len(adapters) == 1)
+        model.add_adapter(name, ad, loras[name], merge=len(adapters) == 1)
     return model
